@@ -1,0 +1,10 @@
+//! clusteraudit: Kubernetes cluster auditing as one declarative object.
+//!
+//! One module per concern; pure logic (`api`, `policy`) stays free of IO so it can be tested without
+//! a cluster, and everything that talks to processes or the network says so in its name.
+
+pub mod api;
+pub mod pki;
+pub mod policy;
+pub mod testkit;
+pub mod tls;

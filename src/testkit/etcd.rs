@@ -1,0 +1,79 @@
+//! etcd on loopback, in a scratch data directory.
+
+use std::{path::Path, time::Duration};
+
+use super::{Binaries, Result, TestkitError, free_port, poll_until, process::ManagedProcess};
+
+pub struct Etcd {
+    process: ManagedProcess,
+    client_url: String,
+}
+
+impl Etcd {
+    /// Starts etcd with its data under `dir` and waits until it reports healthy.
+    pub async fn start(binaries: &Binaries, dir: &Path) -> Result<Etcd> {
+        let data_dir = dir.join("etcd-data");
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|err| TestkitError::io("creating the etcd data directory", &data_dir, err))?;
+        let client_url = format!("http://127.0.0.1:{}", free_port()?);
+        let peer_url = format!("http://127.0.0.1:{}", free_port()?);
+        let args = vec![
+            "--name=clusteraudit-test".to_string(),
+            format!("--data-dir={}", data_dir.display()),
+            format!("--listen-client-urls={client_url}"),
+            format!("--advertise-client-urls={client_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster=clusteraudit-test={peer_url}"),
+            // Scratch data on a shared two-core machine: durability of the test cluster's own
+            // store is not what the tests are about.
+            "--unsafe-no-fsync=true".to_string(),
+            "--log-level=warn".to_string(),
+            "--quota-backend-bytes=4294967296".to_string(),
+        ];
+        let mut process =
+            ManagedProcess::spawn("etcd", &binaries.etcd(), &args, &dir.join("etcd.log"))?;
+        let health_url = format!("{client_url}/health");
+        let http = reqwest::Client::new();
+        let outcome = poll_until(
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            async || {
+                if let Some(status) = process.exit_status() {
+                    return std::ops::ControlFlow::Break(Err(TestkitError::ExitedEarly {
+                        name: "etcd".into(),
+                        status: status.to_string(),
+                        log_tail: process.log_tail(30),
+                    }));
+                }
+                match http.get(&health_url).send().await {
+                    Ok(response) if response.status().is_success() => {
+                        std::ops::ControlFlow::Break(Ok(()))
+                    }
+                    _ => std::ops::ControlFlow::Continue(()),
+                }
+            },
+        )
+        .await;
+        match outcome {
+            Some(Ok(())) => Ok(Etcd {
+                process,
+                client_url,
+            }),
+            Some(Err(err)) => Err(err),
+            None => Err(TestkitError::NotReady {
+                name: "etcd".into(),
+                waited: Duration::from_secs(60),
+                log_tail: process.log_tail(30),
+            }),
+        }
+    }
+
+    pub fn client_url(&self) -> &str {
+        &self.client_url
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+}
