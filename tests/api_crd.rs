@@ -20,17 +20,20 @@ use serde_json::{Value, json};
 const EXAMPLE: &str = include_str!("../examples/clusteraudit.yaml");
 
 #[test]
-fn committed_crd_matches_the_types() {
-    let committed = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/crds/clusteraudit.yaml"
-    ))
-    .expect("crds/clusteraudit.yaml is committed");
-    assert!(
-        committed == crd_yaml(),
-        "crds/clusteraudit.yaml differs from what the types generate; regenerate it with \
-         `cargo run -- crd > crds/clusteraudit.yaml`"
-    );
+fn committed_crds_match_the_types() {
+    for path in [
+        "crds/clusteraudit.yaml",
+        "charts/clusteraudit/crds/clusteraudit.yaml",
+    ] {
+        let committed =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+                .unwrap_or_else(|err| panic!("{path} is committed: {err}"));
+        assert!(
+            committed == crd_yaml(),
+            "{path} differs from what the types generate; regenerate it with \
+             `cargo run -- crd > {path}`"
+        );
+    }
 }
 
 #[test]
@@ -169,7 +172,7 @@ async fn install_crd(client: &kube::Client) {
     let crd: CustomResourceDefinition =
         serde_saphyr::from_str(&crd_yaml()).expect("the committed CRD decodes");
     crds.patch(
-        &ClusterAudit::crd_name(),
+        ClusterAudit::crd_name(),
         &PatchParams::apply("clusteraudit-tests").force(),
         &Patch::Apply(&crd),
     )
@@ -179,7 +182,7 @@ async fn install_crd(client: &kube::Client) {
         Duration::from_secs(60),
         await_condition(
             crds,
-            &ClusterAudit::crd_name(),
+            ClusterAudit::crd_name(),
             conditions::is_crd_established(),
         ),
     )

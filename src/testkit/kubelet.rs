@@ -469,7 +469,7 @@ impl Supervisor {
         let program = self.resolve_program(&argv[0]);
         let args = mounts.and_then(|mounts| map_paths(&argv[1..], &mounts));
         Ok(PodPlan {
-            name: format!("{}", pod.metadata.name.as_deref().unwrap_or_default()),
+            name: pod.metadata.name.clone().unwrap_or_default(),
             hash,
             container,
             program,
