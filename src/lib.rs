@@ -4,6 +4,8 @@
 //! a cluster, and everything that talks to processes or the network says so in its name.
 
 pub mod api;
+pub mod cli;
+pub mod event;
 pub mod pki;
 pub mod policy;
 pub mod testkit;

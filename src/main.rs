@@ -14,6 +14,9 @@ struct Cli {
 enum Command {
     /// Print the ClusterAudit CustomResourceDefinition as YAML.
     Crd,
+    /// Render, check and preview audit policies.
+    #[command(subcommand)]
+    Policy(clusteraudit::cli::policy::PolicyCommand),
     /// Development helpers: a local control plane and a stand-in kubelet for static pods.
     #[command(subcommand, hide = true)]
     Dev(clusteraudit::testkit::cli::DevCommand),
@@ -33,6 +36,13 @@ fn main() -> ExitCode {
             print!("{}", clusteraudit::api::crd_yaml());
             ExitCode::SUCCESS
         }
+        Command::Policy(command) => match clusteraudit::cli::policy::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Dev(dev) => match clusteraudit::testkit::cli::run(dev) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {

@@ -392,3 +392,60 @@ pub fn crd_yaml() -> String {
         body.trim_start_matches("---\n")
     )
 }
+
+/// Keys of a `ClusterAudit` document that its schema does not declare (with their paths), as the
+/// kube-apiserver's strict field validation would name them. Local tools use it so that a misspelt
+/// key is an error rather than silently dropped.
+pub fn unknown_fields(document: &serde_json::Value) -> Vec<String> {
+    let crd = ClusterAudit::crd();
+    let schema = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .map(|s| serde_json::to_value(s).expect("a schema serializes"))
+        .unwrap_or_default();
+    let mut found = Vec::new();
+    if let Some(object) = document.as_object() {
+        for (key, value) in object {
+            match key.as_str() {
+                "apiVersion" | "kind" | "metadata" => {}
+                _ => match schema["properties"].get(key) {
+                    Some(child) => walk_unknown(value, child, key, &mut found),
+                    None => found.push(key.clone()),
+                },
+            }
+        }
+    }
+    found
+}
+
+fn walk_unknown(
+    value: &serde_json::Value,
+    schema: &serde_json::Value,
+    path: &str,
+    found: &mut Vec<String>,
+) {
+    if schema["x-kubernetes-preserve-unknown-fields"] == serde_json::Value::Bool(true) {
+        return;
+    }
+    match value {
+        serde_json::Value::Object(object) => {
+            let Some(properties) = schema["properties"].as_object() else {
+                return;
+            };
+            for (key, child) in object {
+                let child_path = format!("{path}.{key}");
+                match properties.get(key) {
+                    Some(child_schema) => walk_unknown(child, child_schema, &child_path, found),
+                    None => found.push(child_path),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                walk_unknown(item, &schema["items"], &format!("{path}[{i}]"), found);
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,4 @@
+//! The command-line glue: reading files, printing results, exit codes. The logic lives in the
+//! modules it calls.
+
+pub mod policy;

@@ -1,0 +1,231 @@
+//! `clusteraudit policy render | check | preview`.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    path::{Path, PathBuf},
+};
+
+use clap::Subcommand;
+
+use crate::{
+    api::{ClusterAudit, unknown_fields},
+    event::Event,
+    policy::{
+        Policy, PolicyError,
+        preview::Preview,
+        render::{lint, render},
+    },
+};
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Print the audit Policy a ClusterAudit renders to.
+    Render {
+        /// The ClusterAudit (YAML or JSON; `-` for standard input).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Check an audit Policy file: exit 0 when the kube-apiserver would accept it, 1 with the
+    /// reason otherwise.
+    Check {
+        /// The audit.k8s.io/v1 Policy (`-` for standard input).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Replay recorded audit events through a candidate policy.
+    Preview {
+        /// A ClusterAudit or an audit.k8s.io/v1 Policy.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Recorded events, one audit.k8s.io/v1 Event per line (the kube-apiserver's JSON log).
+        #[arg(long)]
+        events: PathBuf,
+        /// One JSON line per event instead of the table: {"auditID", "level", "rule"}.
+        #[arg(long)]
+        per_event: bool,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyCliError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    NotAClusterAudit { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    InvalidPolicy {
+        path: PathBuf,
+        #[source]
+        source: PolicyError,
+    },
+    #[error("{path}: expected kind ClusterAudit or Policy, found {found:?}")]
+    UnknownKind { path: PathBuf, found: String },
+    #[error("{path}: no line is an audit event")]
+    NoEvents { path: PathBuf },
+    #[error("writing the output: {0}")]
+    Write(#[source] std::io::Error),
+}
+
+/// Runs a policy command; the error is what goes to standard error, exit status 1.
+pub fn run(command: PolicyCommand) -> Result<(), PolicyCliError> {
+    match command {
+        PolicyCommand::Render { file } => {
+            let (_, yaml) = load_candidate(&file)?;
+            print_out(&yaml)
+        }
+        PolicyCommand::Check { file } => {
+            let text = read_text(&file)?;
+            let policy =
+                Policy::from_yaml(&text).map_err(|source| PolicyCliError::InvalidPolicy {
+                    path: file.clone(),
+                    source,
+                })?;
+            for warning in lint(&policy) {
+                eprintln!("warning: {}", warning.message);
+            }
+            eprintln!("{}: valid, {} rules", file.display(), policy.rules.len());
+            Ok(())
+        }
+        PolicyCommand::Preview {
+            file,
+            events,
+            per_event,
+        } => {
+            let (policy, _) = load_candidate(&file)?;
+            preview(&policy, &events, per_event)
+        }
+    }
+}
+
+/// A ClusterAudit (rendered) or a Policy (checked), with the policy's YAML.
+fn load_candidate(path: &Path) -> Result<(Policy, String), PolicyCliError> {
+    let text = read_text(path)?;
+    let document: serde_json::Value =
+        serde_saphyr::from_str(&text).map_err(|err| PolicyCliError::NotAClusterAudit {
+            path: path.into(),
+            reason: err.to_string(),
+        })?;
+    let kind = document["kind"].as_str().unwrap_or_default().to_string();
+    match kind.as_str() {
+        "ClusterAudit" => {
+            let unknown = unknown_fields(&document);
+            if !unknown.is_empty() {
+                return Err(PolicyCliError::NotAClusterAudit {
+                    path: path.into(),
+                    reason: format!("unknown field(s): {}", unknown.join(", ")),
+                });
+            }
+            let audit: ClusterAudit = serde_json::from_value(document).map_err(|err| {
+                PolicyCliError::NotAClusterAudit {
+                    path: path.into(),
+                    reason: err.to_string(),
+                }
+            })?;
+            let rendered =
+                render(&audit.spec.policy).map_err(|source| PolicyCliError::InvalidPolicy {
+                    path: path.into(),
+                    source,
+                })?;
+            for warning in lint(&rendered.policy) {
+                eprintln!("warning: {}", warning.message);
+            }
+            Ok((rendered.policy, rendered.yaml))
+        }
+        "Policy" => {
+            let policy =
+                Policy::from_yaml(&text).map_err(|source| PolicyCliError::InvalidPolicy {
+                    path: path.into(),
+                    source,
+                })?;
+            Ok((policy, text))
+        }
+        other => Err(PolicyCliError::UnknownKind {
+            path: path.into(),
+            found: other.to_string(),
+        }),
+    }
+}
+
+fn preview(policy: &Policy, events: &Path, per_event: bool) -> Result<(), PolicyCliError> {
+    let reader: Box<dyn Read> = if events == Path::new("-") {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(events).map_err(|source| PolicyCliError::Read {
+                path: events.into(),
+                source,
+            })?,
+        )
+    };
+    let mut preview = Preview::new(policy);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut skipped = 0u64;
+    for (number, line) in BufReader::new(reader).lines().enumerate() {
+        let line = line.map_err(|source| PolicyCliError::Read {
+            path: events.into(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Event>(&line) {
+            Ok(event) => {
+                let outcome = preview.add(&event, line.len());
+                if per_event {
+                    serde_json::to_writer(&mut out, &outcome)
+                        .map_err(|err| PolicyCliError::Write(err.into()))?;
+                    out.write_all(b"\n").map_err(PolicyCliError::Write)?;
+                }
+            }
+            Err(err) => {
+                skipped += 1;
+                if skipped <= 3 {
+                    eprintln!(
+                        "{}:{}: skipped, not an audit event: {err}",
+                        events.display(),
+                        number + 1
+                    );
+                }
+            }
+        }
+    }
+    if skipped > 3 {
+        eprintln!("{}: {skipped} lines skipped in all", events.display());
+    }
+    if preview.report().events == 0 {
+        return Err(PolicyCliError::NoEvents {
+            path: events.into(),
+        });
+    }
+    if !per_event {
+        out.write_all(preview.report().render(policy).as_bytes())
+            .map_err(PolicyCliError::Write)?;
+    }
+    out.flush().map_err(PolicyCliError::Write)
+}
+
+fn read_text(path: &Path) -> Result<String, PolicyCliError> {
+    let mut text = String::new();
+    let result = if path == Path::new("-") {
+        std::io::stdin().read_to_string(&mut text).map(|_| ())
+    } else {
+        std::fs::read_to_string(path).map(|t| text = t)
+    };
+    result.map_err(|source| PolicyCliError::Read {
+        path: path.into(),
+        source,
+    })?;
+    Ok(text)
+}
+
+fn print_out(text: &str) -> Result<(), PolicyCliError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .map_err(PolicyCliError::Write)?;
+    out.flush().map_err(PolicyCliError::Write)
+}
