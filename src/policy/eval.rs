@@ -3,7 +3,9 @@
 //! - `users`, `userGroups` (any of the user's groups) and `verbs` narrow a rule when not empty;
 //! - a rule with `namespaces` or `resources` matches resource requests only, one with only
 //!   `nonResourceURLs` non-resource requests only, one with neither matches both;
-//! - `namespaces: [""]` matches cluster-scoped requests (and lists across all namespaces);
+//! - `namespaces: [""]` matches cluster-scoped requests (and lists across all namespaces); a
+//!   request on a namespace object itself (`/api/v1/namespaces/shop`, its `status` and
+//!   `finalize`) is in that namespace, as the kube-apiserver parses such URLs;
 //! - a group of `*` matches every group; an empty resource list matches the whole group;
 //!   resources match `name`, `name/sub`, `*`, `*/sub` and `name/*` (which also matches `name`
 //!   itself), each only for the `resourceNames` given, if any;

@@ -133,15 +133,33 @@ impl ControlPlane {
         Ok(control_plane)
     }
 
+    /// Restarts the direct kube-apiserver with other extra flags (an audit policy, say), on the
+    /// same port, and waits until it is ready again.
+    pub async fn restart_apiserver(&mut self, extra_args: Vec<String>) -> Result<()> {
+        if let Some(mut old) = self.apiserver.take() {
+            old.stop(std::time::Duration::from_secs(10));
+        }
+        self.options.extra_apiserver_args = extra_args;
+        self.start_direct_apiserver().await
+    }
+
+    /// The direct kube-apiserver's log.
+    pub fn apiserver_log(&self) -> PathBuf {
+        self.dir.path().join("kube-apiserver.log")
+    }
+
     async fn start_direct_apiserver(&mut self) -> Result<()> {
-        let port = free_port()?;
+        let port = match self.apiserver_port {
+            Some(port) => port,
+            None => free_port()?,
+        };
         let mut config = self.apiserver_config(port);
         config.extra_args = self.options.extra_apiserver_args.clone();
         let mut process = ManagedProcess::spawn(
             "kube-apiserver",
             &self.binaries.kube_apiserver(),
             &config.args(),
-            &self.dir.path().join("kube-apiserver.log"),
+            &self.apiserver_log(),
         )?;
         wait_apiserver_ready(
             port,
