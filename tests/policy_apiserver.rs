@@ -578,7 +578,10 @@ async fn run_with_policy(
         ])
         .await
         .unwrap_or_else(|err| panic!("kube-apiserver did not start with policy {tag}: {err}"));
-    eprintln!("kube-apiserver ready with policy {tag} in {:?}", started.elapsed());
+    eprintln!(
+        "kube-apiserver ready with policy {tag} in {:?}",
+        started.elapsed()
+    );
     log_path
 }
 

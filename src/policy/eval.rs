@@ -13,10 +13,14 @@
 //! - a matched rule's stages to omit are its own plus the policy's; its omitManagedFields
 //!   overrides the policy's.
 //!
-//! The evaluator compiles the policy once: verbs become a bit set, names are compared by a
-//! precomputed hash before their bytes, so a request that falls through many rules costs little.
+//! Evaluation is indexed rather than a scan: at compile time every user, group, verb and
+//! namespace a rule names maps to the set of rules (a bit set) it admits. A request costs one
+//! lookup per attribute and a few word-wide ANDs; only the candidates that survive are checked
+//! against their resources or URLs, in rule order, so the first match still wins.
 
 use std::hash::BuildHasher;
+
+use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use super::model::{Level, Policy, PolicyRule, Stage};
 
@@ -51,35 +55,214 @@ pub struct Decision {
     pub rule: Option<usize>,
 }
 
-/// A string with its hash, compared by hash first.
-#[derive(Clone, Debug)]
-struct Key {
-    hash: u64,
-    text: Box<str>,
-}
-
-type Hasher = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
-
-fn hash_of(text: &str) -> u64 {
-    Hasher::default().hash_one(text)
-}
-
-impl Key {
-    fn new(text: &str) -> Self {
-        Key {
-            hash: hash_of(text),
-            text: text.into(),
+/// String equality for the short strings policies hold (names, verbs, groups), inlined: a call
+/// to the C library's memcmp per comparison would cost more than the comparison itself.
+#[inline(always)]
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut a_words = a.chunks_exact(8);
+    let mut b_words = b.chunks_exact(8);
+    for (x, y) in a_words.by_ref().zip(b_words.by_ref()) {
+        if u64::from_ne_bytes(x.try_into().expect("8 bytes"))
+            != u64::from_ne_bytes(y.try_into().expect("8 bytes"))
+        {
+            return false;
         }
+    }
+    a_words
+        .remainder()
+        .iter()
+        .zip(b_words.remainder())
+        .all(|(x, y)| x == y)
+}
+
+/// Rules the index covers; longer policies (the API allows 256 custom rules plus the profile's)
+/// fall back to a scan.
+const WORDS: usize = 5;
+const MAX_INDEXED_RULES: usize = WORDS * 64;
+
+/// A set of rule indices: one word for policies of up to 64 rules, several for longer ones.
+trait RuleSet: Copy + Default + std::fmt::Debug + PartialEq {
+    fn with(self, rule: usize) -> Self;
+    fn without(self, rule: usize) -> Self;
+    fn and(self, other: Self) -> Self;
+    fn or(self, other: Self) -> Self;
+    fn not(self) -> Self;
+    fn is_empty(self) -> bool;
+    fn first(self) -> Option<usize>;
+}
+
+impl RuleSet for u64 {
+    #[inline]
+    fn with(self, rule: usize) -> Self {
+        self | 1 << rule
+    }
+    #[inline]
+    fn without(self, rule: usize) -> Self {
+        self & !(1 << rule)
+    }
+    #[inline]
+    fn and(self, other: Self) -> Self {
+        self & other
+    }
+    #[inline]
+    fn or(self, other: Self) -> Self {
+        self | other
+    }
+    #[inline]
+    fn not(self) -> Self {
+        !self
+    }
+    #[inline]
+    fn is_empty(self) -> bool {
+        self == 0
+    }
+    #[inline]
+    fn first(self) -> Option<usize> {
+        (self != 0).then(|| self.trailing_zeros() as usize)
+    }
+}
+
+impl RuleSet for [u64; WORDS] {
+    fn with(mut self, rule: usize) -> Self {
+        self[rule / 64] |= 1 << (rule % 64);
+        self
+    }
+    fn without(mut self, rule: usize) -> Self {
+        self[rule / 64] &= !(1 << (rule % 64));
+        self
+    }
+    #[inline]
+    fn and(self, other: Self) -> Self {
+        std::array::from_fn(|i| self[i] & other[i])
+    }
+    #[inline]
+    fn or(self, other: Self) -> Self {
+        std::array::from_fn(|i| self[i] | other[i])
+    }
+    #[inline]
+    fn not(self) -> Self {
+        self.map(|w| !w)
+    }
+    #[inline]
+    fn is_empty(self) -> bool {
+        self.iter().all(|w| *w == 0)
+    }
+    #[inline]
+    fn first(self) -> Option<usize> {
+        self.iter()
+            .enumerate()
+            .find(|(_, w)| **w != 0)
+            .map(|(i, w)| i * 64 + w.trailing_zeros() as usize)
+    }
+}
+
+/// For one attribute: the rules admitting each named value, and those admitting any value.
+#[derive(Clone, Debug, Default)]
+struct AttributeIndex<S> {
+    named: Lookup<S>,
+    unconstrained: S,
+    /// Rules that name values of this attribute.
+    constrained: S,
+}
+
+/// Values to rule sets. A policy names a handful of users or namespaces, which a scan that
+/// compares lengths first finds faster than hashing the request's value; more go in a table.
+#[derive(Clone, Debug, Default)]
+struct Lookup<S> {
+    entries: Vec<(Box<str>, S)>,
+    table: Option<hashbrown::HashTable<usize>>,
+}
+
+const SCAN_AT_MOST: usize = 8;
+
+impl<S: Copy> Lookup<S> {
+    fn from_map(map: FxHashMap<Box<str>, S>) -> Self {
+        let mut entries: Vec<(Box<str>, S)> = map.into_iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let table = (entries.len() > SCAN_AT_MOST).then(|| {
+            let mut table = hashbrown::HashTable::with_capacity(entries.len());
+            for (i, (key, _)) in entries.iter().enumerate() {
+                table.insert_unique(FxBuildHasher.hash_one(&**key), i, |&j| {
+                    FxBuildHasher.hash_one(&*entries[j].0)
+                });
+            }
+            table
+        });
+        Lookup { entries, table }
     }
 
     #[inline]
-    fn is(&self, hash: u64, text: &str) -> bool {
-        self.hash == hash && &*self.text == text
+    fn get(&self, value: &str) -> Option<S> {
+        match &self.table {
+            None => self
+                .entries
+                .iter()
+                .find(|(key, _)| same(key, value))
+                .map(|(_, rules)| *rules),
+            Some(table) => table
+                .find(FxBuildHasher.hash_one(value), |&i| {
+                    same(&self.entries[i].0, value)
+                })
+                .map(|&i| self.entries[i].1),
+        }
     }
 }
 
-fn contains(keys: &[Key], hash: u64, text: &str) -> bool {
-    keys.iter().any(|key| key.is(hash, text))
+impl<S: RuleSet> AttributeIndex<S> {
+    fn build<'p>(rules: &'p [PolicyRule], values: impl Fn(&'p PolicyRule) -> &'p [String]) -> Self {
+        let mut named: FxHashMap<Box<str>, S> = FxHashMap::default();
+        let mut unconstrained = S::default();
+        let mut constrained = S::default();
+        for (i, rule) in rules.iter().enumerate() {
+            let listed = values(rule);
+            if listed.is_empty() {
+                unconstrained = unconstrained.with(i);
+            } else {
+                constrained = constrained.with(i);
+            }
+            for value in listed {
+                let entry = named.entry(value.as_str().into()).or_default();
+                *entry = entry.with(i);
+            }
+        }
+        // A value that a rule names is admitted by it and by every unconstrained rule.
+        for admitted in named.values_mut() {
+            *admitted = admitted.or(unconstrained);
+        }
+        AttributeIndex {
+            named: Lookup::from_map(named),
+            unconstrained,
+            constrained,
+        }
+    }
+
+    /// Narrows `candidates` to the rules admitting `value`, looking it up only when a candidate
+    /// cares.
+    #[inline]
+    fn narrow(&self, candidates: S, value: &str) -> S {
+        if candidates.and(self.constrained).is_empty() {
+            return candidates;
+        }
+        candidates.and(self.named.get(value).unwrap_or(self.unconstrained))
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Index<S> {
+    resource_requests: S,
+    non_resource_requests: S,
+    /// Per well-known verb; verbs outside the list go through `verbs`.
+    known_verbs: [S; VERBS.len()],
+    verbs: AttributeIndex<S>,
+    users: AttributeIndex<S>,
+    /// Rules naming groups, and per group the rules naming it.
+    group_constrained: S,
+    groups: Lookup<S>,
+    namespaces: AttributeIndex<S>,
 }
 
 const VERBS: [&str; 8] = [
@@ -92,23 +275,117 @@ const VERBS: [&str; 8] = [
     "delete",
     "deletecollection",
 ];
-/// Bit for verbs outside [`VERBS`] (HTTP methods of non-resource requests, proxy, ...), which
-/// then compare by text.
-const OTHER_VERB: u16 = 1 << 15;
 
-fn verb_bit(verb: &str) -> u16 {
-    VERBS
-        .iter()
-        .position(|known| *known == verb)
-        .map_or(OTHER_VERB, |i| 1 << i)
+#[inline]
+fn known_verb(verb: &str) -> Option<usize> {
+    let i = match (verb.len(), verb.as_bytes().first()) {
+        (3, Some(b'g')) => 0,
+        (4, Some(b'l')) => 1,
+        (5, Some(b'w')) => 2,
+        (6, Some(b'c')) => 3,
+        (6, Some(b'u')) => 4,
+        (5, Some(b'p')) => 5,
+        (6, Some(b'd')) => 6,
+        (16, Some(b'd')) => 7,
+        _ => return None,
+    };
+    same(verb, VERBS[i]).then_some(i)
+}
+
+impl<S: RuleSet> Index<S> {
+    fn build(rules: &[PolicyRule]) -> Self {
+        let mut resource_requests = S::default();
+        let mut non_resource_requests = S::default();
+        let mut group_constrained = S::default();
+        let mut groups: FxHashMap<Box<str>, S> = FxHashMap::default();
+        for (i, rule) in rules.iter().enumerate() {
+            let resources = !rule.resources.is_empty() || !rule.namespaces.is_empty();
+            let urls = !rule.non_resource_urls.is_empty();
+            if resources || !urls {
+                resource_requests = resource_requests.with(i);
+            }
+            if !resources {
+                non_resource_requests = non_resource_requests.with(i);
+            }
+            if !rule.user_groups.is_empty() {
+                group_constrained = group_constrained.with(i);
+            }
+            for group in &rule.user_groups {
+                let entry = groups.entry(group.as_str().into()).or_default();
+                *entry = entry.with(i);
+            }
+        }
+        let verbs: AttributeIndex<S> = AttributeIndex::build(rules, |r| &r.verbs);
+        let known_verbs =
+            VERBS.map(|verb| verbs.narrow(verbs.constrained.or(verbs.unconstrained), verb));
+        Index {
+            resource_requests,
+            non_resource_requests,
+            known_verbs,
+            verbs,
+            users: AttributeIndex::build(rules, |r| &r.users),
+            group_constrained,
+            groups: Lookup::from_map(groups),
+            // Namespaces narrow resource requests only; for non-resource requests the request
+            // kind already excludes rules that name namespaces.
+            namespaces: AttributeIndex::build(rules, |r| &r.namespaces),
+        }
+    }
+
+    /// Rules whose users, groups, verbs, namespaces and request kind admit the request.
+    #[inline]
+    fn candidates(&self, request: &RequestAttributes<'_>) -> S {
+        let kind = if request.resource_request {
+            self.resource_requests
+        } else {
+            self.non_resource_requests
+        };
+        let mut candidates = match known_verb(request.verb) {
+            Some(i) => kind.and(self.known_verbs[i]),
+            None => self.verbs.narrow(kind, request.verb),
+        };
+        candidates = self.users.narrow(candidates, request.user);
+        if !candidates.and(self.group_constrained).is_empty() {
+            let mut admitted = self.group_constrained.not();
+            for group in request.groups {
+                if let Some(rules) = self.groups.get(group) {
+                    admitted = admitted.or(rules);
+                }
+            }
+            candidates = candidates.and(admitted);
+        }
+        if request.resource_request {
+            candidates = self.namespaces.narrow(candidates, request.namespace);
+        }
+        candidates
+    }
+
+    /// The first candidate, in rule order, whose resources or URLs match.
+    #[inline]
+    fn first_match<'r>(
+        &self,
+        rules: &'r [CompiledRule],
+        request: &RequestAttributes<'_>,
+    ) -> Option<&'r CompiledRule> {
+        let mut candidates = self.candidates(request);
+        while let Some(i) = candidates.first() {
+            if scope_matches(&rules[i].scope, request) {
+                return Some(&rules[i]);
+            }
+            candidates = candidates.without(i);
+        }
+        None
+    }
 }
 
 #[derive(Clone, Debug)]
 enum ResourcePattern {
     /// `*`
     Any,
-    /// `name` or `name/sub`, compared with the combined resource.
-    Exact(Key),
+    /// `name`
+    Exact(Box<str>),
+    /// `name/sub`
+    WithSubresource(Box<str>, Box<str>),
     /// `*/sub`
     AnyWithSubresource(Box<str>),
     /// `name/*`
@@ -121,7 +398,7 @@ struct CompiledGroupResources {
     group: Box<str>,
     /// Empty: the whole group.
     resources: Vec<ResourcePattern>,
-    names: Vec<Key>,
+    names: Vec<Box<str>>,
 }
 
 #[derive(Clone, Debug)]
@@ -129,7 +406,7 @@ enum Scope {
     /// Neither resources, namespaces nor nonResourceURLs: every request.
     Any,
     Resources {
-        namespaces: Vec<Key>,
+        namespaces: Vec<Box<str>>,
         groups: Vec<CompiledGroupResources>,
     },
     NonResource(Vec<Box<str>>),
@@ -137,11 +414,9 @@ enum Scope {
 
 #[derive(Clone, Debug)]
 struct CompiledRule {
-    users: Vec<Key>,
-    groups: Vec<Key>,
-    /// 0 when the rule names no verbs.
-    verb_bits: u16,
-    other_verbs: Vec<Box<str>>,
+    users: Vec<Box<str>>,
+    groups: Vec<Box<str>>,
+    verbs: Vec<Box<str>>,
     scope: Scope,
     decision: Decision,
 }
@@ -150,7 +425,16 @@ struct CompiledRule {
 #[derive(Clone, Debug)]
 pub struct Evaluator {
     rules: Vec<CompiledRule>,
+    index: Indexed,
     no_match: Decision,
+}
+
+#[derive(Clone, Debug)]
+enum Indexed {
+    Short(Box<Index<u64>>),
+    Long(Box<Index<[u64; WORDS]>>),
+    /// Longer than the index covers: a plain scan.
+    Scan,
 }
 
 impl Evaluator {
@@ -167,6 +451,11 @@ impl Evaluator {
         omit_stages.dedup();
         Evaluator {
             rules,
+            index: match policy.rules.len() {
+                0..=64 => Indexed::Short(Box::new(Index::build(&policy.rules))),
+                65..=MAX_INDEXED_RULES => Indexed::Long(Box::new(Index::build(&policy.rules))),
+                _ => Indexed::Scan,
+            },
             no_match: Decision {
                 level: Level::None,
                 omit_stages,
@@ -176,86 +465,29 @@ impl Evaluator {
         }
     }
 
+    /// The same policy evaluated by a plain scan of the rules (the reference the index is
+    /// checked against).
+    #[cfg(test)]
+    fn scan_only(policy: &Policy) -> Self {
+        Evaluator {
+            index: Indexed::Scan,
+            ..Evaluator::new(policy)
+        }
+    }
+
     /// The decision for one request.
     pub fn evaluate(&self, request: &RequestAttributes<'_>) -> &Decision {
-        let prepared = Prepared::new(request);
-        self.rules
-            .iter()
-            .find(|rule| matches(rule, request, &prepared))
-            .map_or(&self.no_match, |rule| &rule.decision)
-    }
-}
-
-/// Per-request values computed once and reused for every rule.
-struct Prepared {
-    user: u64,
-    groups: smallvec_groups::Groups,
-    verb_bit: u16,
-    namespace: u64,
-    name: u64,
-    combined_resource_hash: u64,
-}
-
-mod smallvec_groups {
-    /// Hashes of a request's groups; users rarely have more than a handful.
-    pub(super) struct Groups {
-        inline: [u64; 8],
-        len: usize,
-        spill: Vec<u64>,
-    }
-
-    impl Groups {
-        pub(super) fn new(groups: &[String]) -> Self {
-            let mut out = Groups {
-                inline: [0; 8],
-                len: 0,
-                spill: Vec::new(),
-            };
-            for group in groups {
-                let hash = super::hash_of(group);
-                if out.len < out.inline.len() {
-                    out.inline[out.len] = hash;
-                    out.len += 1;
-                } else {
-                    out.spill.push(hash);
-                }
-            }
-            out
-        }
-
-        pub(super) fn hashes(&self) -> impl Iterator<Item = u64> + '_ {
-            self.inline[..self.len]
-                .iter()
-                .chain(self.spill.iter())
-                .copied()
-        }
-    }
-}
-
-impl Prepared {
-    fn new(request: &RequestAttributes<'_>) -> Self {
-        let combined_resource_hash = if request.subresource.is_empty() {
-            hash_of(request.resource)
-        } else {
-            hash_of(&combined(request.resource, request.subresource))
+        let matched = match &self.index {
+            Indexed::Short(index) => index.first_match(&self.rules, request),
+            Indexed::Long(index) => index.first_match(&self.rules, request),
+            Indexed::Scan => self.rules.iter().find(|rule| matches_fully(rule, request)),
         };
-        Prepared {
-            user: hash_of(request.user),
-            groups: smallvec_groups::Groups::new(request.groups),
-            verb_bit: verb_bit(request.verb),
-            namespace: hash_of(request.namespace),
-            name: hash_of(request.name),
-            combined_resource_hash,
-        }
+        matched.map_or(&self.no_match, |rule| &rule.decision)
     }
 }
 
-fn combined(resource: &str, subresource: &str) -> String {
-    let mut text = String::with_capacity(resource.len() + 1 + subresource.len());
-    text.push_str(resource);
-    text.push('/');
-    text.push_str(subresource);
-    text
+fn boxed(items: &[String]) -> Vec<Box<str>> {
+    items.iter().map(|s| s.as_str().into()).collect()
 }
 
 fn compile(
@@ -264,18 +496,9 @@ fn compile(
     policy: &Policy,
     policy_omit_managed_fields: bool,
 ) -> CompiledRule {
-    let mut verb_bits = 0;
-    let mut other_verbs = Vec::new();
-    for verb in &rule.verbs {
-        let bit = verb_bit(verb);
-        verb_bits |= bit;
-        if bit == OTHER_VERB {
-            other_verbs.push(verb.as_str().into());
-        }
-    }
     let scope = if !rule.namespaces.is_empty() || !rule.resources.is_empty() {
         Scope::Resources {
-            namespaces: rule.namespaces.iter().map(|n| Key::new(n)).collect(),
+            namespaces: boxed(&rule.namespaces),
             groups: rule
                 .resources
                 .iter()
@@ -292,22 +515,19 @@ fn compile(
                                 ResourcePattern::AnyWithSubresource(sub.into())
                             } else if let Some(parent) = resource.strip_suffix("/*") {
                                 ResourcePattern::AllSubresourcesOf(parent.into())
+                            } else if let Some((parent, sub)) = resource.split_once('/') {
+                                ResourcePattern::WithSubresource(parent.into(), sub.into())
                             } else {
-                                ResourcePattern::Exact(Key::new(resource))
+                                ResourcePattern::Exact(resource.as_str().into())
                             }
                         })
                         .collect(),
-                    names: gr.resource_names.iter().map(|n| Key::new(n)).collect(),
+                    names: boxed(&gr.resource_names),
                 })
                 .collect(),
         }
     } else if !rule.non_resource_urls.is_empty() {
-        Scope::NonResource(
-            rule.non_resource_urls
-                .iter()
-                .map(|u| u.as_str().into())
-                .collect(),
-        )
+        Scope::NonResource(boxed(&rule.non_resource_urls))
     } else {
         Scope::Any
     };
@@ -320,10 +540,9 @@ fn compile(
     omit_stages.sort();
     omit_stages.dedup();
     CompiledRule {
-        users: rule.users.iter().map(|u| Key::new(u)).collect(),
-        groups: rule.user_groups.iter().map(|g| Key::new(g)).collect(),
-        verb_bits,
-        other_verbs,
+        users: boxed(&rule.users),
+        groups: boxed(&rule.user_groups),
+        verbs: boxed(&rule.verbs),
         scope,
         decision: Decision {
             level: rule.level,
@@ -336,87 +555,68 @@ fn compile(
     }
 }
 
+fn listed(list: &[Box<str>], value: &str) -> bool {
+    list.iter().any(|item| same(item, value))
+}
+
+/// The whole rule, without the index (policies longer than the index covers).
+fn matches_fully(rule: &CompiledRule, request: &RequestAttributes<'_>) -> bool {
+    (rule.users.is_empty() || listed(&rule.users, request.user))
+        && (rule.groups.is_empty() || request.groups.iter().any(|g| listed(&rule.groups, g)))
+        && (rule.verbs.is_empty() || listed(&rule.verbs, request.verb))
+        && match &rule.scope {
+            Scope::Resources { namespaces, .. } => {
+                request.resource_request
+                    && (namespaces.is_empty() || listed(namespaces, request.namespace))
+                    && scope_matches(&rule.scope, request)
+            }
+            _ => scope_matches(&rule.scope, request),
+        }
+}
+
+/// The parts of a rule the index does not decide: the request kind, resources and URLs
+/// (namespaces, users, groups and verbs are settled by the index or by [`matches_fully`]).
 #[inline]
-fn matches(rule: &CompiledRule, request: &RequestAttributes<'_>, prepared: &Prepared) -> bool {
-    if rule.verb_bits != 0 {
-        if rule.verb_bits & prepared.verb_bit == 0 {
-            return false;
-        }
-        if prepared.verb_bit == OTHER_VERB && !rule.other_verbs.iter().any(|v| &**v == request.verb)
-        {
-            return false;
-        }
-    }
-    if !rule.users.is_empty() && !contains(&rule.users, prepared.user, request.user) {
-        return false;
-    }
-    if !rule.groups.is_empty()
-        && !prepared
-            .groups
-            .hashes()
-            .zip(request.groups)
-            .any(|(hash, group)| contains(&rule.groups, hash, group))
-    {
-        return false;
-    }
-    match &rule.scope {
+fn scope_matches(scope: &Scope, request: &RequestAttributes<'_>) -> bool {
+    match scope {
         Scope::Any => true,
         Scope::NonResource(urls) => {
             !request.resource_request && urls.iter().any(|url| path_matches(request.path, url))
         }
-        Scope::Resources { namespaces, groups } => {
-            if !request.resource_request {
-                return false;
-            }
-            if !namespaces.is_empty()
-                && !contains(namespaces, prepared.namespace, request.namespace)
-            {
-                return false;
-            }
-            groups.is_empty()
-                || groups
-                    .iter()
-                    .any(|group| group_matches(group, request, prepared))
+        Scope::Resources { groups, .. } => {
+            request.resource_request
+                && (groups.is_empty() || groups.iter().any(|group| group_matches(group, request)))
         }
     }
 }
 
-fn group_matches(
-    group: &CompiledGroupResources,
-    request: &RequestAttributes<'_>,
-    prepared: &Prepared,
-) -> bool {
-    if !group.any_group && &*group.group != request.api_group {
+fn group_matches(group: &CompiledGroupResources, request: &RequestAttributes<'_>) -> bool {
+    if !group.any_group && !same(&group.group, request.api_group) {
         return false;
     }
     if group.resources.is_empty() {
         return true;
     }
-    if !group.names.is_empty() && !contains(&group.names, prepared.name, request.name) {
+    if !group.names.is_empty() && !listed(&group.names, request.name) {
         return false;
     }
     group.resources.iter().any(|pattern| match pattern {
         ResourcePattern::Any => true,
-        ResourcePattern::Exact(key) => {
-            key.hash == prepared.combined_resource_hash
-                && if request.subresource.is_empty() {
-                    &*key.text == request.resource
-                } else {
-                    key.text.len() == request.resource.len() + 1 + request.subresource.len()
-                        && key.text.starts_with(request.resource)
-                        && key.text.as_bytes()[request.resource.len()] == b'/'
-                        && key.text.ends_with(request.subresource)
-                }
+        ResourcePattern::Exact(resource) => {
+            request.subresource.is_empty() && same(resource, request.resource)
+        }
+        ResourcePattern::WithSubresource(resource, sub) => {
+            same(sub, request.subresource) && same(resource, request.resource)
         }
         ResourcePattern::AnyWithSubresource(sub) => {
-            !request.subresource.is_empty() && &**sub == request.subresource
+            !request.subresource.is_empty() && same(sub, request.subresource)
         }
-        ResourcePattern::AllSubresourcesOf(parent) => &**parent == request.resource,
+        ResourcePattern::AllSubresourcesOf(parent) => same(parent, request.resource),
     })
 }
 
 fn path_matches(path: &str, spec: &str) -> bool {
-    if spec == "*" || spec == path {
+    if spec == "*" || same(spec, path) {
         return true;
     }
     // As the kube-apiserver does: every trailing `*` is stripped and the rest is a prefix.
@@ -673,5 +873,102 @@ mod tests {
             .evaluate(&resource("get", "", "pods", ""))
             .clone();
         assert_eq!(none.level, Level::None);
+    }
+
+    /// The index answers exactly as a scan of the rules does, on random policies and requests.
+    #[test]
+    fn the_index_agrees_with_a_scan() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let users = ["alice", "bob", "system:kube-proxy", "system:node:n1"];
+        let groups = ["devs", "ops", "system:nodes", "system:authenticated"];
+        let verbs = ["get", "list", "watch", "create", "delete", "post", "proxy"];
+        let namespaces = ["", "default", "kube-system"];
+        let api_groups = ["", "apps", "*"];
+        let resources = [
+            "pods",
+            "pods/log",
+            "*",
+            "*/scale",
+            "pods/*",
+            "deployments",
+            "deployments/scale",
+        ];
+        let urls = ["/healthz*", "/api", "*", "/apis/*"];
+        let pick = |items: &[&str], next: &mut dyn FnMut(usize) -> usize| -> Vec<String> {
+            let count = next(3);
+            (0..count)
+                .map(|_| items[next(items.len())].to_string())
+                .collect()
+        };
+        for _ in 0..300 {
+            let rule_count = 1 + next(12);
+            let rules = (0..rule_count)
+                .map(|_| {
+                    let mut rule =
+                        PolicyRule::at([Level::None, Level::Metadata, Level::Request][next(3)]);
+                    rule.users = pick(&users, &mut next);
+                    rule.user_groups = pick(&groups, &mut next);
+                    rule.verbs = pick(&verbs, &mut next);
+                    match next(3) {
+                        0 => {
+                            rule.namespaces = pick(&namespaces, &mut next);
+                            if next(2) == 0 {
+                                rule.resources = vec![GroupResources {
+                                    group: api_groups[next(3)].into(),
+                                    resources: pick(&resources, &mut next),
+                                    resource_names: if next(3) == 0 {
+                                        vec!["web".into()]
+                                    } else {
+                                        vec![]
+                                    },
+                                }];
+                            }
+                        }
+                        1 => rule.non_resource_urls = pick(&urls, &mut next),
+                        _ => {}
+                    }
+                    rule
+                })
+                .collect();
+            let p = policy(rules);
+            let (indexed, scanned) = (Evaluator::new(&p), Evaluator::scan_only(&p));
+            // The same rules behind 70 that never match use the multi-word index.
+            let mut padded_rules: Vec<PolicyRule> = (0..70)
+                .map(|i| PolicyRule {
+                    users: vec![format!("nobody-{i}")],
+                    ..PolicyRule::at(Level::RequestResponse)
+                })
+                .collect();
+            padded_rules.extend(p.rules.iter().cloned());
+            let padded = Evaluator::new(&policy(padded_rules));
+            assert!(matches!(padded.index, Indexed::Long(_)));
+            for _ in 0..50 {
+                let request_groups: Vec<String> = pick(&groups, &mut next);
+                let resource_request = next(4) != 0;
+                let request = RequestAttributes {
+                    user: users[next(users.len())],
+                    groups: &request_groups,
+                    verb: verbs[next(verbs.len())],
+                    resource_request,
+                    api_group: ["", "apps"][next(2)],
+                    resource: ["pods", "deployments"][next(2)],
+                    subresource: ["", "log", "scale"][next(3)],
+                    namespace: namespaces[next(3)],
+                    name: ["", "web", "db"][next(3)],
+                    path: ["/healthz/etcd", "/api", "/apis/apps"][next(3)],
+                };
+                let expected = scanned.evaluate(&request);
+                assert_eq!(indexed.evaluate(&request), expected, "{p:#?}\n{request:#?}");
+                let long = padded.evaluate(&request);
+                assert_eq!(long.level, expected.level, "{p:#?}\n{request:#?}");
+                assert_eq!(long.rule, expected.rule.map(|r| r + 70), "{request:#?}");
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@ pub const API_VERSION: &str = "audit.k8s.io/v1";
 pub const KIND: &str = "Policy";
 
 /// How much of a request is recorded.
+#[repr(u8)]
 #[derive(
     Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
 )]
