@@ -6,7 +6,9 @@
 pub mod api;
 pub mod cli;
 pub mod event;
+pub mod loadgen;
 pub mod pki;
 pub mod policy;
+pub mod search;
 pub mod testkit;
 pub mod tls;

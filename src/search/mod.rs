@@ -1,0 +1,3 @@
+//! Searching stored audit events: the query language and its evaluation against the store.
+
+pub mod query;

@@ -1,0 +1,1 @@
+//! The search query language (work in progress).
