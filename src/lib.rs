@@ -5,10 +5,12 @@
 
 pub mod api;
 pub mod cli;
+pub mod collector;
 pub mod event;
 pub mod loadgen;
 pub mod pki;
 pub mod policy;
 pub mod search;
+pub mod store;
 pub mod testkit;
 pub mod tls;

@@ -14,6 +14,8 @@ struct Cli {
 enum Command {
     /// Print the ClusterAudit CustomResourceDefinition as YAML.
     Crd,
+    /// The audit webhook, the embedded store and the search API.
+    Collector(clusteraudit::collector::CollectorArgs),
     /// Render, check and preview audit policies.
     #[command(subcommand)]
     Policy(clusteraudit::cli::policy::PolicyCommand),
@@ -35,6 +37,22 @@ fn main() -> ExitCode {
         Command::Crd => {
             print!("{}", clusteraudit::api::crd_yaml());
             ExitCode::SUCCESS
+        }
+        Command::Collector(args) => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    eprintln!("error: starting the async runtime: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(clusteraudit::collector::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Policy(command) => match clusteraudit::cli::policy::run(command) {
             Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,437 @@
+//! The write-ahead log: a batch is acknowledged only once it is on disk.
+//!
+//! Records are appended to segment files named by the log position they start at, each record
+//! framed as `[length u32][crc32 u32][payload]`. One writer thread commits in groups: it takes
+//! every batch waiting, writes them with one `write`, syncs once, and only then acknowledges
+//! them all, so the cost of a sync is shared by everyone who arrived while the last one ran.
+//! On open, every complete record is handed back for replay; a torn tail (a crash mid-write) is
+//! cut off, which loses nothing acknowledged, since acknowledgement came after the sync.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{BufReader, Read, Write},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use tokio::sync::{mpsc, oneshot};
+
+/// A position in the log: bytes since its beginning.
+pub type Position = u64;
+
+const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+const HEADER: usize = 8;
+/// A single record larger than this is refused (the webhook's body limit is far below it).
+pub const MAX_RECORD_BYTES: usize = 256 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the write-ahead log has stopped")]
+    Stopped,
+    #[error("a record of {0} bytes is over the limit")]
+    TooLarge(usize),
+}
+
+fn io<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> WalError + 'p {
+    move |source| WalError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A record read back on open, with the position just past it.
+pub struct Replayed {
+    pub end: Position,
+    pub payload: Vec<u8>,
+}
+
+struct Append {
+    payload: Vec<u8>,
+    done: oneshot::Sender<Result<Position, String>>,
+}
+
+/// The appending side, cheap to clone.
+#[derive(Clone)]
+pub struct Wal {
+    appends: mpsc::Sender<Append>,
+    released: Arc<AtomicU64>,
+    durable: Arc<AtomicU64>,
+}
+
+/// A durable record on its way to the indexer.
+pub struct Durable {
+    pub end: Position,
+    pub payload: Arc<Vec<u8>>,
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, returning the handle, every record still in the log
+    /// for replay, and the stream of records as they become durable.
+    ///
+    /// `queue` bounds the batches waiting to be written: when it is full, [`Wal::try_append`]
+    /// says so at once instead of waiting, so that callers can shed load.
+    pub fn open(
+        dir: &Path,
+        queue: usize,
+        durable_buffer: usize,
+    ) -> Result<(Wal, Vec<Replayed>, mpsc::Receiver<Durable>), WalError> {
+        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        let mut segments = list_segments(dir)?;
+        let mut replayed = Vec::new();
+        let mut end: Position = 0;
+        for (i, (start, path)) in segments.iter().enumerate() {
+            let last = i + 1 == segments.len();
+            let (records, valid_len) = read_segment(path, *start)?;
+            replayed.extend(records);
+            end = start + valid_len;
+            if last {
+                // Cut a torn tail so that new records follow the last complete one.
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io("opening", path))?;
+                file.set_len(valid_len).map_err(io("truncating", path))?;
+                file.sync_all().map_err(io("syncing", path))?;
+            }
+        }
+        if segments.is_empty() {
+            let path = segment_path(dir, 0);
+            File::create(&path).map_err(io("creating", &path))?;
+            sync_dir(dir)?;
+            segments.push((0, path));
+        }
+        let (start, path) = segments.last().cloned().expect("at least one segment");
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io("opening", &path))?;
+        let (appends, receiver) = mpsc::channel(queue);
+        let (durable_tx, durable_rx) = mpsc::channel(durable_buffer);
+        let released = Arc::new(AtomicU64::new(0));
+        let durable = Arc::new(AtomicU64::new(end));
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            segments: segments.iter().map(|(s, _)| *s).collect(),
+            file,
+            segment_start: start,
+            end,
+            released: released.clone(),
+            durable: durable.clone(),
+            receiver,
+            forward: durable_tx,
+        };
+        std::thread::Builder::new()
+            .name("wal-writer".into())
+            .spawn(move || writer.run())
+            .map_err(io("starting the writer for", dir))?;
+        Ok((
+            Wal {
+                appends,
+                released,
+                durable,
+            },
+            replayed,
+            durable_rx,
+        ))
+    }
+
+    /// Queues a record; None when the queue is full (the caller should shed load). The receiver
+    /// resolves once the record is durable.
+    pub fn try_append(
+        &self,
+        payload: Vec<u8>,
+    ) -> Result<Option<oneshot::Receiver<Result<Position, String>>>, WalError> {
+        if payload.len() > MAX_RECORD_BYTES {
+            return Err(WalError::TooLarge(payload.len()));
+        }
+        let (done, receiver) = oneshot::channel();
+        match self.appends.try_send(Append { payload, done }) {
+            Ok(()) => Ok(Some(receiver)),
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(None),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(WalError::Stopped),
+        }
+    }
+
+    /// Batches waiting to be written.
+    pub fn queued(&self) -> usize {
+        self.appends.max_capacity() - self.appends.capacity()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.appends.max_capacity()
+    }
+
+    /// Everything before `position` is safely elsewhere (indexed and committed): segments wholly
+    /// before it may go.
+    pub fn release_before(&self, position: Position) {
+        self.released.fetch_max(position, Ordering::SeqCst);
+    }
+
+    /// The end of the log as last synced.
+    pub fn durable_end(&self) -> Position {
+        self.durable.load(Ordering::SeqCst)
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    segments: Vec<Position>,
+    file: File,
+    segment_start: Position,
+    end: Position,
+    released: Arc<AtomicU64>,
+    durable: Arc<AtomicU64>,
+    receiver: mpsc::Receiver<Append>,
+    forward: mpsc::Sender<Durable>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut buffer = Vec::with_capacity(4 * 1024 * 1024);
+        while let Some(first) = self.receiver.blocking_recv() {
+            let mut group = vec![first];
+            // Everything that arrived meanwhile joins this group, up to a size that keeps the
+            // latency of the first one reasonable.
+            let mut bytes = group[0].payload.len();
+            while bytes < 32 * 1024 * 1024 {
+                match self.receiver.try_recv() {
+                    Ok(next) => {
+                        bytes += next.payload.len();
+                        group.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            buffer.clear();
+            let mut ends = Vec::with_capacity(group.len());
+            let mut position = self.end;
+            for append in &group {
+                let payload = &append.payload;
+                buffer.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+                buffer.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+                buffer.extend_from_slice(payload);
+                position += (HEADER + payload.len()) as u64;
+                ends.push(position);
+            }
+            let written = self
+                .file
+                .write_all(&buffer)
+                .and_then(|()| self.file.sync_data());
+            match written {
+                Ok(()) => {
+                    self.end = position;
+                    self.durable.store(position, Ordering::SeqCst);
+                    for (append, end) in group.into_iter().zip(ends) {
+                        let payload = Arc::new(append.payload);
+                        let _ = append.done.send(Ok(end));
+                        // The indexer applies backpressure here: when it lags, the queue before
+                        // us fills and callers are told to come back later.
+                        if self
+                            .forward
+                            .blocking_send(Durable { end, payload })
+                            .is_err()
+                        {
+                            tracing::warn!(
+                                "the indexer is gone; records stay in the log for replay"
+                            );
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "writing the write-ahead log failed");
+                    // A failed write may have left part of the group in the file: cut back to the
+                    // last good end so the log stays a sequence of complete records.
+                    let _ = self.file.set_len(self.end - self.segment_start);
+                    for append in group {
+                        let _ = append.done.send(Err(err.to_string()));
+                    }
+                    continue;
+                }
+            }
+            if self.end - self.segment_start >= SEGMENT_BYTES
+                && let Err(err) = self.rotate()
+            {
+                tracing::error!(error = %err, "starting a new log segment failed");
+            }
+            self.drop_released();
+        }
+    }
+
+    fn rotate(&mut self) -> Result<(), WalError> {
+        let path = segment_path(&self.dir, self.end);
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io("creating", &path))?;
+        sync_dir(&self.dir)?;
+        self.segment_start = self.end;
+        self.segments.push(self.end);
+        Ok(())
+    }
+
+    fn drop_released(&mut self) {
+        let released = self.released.load(Ordering::SeqCst);
+        // A segment may go when the next one starts at or before the released position.
+        while self.segments.len() > 1 && self.segments[1] <= released {
+            let path = segment_path(&self.dir, self.segments[0]);
+            if let Err(err) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %err, "removing a released log segment failed");
+                break;
+            }
+            self.segments.remove(0);
+        }
+    }
+}
+
+fn segment_path(dir: &Path, start: Position) -> PathBuf {
+    dir.join(format!("{start:020}.wal"))
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<(Position, PathBuf)>, WalError> {
+    let mut segments = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io("listing", dir))? {
+        let entry = entry.map_err(io("listing", dir))?;
+        let name = entry.file_name();
+        let Some(start) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".wal"))
+            .and_then(|n| n.parse::<Position>().ok())
+        else {
+            continue;
+        };
+        segments.push((start, entry.path()));
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+/// The complete records of a segment and the length they span.
+fn read_segment(path: &Path, start: Position) -> Result<(Vec<Replayed>, u64), WalError> {
+    let file = File::open(path).map_err(io("opening", path))?;
+    let mut reader = BufReader::with_capacity(1024 * 1024, file);
+    let mut records = Vec::new();
+    let mut offset: u64 = 0;
+    loop {
+        let mut header = [0u8; HEADER];
+        if read_full(&mut reader, &mut header).map_err(io("reading", path))? < HEADER {
+            break;
+        }
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        if len > MAX_RECORD_BYTES {
+            break;
+        }
+        let mut payload = vec![0u8; len];
+        if read_full(&mut reader, &mut payload).map_err(io("reading", path))? < len
+            || crc32fast::hash(&payload) != crc
+        {
+            tracing::warn!(path = %path.display(), offset, "cutting a torn record off the end of the log");
+            break;
+        }
+        offset += (HEADER + len) as u64;
+        records.push(Replayed {
+            end: start + offset,
+            payload,
+        });
+    }
+    Ok((records, offset))
+}
+
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("syncing", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn appended_records_come_back_after_a_reopen_and_a_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, replayed, mut durable) = Wal::open(dir.path(), 8, 64).unwrap();
+        assert!(replayed.is_empty());
+        let mut ends = Vec::new();
+        for i in 0..5u8 {
+            let ack = wal.try_append(vec![i; 100 + i as usize]).unwrap().unwrap();
+            ends.push(ack.await.unwrap().unwrap());
+            assert_eq!(durable.recv().await.unwrap().end, *ends.last().unwrap());
+        }
+        drop(wal);
+        drop(durable);
+        // A crash in the middle of a write leaves half a record.
+        let segment = segment_path(dir.path(), 0);
+        let mut file = OpenOptions::new().append(true).open(&segment).unwrap();
+        file.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 9, 9]).unwrap();
+        drop(file);
+
+        let (wal, replayed, _durable) = Wal::open(dir.path(), 8, 64).unwrap();
+        assert_eq!(replayed.len(), 5);
+        for (i, record) in replayed.iter().enumerate() {
+            assert_eq!(record.payload, vec![i as u8; 100 + i]);
+            assert_eq!(record.end, ends[i]);
+        }
+        // New records follow the last complete one.
+        let ack = wal.try_append(b"after".to_vec()).unwrap().unwrap();
+        assert_eq!(ack.await.unwrap().unwrap(), ends[4] + (HEADER + 5) as u64);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        // Nobody drains the durable stream, so the writer stalls after the first record.
+        let (wal, _, _durable) = Wal::open(dir.path(), 2, 1).unwrap();
+        let mut refused = false;
+        for _ in 0..64 {
+            if wal.try_append(vec![1; 10]).unwrap().is_none() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "the queue never filled");
+    }
+
+    #[tokio::test]
+    async fn released_segments_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _, mut durable) = Wal::open(dir.path(), 8, 64).unwrap();
+        // Records big enough to rotate segments quickly.
+        let big = vec![7u8; 40 * 1024 * 1024];
+        let mut last = 0;
+        for _ in 0..3 {
+            let ack = wal.try_append(big.clone()).unwrap().unwrap();
+            last = ack.await.unwrap().unwrap();
+            durable.recv().await.unwrap();
+        }
+        assert!(list_segments(dir.path()).unwrap().len() >= 2);
+        wal.release_before(last);
+        let ack = wal.try_append(b"x".to_vec()).unwrap().unwrap();
+        ack.await.unwrap().unwrap();
+        durable.recv().await.unwrap();
+        assert_eq!(list_segments(dir.path()).unwrap().len(), 1);
+    }
+}

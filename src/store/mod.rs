@@ -1,0 +1,416 @@
+//! The embedded store: per topic, one index per day (UTC), with the raw events kept. Retention
+//! deletes whole days. Logsets and topics are kept in a small catalog file.
+//!
+//! The store is fed from the write-ahead log: each window remembers (in its commit) the log
+//! position it has reached, so a replay after a crash skips what a window already holds and
+//! nothing is indexed twice.
+
+pub mod catalog;
+pub mod index;
+pub mod query;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use tantivy::{
+    DocAddress, Order, Searcher, TantivyDocument,
+    collector::{Count, TopDocs},
+    query::{AllQuery, BooleanQuery, Occur, Query as _, RangeQuery},
+    schema::{Schema, Value},
+};
+
+pub use catalog::{Catalog, Logset, Topic};
+use index::{Fields, Window};
+
+use crate::{event::Event, search::query::Query};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the index at {path}: {message}")]
+    Index { path: PathBuf, message: String },
+    #[error("no logset {0:?}")]
+    LogsetNotFound(String),
+    #[error("no topic {0:?}")]
+    TopicNotFound(String),
+    #[error("logset {0:?} still holds topics; delete them first")]
+    LogsetNotEmpty(String),
+    #[error("topic {0:?} is where the webhook writes; route the webhook elsewhere first")]
+    TopicInUse(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the catalog {path} is unreadable: {message}")]
+    Catalog { path: PathBuf, message: String },
+}
+
+impl StoreError {
+    pub(crate) fn index(path: &Path, err: impl std::fmt::Display) -> Self {
+        StoreError::Index {
+            path: path.into(),
+            message: err.to_string(),
+        }
+    }
+}
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+fn day_of(time: i64) -> i64 {
+    time.div_euclid(MICROS_PER_DAY)
+}
+
+fn day_dir_name(day: i64) -> String {
+    let date = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(day);
+    format!(
+        "{:04}{:02}{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
+}
+
+fn parse_day_dir(name: &str) -> Option<i64> {
+    if name.len() != 8 {
+        return None;
+    }
+    let year: i32 = name[..4].parse().ok()?;
+    let month: u8 = name[4..6].parse().ok()?;
+    let day: u8 = name[6..].parse().ok()?;
+    let date =
+        time::Date::from_calendar_date(year, time::Month::try_from(month).ok()?, day).ok()?;
+    Some((date - time::Date::from_calendar_date(1970, time::Month::January, 1).ok()?).whole_days())
+}
+
+/// A page of search results, newest first.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Page {
+    /// The raw events, exactly as received.
+    pub events: Vec<Box<serde_json::value::RawValue>>,
+    /// Where the next page starts, if there may be one.
+    pub cursor: Option<String>,
+}
+
+/// Facts about a topic's data.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicUsage {
+    pub size_bytes: u64,
+    pub event_count: u64,
+}
+
+pub struct Store {
+    root: PathBuf,
+    schema: Schema,
+    fields: Fields,
+    catalog: Mutex<Catalog>,
+    windows: Mutex<HashMap<(String, i64), Window>>,
+}
+
+impl Store {
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(root.join("topics")).map_err(|source| StoreError::Io {
+            what: "creating",
+            path: root.into(),
+            source,
+        })?;
+        let (schema, fields) = index::schema();
+        let catalog = Catalog::open(&root.join("catalog.json"))?;
+        Ok(Store {
+            root: root.into(),
+            schema,
+            fields,
+            catalog: Mutex::new(catalog),
+            windows: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
+        self.catalog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn windows(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i64), Window>> {
+        self.windows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn topic_dir(&self, topic: &str) -> PathBuf {
+        self.root.join("topics").join(topic)
+    }
+
+    /// Adds the events of one log record (ending at `end`) to their topic's windows, skipping
+    /// the windows that already hold it. Returns how many were added.
+    pub fn apply(&self, end: u64, topic: &str, events: &[&[u8]]) -> Result<usize, StoreError> {
+        let mut windows = self.windows();
+        let mut added = 0;
+        for raw in events {
+            let event: Event = match serde_json::from_slice(raw) {
+                Ok(event) => event,
+                Err(err) => {
+                    // The webhook validated it before it was logged; a record that no longer
+                    // decodes means a code change, and must not stop the rest.
+                    tracing::warn!(error = %err, "skipping an event that no longer decodes");
+                    continue;
+                }
+            };
+            let Some(time) = index::event_time(&event) else {
+                tracing::warn!(audit_id = %event.audit_id, "skipping an event without a timestamp");
+                continue;
+            };
+            let key = (topic.to_string(), day_of(time));
+            let window = match windows.entry(key) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let path = self.topic_dir(topic).join(day_dir_name(v.key().1));
+                    v.insert(Window::open(&path, &self.schema)?)
+                }
+            };
+            if end <= window.committed {
+                continue;
+            }
+            let doc = index::document(&self.fields, &event, time, raw);
+            let path = window.path.clone();
+            window
+                .writer()?
+                .add_document(doc)
+                .map_err(|err| StoreError::index(&path, err))?;
+            window.pending += 1;
+            added += 1;
+        }
+        Ok(added)
+    }
+
+    /// Commits every window with new events, recording that the log up to `position` is in.
+    /// Writers of windows that received nothing since the last commit are closed, so memory
+    /// goes to the windows being written.
+    pub fn commit(&self, position: u64) -> Result<(), StoreError> {
+        let mut windows = self.windows();
+        for window in windows.values_mut() {
+            if window.pending > 0 {
+                window.commit(position)?;
+            } else if let Some(writer) = window.writer.take() {
+                let _ = writer.wait_merging_threads();
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any window has events not yet committed.
+    pub fn has_pending(&self) -> bool {
+        self.windows().values().any(|w| w.pending > 0)
+    }
+
+    /// Searchers of the topic's windows overlapping [from, to] (micros), newest first.
+    fn searchers(&self, topic: &str, from: i64, to: i64) -> Result<Vec<Searcher>, StoreError> {
+        let dir = self.topic_dir(topic);
+        let mut days: Vec<i64> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().and_then(parse_day_dir))
+                .filter(|day| *day >= day_of(from) && *day <= day_of(to))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        days.sort_unstable_by(|a, b| b.cmp(a));
+        let mut windows = self.windows();
+        let mut searchers = Vec::new();
+        for day in days {
+            let key = (topic.to_string(), day);
+            if !windows.contains_key(&key) {
+                let window = Window::open(&dir.join(day_dir_name(day)), &self.schema)?;
+                windows.insert(key.clone(), window);
+            }
+            searchers.push(windows[&key].reader.searcher());
+        }
+        Ok(searchers)
+    }
+
+    /// Events of `topic` matching `query` within [from, to] (micros), newest first.
+    pub fn search(
+        &self,
+        topic: &str,
+        query: &Query,
+        from: i64,
+        to: i64,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page, StoreError> {
+        let limit = limit.clamp(1, 1000);
+        let (mut upper, mut skip) = (to, 0usize);
+        if let Some(cursor) = cursor {
+            (upper, skip) = parse_cursor(cursor)?;
+            upper = upper.min(to);
+        }
+        let matcher = query::translate(&self.schema, &self.fields, query);
+        let range = Box::new(RangeQuery::new(
+            std::ops::Bound::Included(tantivy::Term::from_field_i64(self.fields.time, from)),
+            std::ops::Bound::Included(tantivy::Term::from_field_i64(self.fields.time, upper)),
+        ));
+        let combined = BooleanQuery::new(vec![(Occur::Must, matcher), (Occur::Must, range)]);
+        let wanted = limit + skip;
+        let mut hits: Vec<(i64, usize, DocAddress)> = Vec::new();
+        let searchers = self.searchers(topic, from, upper)?;
+        for (window, searcher) in searchers.iter().enumerate() {
+            let top = searcher
+                .search(
+                    &combined,
+                    &TopDocs::with_limit(wanted).order_by_fast_field::<i64>("time", Order::Desc),
+                )
+                .map_err(|err| StoreError::index(&self.root, err))?;
+            hits.extend(top.into_iter().map(|(t, a)| (t.unwrap_or(0), window, a)));
+            // Windows are whole days, newest first: once a day fills the page, older days
+            // cannot contribute anything newer.
+            if hits.len() >= wanted {
+                break;
+            }
+        }
+        hits.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        // The cursor says: continue at `upper`, after the first `skip` events stamped `upper`.
+        let mut skipped = 0;
+        hits.retain(|(t, _, _)| {
+            if *t == upper && skipped < skip {
+                skipped += 1;
+                false
+            } else {
+                true
+            }
+        });
+        let more = hits.len() > limit;
+        hits.truncate(limit);
+        let mut events = Vec::with_capacity(hits.len());
+        for (_, window, address) in &hits {
+            let doc: TantivyDocument = searchers[*window]
+                .doc(*address)
+                .map_err(|err| StoreError::index(&self.root, err))?;
+            if let Some(raw) = doc.get_first(self.fields.raw).and_then(|v| v.as_bytes()) {
+                let text = String::from_utf8_lossy(raw).into_owned();
+                if let Ok(value) = serde_json::value::RawValue::from_string(text) {
+                    events.push(value);
+                }
+            }
+        }
+        let cursor = match hits.last() {
+            Some((last, _, _)) if more => {
+                let same = hits.iter().filter(|(t, _, _)| t == last).count();
+                let carried = if *last == upper { skip } else { 0 };
+                Some(format!("{last}.{}", same + carried))
+            }
+            _ => None,
+        };
+        Ok(Page { events, cursor })
+    }
+
+    /// How many events of `topic` match within [from, to].
+    pub fn count(&self, topic: &str, query: &Query, from: i64, to: i64) -> Result<u64, StoreError> {
+        let matcher = query::translate(&self.schema, &self.fields, query);
+        let range = Box::new(RangeQuery::new(
+            std::ops::Bound::Included(tantivy::Term::from_field_i64(self.fields.time, from)),
+            std::ops::Bound::Included(tantivy::Term::from_field_i64(self.fields.time, to)),
+        ));
+        let combined = BooleanQuery::new(vec![(Occur::Must, matcher), (Occur::Must, range)]);
+        let mut total = 0;
+        for searcher in self.searchers(topic, from, to)? {
+            total += combined
+                .count(&searcher)
+                .map_err(|err| StoreError::index(&self.root, err))? as u64;
+        }
+        Ok(total)
+    }
+
+    /// Size on disk and number of events of a topic.
+    pub fn usage(&self, topic: &str) -> Result<TopicUsage, StoreError> {
+        let dir = self.topic_dir(topic);
+        let size_bytes = dir_size(&dir);
+        let mut event_count = 0;
+        for searcher in self.searchers(topic, i64::MIN / 2, i64::MAX / 2)? {
+            event_count += AllQuery
+                .count(&searcher)
+                .map_err(|err| StoreError::index(&self.root, err))?
+                as u64;
+        }
+        let _ = Count;
+        Ok(TopicUsage {
+            size_bytes,
+            event_count,
+        })
+    }
+
+    /// Deletes the days of every topic older than its retention. Returns the windows deleted.
+    pub fn enforce_retention(&self, now_micros: i64) -> Result<Vec<PathBuf>, StoreError> {
+        let topics: Vec<(String, u32)> = self
+            .catalog()
+            .topics()
+            .iter()
+            .map(|t| (t.id.clone(), t.retention_days))
+            .collect();
+        let today = day_of(now_micros);
+        let mut deleted = Vec::new();
+        for (topic, retention) in topics {
+            let dir = self.topic_dir(&topic);
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.filter_map(|e| e.ok()) {
+                let Some(day) = entry.file_name().to_str().and_then(parse_day_dir) else {
+                    continue;
+                };
+                if day <= today - retention as i64 {
+                    self.windows().remove(&(topic.clone(), day));
+                    let path = entry.path();
+                    std::fs::remove_dir_all(&path).map_err(|source| StoreError::Io {
+                        what: "deleting",
+                        path: path.clone(),
+                        source,
+                    })?;
+                    deleted.push(path);
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Removes a topic's data (after the catalog entry is gone).
+    pub fn delete_topic_data(&self, topic: &str) -> Result<(), StoreError> {
+        self.windows().retain(|(t, _), _| t != topic);
+        let dir = self.topic_dir(topic);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Io {
+                what: "deleting",
+                path: dir,
+                source,
+            }),
+        }
+    }
+}
+
+fn parse_cursor(cursor: &str) -> Result<(i64, usize), StoreError> {
+    let invalid =
+        || StoreError::Invalid(format!("{cursor:?} is not a cursor this server gave out"));
+    let (time, skip) = cursor.split_once('.').ok_or_else(invalid)?;
+    Ok((
+        time.parse().map_err(|_| invalid())?,
+        skip.parse().map_err(|_| invalid())?,
+    ))
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => dir_size(&entry.path()),
+            Ok(_) => entry.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
