@@ -40,6 +40,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(get_topic).patch(update_topic).delete(delete_topic),
         )
         .route("/v1/topics/{id}/events", get(search_events))
+        .route("/v1/topics/{id}/stats", get(topic_stats))
         .route("/v1/route", get(get_route).put(set_route))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -416,6 +417,76 @@ async fn search_events(
         .query_seconds
         .observe(started.elapsed().as_secs_f64());
     Ok(Json(page).into_response())
+}
+
+#[derive(Deserialize)]
+struct StatsParams {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    by: Option<String>,
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    top: Option<usize>,
+}
+
+async fn topic_stats(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    QueryParams(params): QueryParams<StatsParams>,
+) -> ApiResult<Response> {
+    shared.auth.authorize(&headers, Access::Read).await?;
+    shared.store.catalog().topic(&id)?;
+    let query = crate::search::query::parse(&params.q)
+        .map_err(|err| ApiError(StatusCode::BAD_REQUEST, format!("q: {err}")))?;
+    let now = now_micros();
+    let from = match &params.from {
+        Some(text) => parse_time(text, now)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("from: {e}")))?,
+        None => now - 86_400_000_000,
+    };
+    let to = match &params.to {
+        Some(text) => parse_time(text, now)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("to: {e}")))?,
+        None => now,
+    };
+    let by: crate::store::StatsField =
+        serde_json::from_value(json!(params.by.as_deref().unwrap_or("user"))).map_err(|_| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                "by: one of user, verb, resource, namespace, code".into(),
+            )
+        })?;
+    let interval = match &params.interval {
+        Some(text) => humantime::parse_duration(text)
+            .map_err(|_| {
+                ApiError(
+                    StatusCode::BAD_REQUEST,
+                    format!("interval: {text:?} is not a duration such as 1h"),
+                )
+            })?
+            .as_micros() as i64,
+        // About fifty buckets over the range.
+        None => ((to - from) / 50).max(60_000_000),
+    };
+    let top = params.top.unwrap_or(10);
+    let store = shared.store.clone();
+    let started = Instant::now();
+    let stats =
+        tokio::task::spawn_blocking(move || store.stats(&id, &query, from, to, by, interval, top))
+            .await
+            .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))??;
+    shared
+        .metrics
+        .query_seconds
+        .observe(started.elapsed().as_secs_f64());
+    Ok(Json(stats).into_response())
 }
 
 pub fn now_micros() -> i64 {

@@ -32,7 +32,9 @@ impl Metrics {
         let rejected = Family::<Reason, Counter>::default();
         let queue_depth = Gauge::default();
         let latency_buckets = || {
-            Histogram::new([0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
+            Histogram::new([
+                0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ])
         };
         let batch_ack_seconds = latency_buckets();
         let query_seconds = latency_buckets();

@@ -172,6 +172,26 @@ pub fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>, Coll
         max_body_bytes: args.max_body_bytes,
         ready: std::sync::atomic::AtomicBool::new(true),
     });
+    let retention_store = store.clone();
+    std::thread::Builder::new()
+        .name("retention".into())
+        .spawn(move || {
+            loop {
+                match retention_store.enforce_retention(http::now_micros()) {
+                    Ok(deleted) if !deleted.is_empty() => {
+                        tracing::info!(windows = deleted.len(), "deleted days past their retention")
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::error!(error = %err, "enforcing retention failed"),
+                }
+                std::thread::sleep(Duration::from_secs(600));
+            }
+        })
+        .map_err(|source| CollectorError::Read {
+            what: "starting the retention task for",
+            path: args.data_dir.clone(),
+            source,
+        })?;
     std::thread::Builder::new()
         .name("indexer".into())
         .spawn(move || index_forever(store, wal, durable, metrics))

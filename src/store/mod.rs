@@ -98,6 +98,52 @@ pub struct Page {
     pub cursor: Option<String>,
 }
 
+/// The fields stats can group by (those kept as columns).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum StatsField {
+    User,
+    Verb,
+    Resource,
+    Namespace,
+    Code,
+}
+
+impl StatsField {
+    pub fn field_name(self) -> &'static str {
+        match self {
+            StatsField::User => "user",
+            StatsField::Verb => "verb",
+            StatsField::Resource => "resource",
+            StatsField::Namespace => "namespace",
+            StatsField::Code => "code",
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    pub total: u64,
+    pub interval_micros: i64,
+    pub by: String,
+    pub over_time: Vec<TimeBucket>,
+    pub top: Vec<TopValue>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TimeBucket {
+    /// Microseconds since the epoch.
+    pub start: i64,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TopValue {
+    pub value: String,
+    pub count: u64,
+}
+
 /// Facts about a topic's data.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -253,7 +299,8 @@ impl Store {
             std::ops::Bound::Included(tantivy::Term::from_field_i64(self.fields.time, upper)),
         ));
         let combined = BooleanQuery::new(vec![(Occur::Must, matcher), (Occur::Must, range)]);
-        let wanted = limit + skip;
+        // One more than the page, to know whether another page follows.
+        let wanted = limit + skip + 1;
         let mut hits: Vec<(i64, usize, DocAddress)> = Vec::new();
         let searchers = self.searchers(topic, from, upper)?;
         for (window, searcher) in searchers.iter().enumerate() {
@@ -306,6 +353,96 @@ impl Store {
         Ok(Page { events, cursor })
     }
 
+    /// Counts over time and the most frequent values of one field, for the events of `topic`
+    /// matching `query` within [from, to].
+    pub fn stats(
+        &self,
+        topic: &str,
+        query: &Query,
+        from: i64,
+        to: i64,
+        by: StatsField,
+        interval_micros: i64,
+        top: usize,
+    ) -> Result<Stats, StoreError> {
+        use tantivy::aggregation::{
+            AggregationLimitsGuard, DistributedAggregationCollector, agg_req::Aggregations,
+            intermediate_agg_result::IntermediateAggregationResults,
+        };
+        let interval_micros = interval_micros.max(1_000_000);
+        let top = top.clamp(1, 100);
+        let request: Aggregations = serde_json::from_value(serde_json::json!({
+            "over_time": {"histogram": {"field": "time", "interval": interval_micros as f64}},
+            "top": {"terms": {"field": by.field_name(), "size": top, "segment_size": top * 10 + 100}},
+        }))
+        .map_err(|err| StoreError::Invalid(err.to_string()))?;
+        let matcher = query::translate(&self.schema, &self.fields, query);
+        let range = Box::new(RangeQuery::new(
+            std::ops::Bound::Included(tantivy::Term::from_field_i64(self.fields.time, from)),
+            std::ops::Bound::Included(tantivy::Term::from_field_i64(self.fields.time, to)),
+        ));
+        let combined = BooleanQuery::new(vec![(Occur::Must, matcher), (Occur::Must, range)]);
+        let mut merged: Option<IntermediateAggregationResults> = None;
+        let mut total = 0u64;
+        for searcher in self.searchers(topic, from, to)? {
+            let (count, partial) = searcher
+                .search(
+                    &combined,
+                    &(
+                        Count,
+                        DistributedAggregationCollector::from_aggs(
+                            request.clone(),
+                            Default::default(),
+                        ),
+                    ),
+                )
+                .map_err(|err| StoreError::index(&self.root, err))?;
+            total += count as u64;
+            match merged.as_mut() {
+                Some(merged) => merged
+                    .merge_fruits(partial)
+                    .map_err(|err| StoreError::index(&self.root, err))?,
+                None => merged = Some(partial),
+            }
+        }
+        let mut stats = Stats {
+            total,
+            interval_micros,
+            by: by.field_name().to_string(),
+            over_time: Vec::new(),
+            top: Vec::new(),
+        };
+        let Some(merged) = merged else {
+            return Ok(stats);
+        };
+        let results = merged
+            .into_final_result(request, AggregationLimitsGuard::default())
+            .map_err(|err| StoreError::index(&self.root, err))?;
+        let json =
+            serde_json::to_value(&results).map_err(|err| StoreError::Invalid(err.to_string()))?;
+        for bucket in json["over_time"]["buckets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            stats.over_time.push(TimeBucket {
+                start: bucket["key"].as_f64().unwrap_or_default() as i64,
+                count: bucket["doc_count"].as_u64().unwrap_or_default(),
+            });
+        }
+        for bucket in json["top"]["buckets"].as_array().into_iter().flatten() {
+            let value = match &bucket["key"] {
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            stats.top.push(TopValue {
+                value,
+                count: bucket["doc_count"].as_u64().unwrap_or_default(),
+            });
+        }
+        Ok(stats)
+    }
+
     /// How many events of `topic` match within [from, to].
     pub fn count(&self, topic: &str, query: &Query, from: i64, to: i64) -> Result<u64, StoreError> {
         let matcher = query::translate(&self.schema, &self.fields, query);
@@ -334,7 +471,6 @@ impl Store {
                 .map_err(|err| StoreError::index(&self.root, err))?
                 as u64;
         }
-        let _ = Count;
         Ok(TopicUsage {
             size_bytes,
             event_count,
