@@ -16,6 +16,8 @@ enum Command {
     Crd,
     /// The audit webhook, the embedded store and the search API.
     Collector(clusteraudit::collector::CollectorArgs),
+    /// Search the stored audit events.
+    Search(clusteraudit::cli::search::SearchArgs),
     /// Render, check and preview audit policies.
     #[command(subcommand)]
     Policy(clusteraudit::cli::policy::PolicyCommand),
@@ -24,8 +26,49 @@ enum Command {
     Dev(clusteraudit::testkit::cli::DevCommand),
 }
 
+/// Runs a command's future to completion; its error goes to standard error, exit status 1.
+fn block_on<E: std::fmt::Display>(
+    future: impl std::future::Future<Output = Result<(), E>>,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(future) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // kubectl runs plugins by name: as `kubectl-audit` this binary is `kubectl audit`.
+    let invoked_as_plugin = std::env::args_os()
+        .next()
+        .and_then(|arg0| {
+            std::path::Path::new(&arg0)
+                .file_name()
+                .map(|n| n.to_string_lossy().starts_with("kubectl-audit"))
+        })
+        .unwrap_or(false);
+    let cli = if invoked_as_plugin {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command()
+            .name("kubectl audit")
+            .bin_name("kubectl audit")
+            .get_matches();
+        match Cli::from_arg_matches(&matches) {
+            Ok(cli) => cli,
+            Err(err) => err.exit(),
+        }
+    } else {
+        Cli::parse()
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -38,22 +81,8 @@ fn main() -> ExitCode {
             print!("{}", clusteraudit::api::crd_yaml());
             ExitCode::SUCCESS
         }
-        Command::Collector(args) => {
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(runtime) => runtime,
-                Err(err) => {
-                    eprintln!("error: starting the async runtime: {err}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(clusteraudit::collector::run(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("error: {err}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Collector(args) => block_on(clusteraudit::collector::run(args)),
+        Command::Search(args) => block_on(clusteraudit::cli::search::run(args)),
         Command::Policy(command) => match clusteraudit::cli::policy::run(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {

@@ -398,6 +398,75 @@ async fn audit_events_from_the_real_kube_apiserver_are_found_by_search() {
     let everything = collector.search_until(&alice, "", |e| !e.is_empty()).await;
     assert!(everything.len() > 10);
 
+    // The same question from a shell: `clusteraudit search`, and `kubectl audit search` as a
+    // kubectl plugin, both with the kubeconfig's token (alice's).
+    let mut kubeconfig: Value =
+        serde_json::from_slice(&std::fs::read(control_plane.kubeconfig_path()).unwrap()).unwrap();
+    kubeconfig["current-context"] = json!("alice");
+    let alice_kubeconfig = dir.join("alice.kubeconfig");
+    write(&alice_kubeconfig, serde_json::to_vec(&kubeconfig).unwrap());
+    let plugin_dir = dir.join("plugins");
+    std::fs::create_dir_all(&plugin_dir).unwrap();
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_clusteraudit"),
+        plugin_dir.join("kubectl-audit"),
+    )
+    .unwrap();
+    let search_args = [
+        "search".to_string(),
+        "verb:delete and resource:deployments and namespace:shop".to_string(),
+        "--since=1h".to_string(),
+        format!("--server={}", collector.url),
+        format!("--ca-file={}", dir.join("collector-ca.crt").display()),
+    ];
+    let direct = std::process::Command::new(env!("CARGO_BIN_EXE_clusteraudit"))
+        .args(&search_args)
+        .env("KUBECONFIG", &alice_kubeconfig)
+        .output()
+        .unwrap();
+    let plugin = std::process::Command::new(control_plane.binaries().kubectl())
+        .arg("audit")
+        .args(&search_args)
+        .env("KUBECONFIG", &alice_kubeconfig)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                plugin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .output()
+        .unwrap();
+    for (how, output) in [
+        ("clusteraudit search", direct),
+        ("kubectl audit search", plugin),
+    ] {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{how}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 2, "{how}: {stdout}");
+        assert!(
+            lines[0].starts_with("TIME") && lines[0].contains("NAMESPACE/NAME"),
+            "{how}: {stdout}"
+        );
+        for expected in ["alice", "delete", "deployments", "shop/web", "200"] {
+            assert!(lines[1].contains(expected), "{how}: {stdout}");
+        }
+    }
+    let json_output = std::process::Command::new(env!("CARGO_BIN_EXE_clusteraudit"))
+        .args(&search_args)
+        .args(["-o", "json"])
+        .env("KUBECONFIG", &alice_kubeconfig)
+        .output()
+        .unwrap();
+    let line: Value = serde_json::from_slice(&json_output.stdout).expect("one event as JSON");
+    assert_eq!(line["auditID"], deletion["auditID"]);
+
     // Reading audit logs is itself privileged.
     let (_, route) = collector.get("/v1/route", Some(&alice)).await;
     let topic = route["topicId"].as_str().unwrap().to_string();

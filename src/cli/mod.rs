@@ -2,3 +2,4 @@
 //! modules it calls.
 
 pub mod policy;
+pub mod search;
