@@ -16,6 +16,8 @@ enum Command {
     Crd,
     /// The audit webhook, the embedded store and the search API.
     Collector(clusteraudit::collector::CollectorArgs),
+    /// Post realistic audit EventLists to a collector and report events/s and ack latency.
+    Loadgen(clusteraudit::loadgen::LoadgenArgs),
     /// Search the stored audit events.
     Search(clusteraudit::cli::search::SearchArgs),
     /// Render, check and preview audit policies.
@@ -82,6 +84,21 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Collector(args) => block_on(clusteraudit::collector::run(args)),
+        Command::Loadgen(args) => {
+            let json = args.json;
+            block_on(async move {
+                let report = clusteraudit::loadgen::run(args).await?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&report).expect("a report serializes")
+                    );
+                } else {
+                    println!("{report}");
+                }
+                Ok::<(), clusteraudit::loadgen::LoadgenError>(())
+            })
+        }
         Command::Search(args) => block_on(clusteraudit::cli::search::run(args)),
         Command::Policy(command) => match clusteraudit::cli::policy::run(command) {
             Ok(()) => ExitCode::SUCCESS,

@@ -478,10 +478,21 @@ async fn topic_stats(
     let top = params.top.unwrap_or(10);
     let store = shared.store.clone();
     let started = Instant::now();
-    let stats =
-        tokio::task::spawn_blocking(move || store.stats(&id, &query, from, to, by, interval, top))
-            .await
-            .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))??;
+    let stats = tokio::task::spawn_blocking(move || {
+        store.stats(
+            &id,
+            &crate::store::StatsRequest {
+                query,
+                from,
+                to,
+                by,
+                interval_micros: interval,
+                top,
+            },
+        )
+    })
+    .await
+    .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))??;
     shared
         .metrics
         .query_seconds

@@ -98,6 +98,18 @@ pub struct Page {
     pub cursor: Option<String>,
 }
 
+/// What to count: events matching `query` within [from, to] (micros), per `interval_micros`,
+/// and the `top` values of `by`.
+#[derive(Debug, Clone)]
+pub struct StatsRequest {
+    pub query: Query,
+    pub from: i64,
+    pub to: i64,
+    pub by: StatsField,
+    pub interval_micros: i64,
+    pub top: usize,
+}
+
 /// The fields stats can group by (those kept as columns).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -355,16 +367,16 @@ impl Store {
 
     /// Counts over time and the most frequent values of one field, for the events of `topic`
     /// matching `query` within [from, to].
-    pub fn stats(
-        &self,
-        topic: &str,
-        query: &Query,
-        from: i64,
-        to: i64,
-        by: StatsField,
-        interval_micros: i64,
-        top: usize,
-    ) -> Result<Stats, StoreError> {
+    pub fn stats(&self, topic: &str, request: &StatsRequest) -> Result<Stats, StoreError> {
+        let StatsRequest {
+            query,
+            from,
+            to,
+            by,
+            interval_micros,
+            top,
+        } = request;
+        let (from, to, by, interval_micros, top) = (*from, *to, *by, *interval_micros, *top);
         use tantivy::aggregation::{
             AggregationLimitsGuard, DistributedAggregationCollector, agg_req::Aggregations,
             intermediate_agg_result::IntermediateAggregationResults,
