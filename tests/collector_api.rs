@@ -493,3 +493,98 @@ async fn the_collector_api_end_to_end_in_development_mode() {
         60
     );
 }
+
+/// Kill -9 the collector while the load generator posts at full speed: after a restart, every
+/// event of every batch that got a 200 is there, and the collector recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_when_the_collector_is_killed_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port().unwrap();
+    let collector = start(&data, &dir.path().join("collector-1.log"), port).await;
+    let acked_file = dir.path().join("acked-ids");
+    let loadgen_args = vec![
+        "loadgen".to_string(),
+        format!("--target={}/v1/webhook", collector.url),
+        "--events=2000000".into(),
+        "--batch=400".into(),
+        "--concurrency=4".into(),
+        "--seed=11".into(),
+        "--duration=120s".into(),
+        format!("--acked-ids-file={}", acked_file.display()),
+    ];
+    let mut loadgen = ManagedProcess::spawn(
+        "loadgen",
+        Path::new(env!("CARGO_BIN_EXE_clusteraudit")),
+        &loadgen_args,
+        &dir.path().join("loadgen.log"),
+    )
+    .unwrap();
+    let acked_lines = || {
+        std::fs::read_to_string(&acked_file)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while acked_lines() < 20_000 {
+        assert!(
+            tokio::time::Instant::now() < deadline && loadgen.is_running(),
+            "the load generator did not get going: {}",
+            loadgen.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // In the middle of the load: batches in flight, some synced and not yet answered, the
+    // indexer between commits.
+    let Collector { mut process, .. } = collector;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(process.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    process.stop(Duration::from_secs(5));
+    // Nothing answers now; the load generator gives up on its own.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while loadgen.is_running() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    loadgen.stop(Duration::from_secs(5));
+    let acked: std::collections::BTreeSet<String> = std::fs::read_to_string(&acked_file)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(
+        acked.len() >= 10_000,
+        "only {} events acknowledged",
+        acked.len()
+    );
+
+    let collector = start(&data, &dir.path().join("collector-2.log"), port).await;
+    let (_, route) = collector
+        .call(reqwest::Method::GET, "/v1/route", None)
+        .await;
+    let topic = route["topicId"].as_str().unwrap().to_string();
+    let stored: std::collections::BTreeSet<String> = collector
+        .search_all(&topic, "", 1000)
+        .await
+        .iter()
+        .map(|e| e["auditID"].as_str().unwrap().to_string())
+        .collect();
+    let missing: Vec<&String> = acked.difference(&stored).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged events are missing after the crash, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+    // And it keeps working.
+    assert_eq!(
+        collector
+            .post_events(&[event(9_999, "after", "get", 200)])
+            .await,
+        200
+    );
+    assert_eq!(collector.wait_count(&topic, "user:after", 1).await.len(), 1);
+}

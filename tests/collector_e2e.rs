@@ -36,6 +36,16 @@ async fn start_collector(
     write(&dir.join("collector.crt"), &serving.cert_pem);
     write(&dir.join("collector.key"), &serving.key_pem);
     write(&dir.join("webhook-token"), token);
+    // A second way in for webhook callers: a client certificate from this CA.
+    let client_ca = CertificateAuthority::generate("webhook-clients").unwrap();
+    let client = client_ca
+        .issue_client("kube-apiserver-webhook", None)
+        .unwrap();
+    write(&dir.join("webhook-client-ca.crt"), client_ca.cert_pem());
+    write(
+        &dir.join("webhook-client.pem"),
+        format!("{}{}", client.cert_pem, client.key_pem),
+    );
     let port = free_port().unwrap();
     let args: Vec<String> = vec![
         "collector".into(),
@@ -46,6 +56,10 @@ async fn start_collector(
         format!(
             "--webhook-token-file={}",
             dir.join("webhook-token").display()
+        ),
+        format!(
+            "--webhook-client-ca={}",
+            dir.join("webhook-client-ca.crt").display()
         ),
         format!("--kubeconfig={}", control_plane.kubeconfig_path().display()),
     ];
@@ -502,4 +516,47 @@ async fn audit_events_from_the_real_kube_apiserver_are_found_by_search() {
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
+    // ... and accepts a caller with a client certificate from the configured CA, no token.
+    let identity =
+        reqwest::Identity::from_pem(&std::fs::read(dir.join("webhook-client.pem")).unwrap())
+            .unwrap();
+    let with_certificate = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(dir.join("collector-ca.crt")).unwrap())
+                .unwrap(),
+        )
+        .identity(identity)
+        .build()
+        .unwrap();
+    let response = with_certificate
+        .post(format!("{}/v1/webhook", collector.url))
+        .header("content-type", "application/json")
+        .body(r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // A certificate from another CA is refused at the handshake.
+    let stranger_ca = CertificateAuthority::generate("strangers").unwrap();
+    let stranger = stranger_ca.issue_client("intruder", None).unwrap();
+    let intruder = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(dir.join("collector-ca.crt")).unwrap())
+                .unwrap(),
+        )
+        .identity(
+            reqwest::Identity::from_pem(
+                format!("{}{}", stranger.cert_pem, stranger.key_pem).as_bytes(),
+            )
+            .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let refused = intruder
+        .post(format!("{}/v1/webhook", collector.url))
+        .header("content-type", "application/json")
+        .body(r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[]}"#)
+        .send()
+        .await;
+    assert!(refused.is_err() || refused.unwrap().status() == 401);
 }

@@ -25,10 +25,35 @@ use crate::store::StoreError;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct VerifiedClientCertificate(pub bool);
 
+/// Webhook requests being read or waiting for the log at once. With the body limit this bounds
+/// the memory senders can make the collector hold, whatever they do.
+pub const MAX_WEBHOOK_IN_FLIGHT: usize = 64;
+
 pub fn router(shared: Arc<Shared>) -> Router {
     let limit = shared.max_body_bytes;
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_WEBHOOK_IN_FLIGHT));
+    let webhook_route = post(webhook).layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let in_flight = in_flight.clone();
+            async move {
+                // Refused before the body is read, so a flood costs nothing but the refusal.
+                let Ok(_permit) = in_flight.try_acquire_owned() else {
+                    let mut response = ApiError(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many batches in flight; retry shortly".into(),
+                    )
+                    .into_response();
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return response;
+                };
+                next.run(request).await
+            }
+        },
+    ));
     Router::new()
-        .route("/v1/webhook", post(webhook))
+        .route("/v1/webhook", webhook_route)
         .route("/v1/logsets", get(list_logsets).post(create_logset))
         .route("/v1/logsets/{id}", get(get_logset).delete(delete_logset))
         .route(

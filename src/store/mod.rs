@@ -290,6 +290,10 @@ impl Store {
     }
 
     /// Events of `topic` matching `query` within [from, to] (micros), newest first.
+    ///
+    /// Events stamped with the same microsecond are ordered by their bytes, and a page never ends
+    /// inside such a group without the cursor saying how much of it was shown; so paging neither
+    /// repeats nor skips an event, even when segments merge between pages.
     pub fn search(
         &self,
         topic: &str,
@@ -303,66 +307,137 @@ impl Store {
         let (mut upper, mut skip) = (to, 0usize);
         if let Some(cursor) = cursor {
             (upper, skip) = parse_cursor(cursor)?;
-            upper = upper.min(to);
+            if upper > to {
+                (upper, skip) = (to, 0);
+            }
+        }
+        if upper < from {
+            return Ok(Page {
+                events: Vec::new(),
+                cursor: None,
+            });
         }
         let matcher = query::translate(&self.schema, &self.fields, query);
-        let range = Box::new(RangeQuery::new(
-            std::ops::Bound::Included(tantivy::Term::from_field_i64(self.fields.time, from)),
-            std::ops::Bound::Included(tantivy::Term::from_field_i64(self.fields.time, upper)),
-        ));
-        let combined = BooleanQuery::new(vec![(Occur::Must, matcher), (Occur::Must, range)]);
-        // One more than the page, to know whether another page follows.
-        let wanted = limit + skip + 1;
-        let mut hits: Vec<(i64, usize, DocAddress)> = Vec::new();
         let searchers = self.searchers(topic, from, upper)?;
+        let within = |low: std::ops::Bound<i64>, high: std::ops::Bound<i64>| {
+            let term = |t: i64| tantivy::Term::from_field_i64(self.fields.time, t);
+            BooleanQuery::new(vec![
+                (Occur::Must, matcher.box_clone()),
+                (
+                    Occur::Must,
+                    Box::new(RangeQuery::new(low.map(term), high.map(term))),
+                ),
+            ])
+        };
+        use std::ops::Bound::{Excluded, Included};
+
+        // First what is left of the group stamped `upper`.
+        let mut page: Vec<Vec<u8>> = self
+            .group_at(&searchers, &within(Included(upper), Included(upper)))?
+            .into_iter()
+            .skip(skip)
+            .collect();
+        if page.len() > limit {
+            page.truncate(limit);
+            return Ok(Page {
+                events: raw_events(page),
+                cursor: Some(format!("{upper}.{}", skip + limit)),
+            });
+        }
+        // Then the newest below it, one more than fits to know whether a page follows.
+        let room = limit - page.len();
+        let mut hits: Vec<(i64, usize, DocAddress)> = Vec::new();
+        let below = within(Included(from), Excluded(upper));
         for (window, searcher) in searchers.iter().enumerate() {
             let top = searcher
                 .search(
-                    &combined,
-                    &TopDocs::with_limit(wanted).order_by_fast_field::<i64>("time", Order::Desc),
+                    &below,
+                    &TopDocs::with_limit(room + 1).order_by_fast_field::<i64>("time", Order::Desc),
                 )
                 .map_err(|err| StoreError::index(&self.root, err))?;
             hits.extend(top.into_iter().map(|(t, a)| (t.unwrap_or(0), window, a)));
-            // Windows are whole days, newest first: once a day fills the page, older days
-            // cannot contribute anything newer.
-            if hits.len() >= wanted {
+            // Windows are whole days, newest first: once one fills the page, older days cannot
+            // hold anything newer.
+            if hits.len() > room {
                 break;
             }
         }
-        hits.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-        // The cursor says: continue at `upper`, after the first `skip` events stamped `upper`.
-        let mut skipped = 0;
-        hits.retain(|(t, _, _)| {
-            if *t == upper && skipped < skip {
-                skipped += 1;
-                false
-            } else {
-                true
-            }
-        });
-        let more = hits.len() > limit;
-        hits.truncate(limit);
-        let mut events = Vec::with_capacity(hits.len());
-        for (_, window, address) in &hits {
-            let doc: TantivyDocument = searchers[*window]
-                .doc(*address)
+        hits.sort_by_key(|hit| std::cmp::Reverse(hit.0));
+        if hits.len() <= room {
+            page.extend(self.sorted_raw(&searchers, &hits)?);
+            return Ok(Page {
+                events: raw_events(page),
+                cursor: None,
+            });
+        }
+        if room == 0 {
+            // The group at `upper` filled the page exactly; the next page starts below it.
+            let cursor = Some(format!("{upper}.{}", skip + page.len()));
+            return Ok(Page {
+                events: raw_events(page),
+                cursor,
+            });
+        }
+        // The page ends at `last`: everything newer is in, and of the group stamped `last`, the
+        // first `taken` in byte order.
+        let last = hits[room - 1].0;
+        let newer: Vec<_> = hits[..room]
+            .iter()
+            .filter(|h| h.0 > last)
+            .copied()
+            .collect();
+        let taken = room - newer.len();
+        page.extend(self.sorted_raw(&searchers, &newer)?);
+        let group = self.group_at(&searchers, &within(Included(last), Included(last)))?;
+        page.extend(group.into_iter().take(taken));
+        Ok(Page {
+            events: raw_events(page),
+            cursor: Some(format!("{last}.{taken}")),
+        })
+    }
+
+    /// Every matching event of one microsecond, in byte order.
+    fn group_at(
+        &self,
+        searchers: &[Searcher],
+        query: &BooleanQuery,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut group = Vec::new();
+        for searcher in searchers {
+            let addresses = searcher
+                .search(query, &TopDocs::with_limit(100_000).order_by_score())
                 .map_err(|err| StoreError::index(&self.root, err))?;
-            if let Some(raw) = doc.get_first(self.fields.raw).and_then(|v| v.as_bytes()) {
-                let text = String::from_utf8_lossy(raw).into_owned();
-                if let Ok(value) = serde_json::value::RawValue::from_string(text) {
-                    events.push(value);
-                }
+            for (_, address) in addresses {
+                group.push(self.raw_of(searcher, address)?);
             }
         }
-        let cursor = match hits.last() {
-            Some((last, _, _)) if more => {
-                let same = hits.iter().filter(|(t, _, _)| t == last).count();
-                let carried = if *last == upper { skip } else { 0 };
-                Some(format!("{last}.{}", same + carried))
-            }
-            _ => None,
-        };
-        Ok(Page { events, cursor })
+        group.sort();
+        Ok(group)
+    }
+
+    /// The raw events of hits, newest first, ties in byte order.
+    fn sorted_raw(
+        &self,
+        searchers: &[Searcher],
+        hits: &[(i64, usize, DocAddress)],
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut events = Vec::with_capacity(hits.len());
+        for (time, window, address) in hits {
+            events.push((*time, self.raw_of(&searchers[*window], *address)?));
+        }
+        events.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        Ok(events.into_iter().map(|(_, raw)| raw).collect())
+    }
+
+    fn raw_of(&self, searcher: &Searcher, address: DocAddress) -> Result<Vec<u8>, StoreError> {
+        let doc: TantivyDocument = searcher
+            .doc(address)
+            .map_err(|err| StoreError::index(&self.root, err))?;
+        Ok(doc
+            .get_first(self.fields.raw)
+            .and_then(|v| v.as_bytes())
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default())
     }
 
     /// Counts over time and the most frequent values of one field, for the events of `topic`
@@ -537,6 +612,13 @@ impl Store {
             }),
         }
     }
+}
+
+fn raw_events(raw: Vec<Vec<u8>>) -> Vec<Box<serde_json::value::RawValue>> {
+    raw.into_iter()
+        .filter_map(|bytes| String::from_utf8(bytes).ok())
+        .filter_map(|text| serde_json::value::RawValue::from_string(text).ok())
+        .collect()
 }
 
 fn parse_cursor(cursor: &str) -> Result<(i64, usize), StoreError> {

@@ -1,0 +1,303 @@
+//! The collector's figures on this machine:
+//! - ingest with durable acknowledgement: the release collector and the load generator sharing
+//!   the machine, for `INGEST_SECONDS` (default 300): events/s, batch ack latency, collector RSS;
+//! - storage: bytes on disk per stored event (indexes included);
+//! - search over `SEARCH_EVENTS` (default 10 million) stored events: selective filters (user + verb
+//!   + resource in a time range) p50/p99, and stats (top users over 24 h).
+//!
+//!   cargo bench --bench collector
+//!   INGEST_SECONDS=60 SEARCH_EVENTS=1000000 cargo bench --bench collector
+//!
+//! Under `cargo test` (no `--bench` argument) it runs each part for a moment, as a smoke test.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use clusteraudit::{
+    loadgen::{EventGenerator, LoadgenArgs},
+    search::query,
+    store::{StatsField, StatsRequest, Store},
+    testkit::{free_port, process::ManagedProcess},
+};
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => dir_size(&e.path()),
+                    _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+async fn ingest(seconds: u64, dir: &Path) {
+    let port = free_port().unwrap();
+    let data = dir.join("ingest");
+    let args = vec![
+        "collector".to_string(),
+        format!("--data-dir={}", data.display()),
+        format!("--listen=127.0.0.1:{port}"),
+        "--insecure-dev".into(),
+    ];
+    let mut collector = ManagedProcess::spawn(
+        "collector",
+        Path::new(env!("CARGO_BIN_EXE_clusteraudit")),
+        &args,
+        &dir.join("collector.log"),
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "{}", collector.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = collector.pid();
+    let sampling = tokio::spawn(async move {
+        let mut peak = 0;
+        loop {
+            peak = peak.max(rss_kib(pid));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if rss_kib(pid) == 0 {
+                return peak;
+            }
+        }
+    });
+    let report = clusteraudit::loadgen::run(LoadgenArgs {
+        target: format!("{url}/v1/webhook"),
+        events: u64::MAX / 2,
+        batch: 400,
+        concurrency: 4,
+        token: None,
+        token_file: None,
+        ca_file: None,
+        insecure_skip_verify: false,
+        duration: Some(Duration::from_secs(seconds).into()),
+        rate: 0,
+        seed: 42,
+        acked_ids_file: None,
+        json: false,
+    })
+    .await
+    .expect("the load generator runs");
+
+    // Let the indexer catch up, then measure what is on disk.
+    let (_, route): (u16, serde_json::Value) = {
+        let r = http.get(format!("{url}/v1/route")).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    };
+    let topic = route["topicId"].as_str().unwrap().to_string();
+    let catch_up = Instant::now() + Duration::from_secs(600);
+    let mut stored = 0;
+    while Instant::now() < catch_up {
+        let topic_info: serde_json::Value = http
+            .get(format!("{url}/v1/topics/{topic}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        stored = topic_info["eventCount"].as_u64().unwrap_or(0);
+        if stored >= report.events_acked {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let peak_rss = rss_kib(pid);
+    collector.stop(Duration::from_secs(30));
+    let peak_rss = sampling.await.unwrap_or(0).max(peak_rss);
+    let store_bytes = dir_size(&data.join("store"));
+    println!(
+        "ingest ({seconds} s, collector and load generator on this machine, 4 senders, batches of 400):"
+    );
+    println!("  {report}");
+    println!(
+        "  events stored: {stored} (acknowledged {})",
+        report.events_acked
+    );
+    println!("  collector peak RSS: {:.1} MiB", peak_rss as f64 / 1024.0);
+    if stored > 0 {
+        println!(
+            "storage: {:.1} bytes per event ({} bytes for {stored} events, indexes included)",
+            store_bytes as f64 / stored as f64,
+            store_bytes
+        );
+    }
+}
+
+fn search(events: u64, dir: &Path) {
+    let store = Store::open(&dir.join("search")).unwrap();
+    let topic = store.catalog().route().to_string();
+    let mut generator = EventGenerator::new(7);
+    let started = Instant::now();
+    let mut loaded = 0u64;
+    let mut position = 0u64;
+    let mut first_time = i64::MAX;
+    let mut last_time = i64::MIN;
+    let mut users = std::collections::BTreeSet::new();
+    while loaded < events {
+        let list = generator.next_list(1000);
+        let raw: Vec<Vec<u8>> = list
+            .items
+            .iter()
+            .map(|e| serde_json::to_vec(e).unwrap())
+            .collect();
+        for event in &list.items {
+            if users.len() < 500 {
+                users.insert(event.user.username.clone());
+            }
+            if let Some(t) = clusteraudit::store::index::event_time(event) {
+                first_time = first_time.min(t);
+                last_time = last_time.max(t);
+            }
+        }
+        let slices: Vec<&[u8]> = raw.iter().map(|r| r.as_slice()).collect();
+        position += 1;
+        loaded += store.apply(position, &topic, &slices).unwrap() as u64;
+        if position.is_multiple_of(1000) {
+            store.commit(position).unwrap();
+        }
+    }
+    store.commit(position).unwrap();
+    let load_seconds = started.elapsed().as_secs_f64();
+    println!(
+        "search: loaded {loaded} events in {load_seconds:.0} s ({:.0} events/s indexing in-process); {:.1} bytes per event on disk",
+        loaded as f64 / load_seconds,
+        dir_size(&dir.join("search")) as f64 / loaded as f64
+    );
+
+    let users: Vec<String> = users.into_iter().collect();
+    let verbs = [
+        "get", "list", "watch", "update", "patch", "create", "delete",
+    ];
+    let resources = [
+        "pods",
+        "leases",
+        "configmaps",
+        "secrets",
+        "deployments",
+        "nodes",
+        "endpointslices",
+    ];
+    let span = (last_time - first_time).max(1);
+    let mut latencies = Vec::new();
+    let mut matched = 0usize;
+    let rounds = if events >= 1_000_000 { 300 } else { 30 };
+    for i in 0..rounds {
+        let user = &users[(i * 7919) % users.len()];
+        let verb = verbs[i % verbs.len()];
+        let resource = resources[(i / 7) % resources.len()];
+        let q = query::parse(&format!(
+            "user:\"{user}\" and verb:{verb} and resource:{resource}"
+        ))
+        .unwrap();
+        // A time range covering a third of the data, sliding.
+        let from = first_time + (span / 3) * (i as i64 % 3);
+        let to = from + span / 3;
+        let started = Instant::now();
+        let page = store.search(&topic, &q, from, to, 100, None).unwrap();
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        matched += page.events.len();
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "search (user + verb + resource in a time range, {rounds} queries, {matched} events returned): p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0)
+    );
+    let mut stats_latencies = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let stats = store
+            .stats(
+                &topic,
+                &StatsRequest {
+                    query: query::Query::All,
+                    from: last_time - 86_400_000_000,
+                    to: last_time,
+                    by: StatsField::User,
+                    interval_micros: 3_600_000_000,
+                    top: 10,
+                },
+            )
+            .unwrap();
+        stats_latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(stats.total, loaded);
+    }
+    stats_latencies.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "stats (top users over 24 h of {loaded} events): median {:.0} ms, max {:.0} ms",
+        percentile(&stats_latencies, 50.0),
+        percentile(&stats_latencies, 100.0)
+    );
+}
+
+fn main() {
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    clusteraudit::tls::install_crypto_provider();
+    let dir = tempfile::Builder::new()
+        .prefix("clusteraudit-bench-")
+        .tempdir_in(
+            std::env::var("BENCH_DIR")
+                .unwrap_or_else(|_| std::env::temp_dir().display().to_string()),
+        )
+        .unwrap();
+    let ingest_seconds = if benchmarking {
+        env_or("INGEST_SECONDS", 300)
+    } else {
+        2
+    };
+    let search_events = if benchmarking {
+        env_or("SEARCH_EVENTS", 10_000_000)
+    } else {
+        5_000
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    if env_or("SKIP_INGEST", 0) == 0 {
+        runtime.block_on(ingest(ingest_seconds, dir.path()));
+    }
+    if env_or("SKIP_SEARCH", 0) == 0 {
+        search(search_events, dir.path());
+    }
+}

@@ -1,0 +1,3 @@
+//! `clusteraudit agent`: applies a revision to its control-plane node. So far: the manifest edit.
+
+pub mod manifest;
