@@ -207,6 +207,14 @@ fn search(events: u64, dir: &Path) {
         dir_size(&dir.join("search")) as f64 / loaded as f64
     );
 
+    if std::env::var_os("BENCH_SPACE").is_some() {
+        for (part, bytes) in store.space_usage(&topic).unwrap().into_iter().take(25) {
+            println!(
+                "  {:>8.1} bytes/event  {part}",
+                bytes as f64 / loaded as f64
+            );
+        }
+    }
     let users: Vec<String> = users.into_iter().collect();
     let verbs = [
         "get", "list", "watch", "update", "patch", "create", "delete",

@@ -242,6 +242,29 @@ async fn the_collector_api_end_to_end_in_development_mode() {
             .len(),
         20
     );
+    let by_id = collector
+        .search_all(
+            &default_topic,
+            "auditID:00000000-0000-0000-0000-000000000042",
+            1000,
+        )
+        .await;
+    assert_eq!(by_id, vec![all[42].clone()]);
+    let (status, body) = collector
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/topics/{default_topic}/events?q=auditID%3A0000*"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        collector
+            .search_all(&default_topic, "code:403 and verb:get", 1000)
+            .await
+            .len(),
+        3
+    );
     let paged = collector.search_all(&default_topic, "", 7).await;
     assert_eq!(paged.len(), 60);
     let mut ids: Vec<&str> = paged

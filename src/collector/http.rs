@@ -144,6 +144,22 @@ async fn webhook(
         }
     };
     let count = items.len() as u64;
+    let backlog = shared
+        .wal
+        .durable_end()
+        .saturating_sub(shared.applied.load(std::sync::atomic::Ordering::SeqCst));
+    if backlog > super::MAX_INDEX_LAG_BYTES {
+        shared.metrics.reject("index-backlog");
+        let mut response = ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            "the collector is catching up on indexing; retry shortly".into(),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
     let topic = shared.store.catalog().route().to_string();
     let record = batch::encode_record(&topic, &items);
     let pending = match shared.wal.try_append(record) {

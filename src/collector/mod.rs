@@ -96,6 +96,8 @@ pub struct Shared {
     pub auth: auth::Auth,
     pub max_body_bytes: usize,
     pub ready: std::sync::atomic::AtomicBool,
+    /// The log position the indexer has applied; how far it trails the log is the backlog.
+    pub applied: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub async fn run(args: CollectorArgs) -> Result<(), CollectorError> {
@@ -139,38 +141,37 @@ async fn shutdown_signal() {
     }
 }
 
+/// How far indexing may fall behind the log before the webhook sheds load (429). The backlog is
+/// on disk, not in memory; the bound keeps a replay after a crash short.
+pub const MAX_INDEX_LAG_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
 /// Opens the store and the log, replays what the store lacks, and starts the indexer.
 pub fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>, CollectorError> {
     let store = Arc::new(Store::open(&args.data_dir.join("store"))?);
-    let (wal, replayed, durable) =
-        wal::Wal::open(&args.data_dir.join("wal"), args.queue_batches, 16)?;
+    let wal = wal::Wal::open(&args.data_dir.join("wal"), args.queue_batches)?;
+    let mut indexer = Indexer {
+        store: store.clone(),
+        wal: wal.clone(),
+        reader: wal.reader()?,
+        applied: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        metrics: metrics::Metrics::new(),
+        last_commit: Instant::now(),
+    };
+    // Replay before serving, so that search never misses what was acknowledged before a crash.
     let started = Instant::now();
-    let mut last = 0;
-    let mut events = 0;
-    for record in &replayed {
-        match batch::decode_record(&record.payload) {
-            Ok((topic, items)) => events += store.apply(record.end, topic, &items)?,
-            Err(err) => {
-                tracing::error!(error = %err, end = record.end, "skipping a damaged log record")
-            }
-        }
-        last = record.end;
+    let replayed = indexer.catch_up()?;
+    indexer.commit();
+    if replayed > 0 {
+        tracing::info!(events = replayed, elapsed = ?started.elapsed(), "replayed the write-ahead log");
     }
-    if last > 0 {
-        store.commit(last)?;
-        wal.release_before(last);
-    }
-    if !replayed.is_empty() {
-        tracing::info!(records = replayed.len(), events, elapsed = ?started.elapsed(), "replayed the write-ahead log");
-    }
-    let metrics = metrics::Metrics::new();
     let shared = Arc::new(Shared {
         store: store.clone(),
         wal: wal.clone(),
-        metrics: metrics.clone(),
+        metrics: indexer.metrics.clone(),
         auth,
         max_body_bytes: args.max_body_bytes,
         ready: std::sync::atomic::AtomicBool::new(true),
+        applied: indexer.applied.clone(),
     });
     let retention_store = store.clone();
     std::thread::Builder::new()
@@ -194,7 +195,7 @@ pub fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>, Coll
         })?;
     std::thread::Builder::new()
         .name("indexer".into())
-        .spawn(move || index_forever(store, wal, durable, metrics))
+        .spawn(move || indexer.run())
         .map_err(|source| CollectorError::Read {
             what: "starting the indexer for",
             path: args.data_dir.clone(),
@@ -205,79 +206,70 @@ pub fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>, Coll
 
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
 
-fn index_forever(
+/// Follows the log into the store.
+struct Indexer {
     store: Arc<Store>,
     wal: wal::Wal,
-    mut durable: tokio::sync::mpsc::Receiver<wal::Durable>,
+    reader: wal::WalReader,
+    /// The log position applied to the store (committed or not).
+    applied: Arc<std::sync::atomic::AtomicU64>,
     metrics: metrics::Metrics,
-) {
-    let mut last_commit = Instant::now();
-    let mut position = 0;
-    loop {
-        let next = match durable.try_recv() {
-            Ok(record) => Some(record),
-            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
-                if store.has_pending() && last_commit.elapsed() >= COMMIT_EVERY {
-                    None
-                } else {
-                    // Wait for work, but not past the next commit.
-                    let wait = COMMIT_EVERY
-                        .saturating_sub(last_commit.elapsed())
-                        .max(Duration::from_millis(10));
-                    match blocking_recv_timeout(&mut durable, wait) {
-                        Ok(record) => record,
-                        Err(()) => break,
-                    }
-                }
-            }
-            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break,
-        };
-        if let Some(record) = next {
-            match batch::decode_record(&record.payload) {
-                Ok((topic, items)) => match store.apply(record.end, topic, &items) {
-                    Ok(added) => {
-                        metrics.events_stored.inc_by(added as u64);
-                    }
+    last_commit: Instant,
+}
+
+impl Indexer {
+    /// Applies every durable record not yet applied; returns the events added.
+    fn catch_up(&mut self) -> Result<usize, CollectorError> {
+        let mut added = 0;
+        let limit = self.wal.durable_end();
+        while let Some((end, payload)) = self.reader.next(limit)? {
+            match batch::decode_record(&payload) {
+                Ok((topic, items)) => match self.store.apply(end, topic, &items) {
+                    Ok(n) => added += n,
                     Err(err) => {
                         tracing::error!(error = %err, "indexing a batch failed; it stays in the log")
                     }
                 },
-                Err(err) => tracing::error!(error = %err, "skipping a damaged log record"),
+                Err(err) => tracing::error!(error = %err, end, "skipping a damaged log record"),
             }
-            position = record.end;
+            self.applied.store(end, std::sync::atomic::Ordering::SeqCst);
+            if self.last_commit.elapsed() >= COMMIT_EVERY {
+                self.commit();
+            }
         }
-        if store.has_pending() && last_commit.elapsed() >= COMMIT_EVERY {
-            match store.commit(position) {
-                Ok(()) => wal.release_before(position),
+        self.metrics.events_stored.inc_by(added as u64);
+        Ok(added)
+    }
+
+    fn commit(&mut self) {
+        let position = self.reader.position();
+        if self.store.has_pending() {
+            match self.store.commit(position) {
+                Ok(()) => self.wal.release_before(position),
                 Err(err) => {
                     tracing::error!(error = %err, "committing the indexes failed; retrying")
                 }
             }
-            last_commit = Instant::now();
         }
-        metrics.queue_depth.set(wal.queued() as i64);
+        self.last_commit = Instant::now();
     }
-    if let Err(err) = store.commit(position) {
-        tracing::error!(error = %err, "the last commit failed; the log will replay it");
-    }
-}
 
-/// Ok(None) on timeout, Err(()) when the sender is gone.
-fn blocking_recv_timeout<T>(
-    receiver: &mut tokio::sync::mpsc::Receiver<T>,
-    timeout: Duration,
-) -> Result<Option<T>, ()> {
-    let give_up = Instant::now() + timeout;
-    loop {
-        match receiver.try_recv() {
-            Ok(value) => return Ok(Some(value)),
-            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return Err(()),
-            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
-                if Instant::now() >= give_up {
-                    return Ok(None);
+    fn run(mut self) {
+        loop {
+            match self.catch_up() {
+                Ok(0) => {
+                    if self.store.has_pending() && self.last_commit.elapsed() >= COMMIT_EVERY {
+                        self.commit();
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
                 }
-                std::thread::sleep(Duration::from_millis(2));
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::error!(error = %err, "reading the write-ahead log failed; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
             }
+            self.metrics.queue_depth.set(self.wal.queued() as i64);
         }
     }
 }

@@ -4,8 +4,12 @@
 //! framed as `[length u32][crc32 u32][payload]`. One writer thread commits in groups: it takes
 //! every batch waiting, writes them with one `write`, syncs once, and only then acknowledges
 //! them all, so the cost of a sync is shared by everyone who arrived while the last one ran.
-//! On open, every complete record is handed back for replay; a torn tail (a crash mid-write) is
-//! cut off, which loses nothing acknowledged, since acknowledgement came after the sync.
+//! A torn tail (a crash mid-write) is cut off on open, which loses nothing acknowledged, since
+//! acknowledgement came after the sync.
+//!
+//! The indexer reads the log back from disk ([`WalReader`]) rather than being handed records: the
+//! writer never waits for it, so a slow index commit never delays an acknowledgement, and records
+//! waiting to be indexed cost disk, not memory.
 
 use std::{
     fs::{File, OpenOptions},
@@ -50,12 +54,6 @@ fn io<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
-/// A record read back on open, with the position just past it.
-pub struct Replayed {
-    pub end: Position,
-    pub payload: Vec<u8>,
-}
-
 struct Append {
     payload: Vec<u8>,
     done: oneshot::Sender<Result<Position, String>>,
@@ -64,48 +62,32 @@ struct Append {
 /// The appending side, cheap to clone.
 #[derive(Clone)]
 pub struct Wal {
+    dir: PathBuf,
     appends: mpsc::Sender<Append>,
     released: Arc<AtomicU64>,
     durable: Arc<AtomicU64>,
 }
 
-/// A durable record on its way to the indexer.
-pub struct Durable {
-    pub end: Position,
-    pub payload: Arc<Vec<u8>>,
-}
-
 impl Wal {
-    /// Opens (or creates) the log in `dir`, returning the handle, every record still in the log
-    /// for replay, and the stream of records as they become durable.
+    /// Opens (or creates) the log in `dir`, cutting a torn tail off.
     ///
     /// `queue` bounds the batches waiting to be written: when it is full, [`Wal::try_append`]
     /// says so at once instead of waiting, so that callers can shed load.
-    pub fn open(
-        dir: &Path,
-        queue: usize,
-        durable_buffer: usize,
-    ) -> Result<(Wal, Vec<Replayed>, mpsc::Receiver<Durable>), WalError> {
+    pub fn open(dir: &Path, queue: usize) -> Result<Wal, WalError> {
         std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
         let mut segments = list_segments(dir)?;
-        let mut replayed = Vec::new();
         let mut end: Position = 0;
-        for (i, (start, path)) in segments.iter().enumerate() {
-            let last = i + 1 == segments.len();
-            let (records, valid_len) = read_segment(path, *start)?;
-            replayed.extend(records);
+        if let Some((start, path)) = segments.last() {
+            let valid_len = valid_length(path)?;
             end = start + valid_len;
-            if last {
-                // Cut a torn tail so that new records follow the last complete one.
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(io("opening", path))?;
-                file.set_len(valid_len).map_err(io("truncating", path))?;
-                file.sync_all().map_err(io("syncing", path))?;
-            }
-        }
-        if segments.is_empty() {
+            // Cut a torn tail so that new records follow the last complete one.
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io("opening", path))?;
+            file.set_len(valid_len).map_err(io("truncating", path))?;
+            file.sync_all().map_err(io("syncing", path))?;
+        } else {
             let path = segment_path(dir, 0);
             File::create(&path).map_err(io("creating", &path))?;
             sync_dir(dir)?;
@@ -117,7 +99,6 @@ impl Wal {
             .open(&path)
             .map_err(io("opening", &path))?;
         let (appends, receiver) = mpsc::channel(queue);
-        let (durable_tx, durable_rx) = mpsc::channel(durable_buffer);
         let released = Arc::new(AtomicU64::new(0));
         let durable = Arc::new(AtomicU64::new(end));
         let writer = Writer {
@@ -129,21 +110,30 @@ impl Wal {
             released: released.clone(),
             durable: durable.clone(),
             receiver,
-            forward: durable_tx,
         };
         std::thread::Builder::new()
             .name("wal-writer".into())
             .spawn(move || writer.run())
             .map_err(io("starting the writer for", dir))?;
-        Ok((
-            Wal {
-                appends,
-                released,
-                durable,
-            },
-            replayed,
-            durable_rx,
-        ))
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            appends,
+            released,
+            durable,
+        })
+    }
+
+    /// A reader from the oldest record still in the log.
+    pub fn reader(&self) -> Result<WalReader, WalError> {
+        let start = list_segments(&self.dir)?
+            .first()
+            .map(|(start, _)| *start)
+            .unwrap_or(0);
+        Ok(WalReader {
+            dir: self.dir.clone(),
+            file: None,
+            position: start,
+        })
     }
 
     /// Queues a record; None when the queue is full (the caller should shed load). The receiver
@@ -193,7 +183,6 @@ struct Writer {
     released: Arc<AtomicU64>,
     durable: Arc<AtomicU64>,
     receiver: mpsc::Receiver<Append>,
-    forward: mpsc::Sender<Durable>,
 }
 
 impl Writer {
@@ -233,19 +222,7 @@ impl Writer {
                     self.end = position;
                     self.durable.store(position, Ordering::SeqCst);
                     for (append, end) in group.into_iter().zip(ends) {
-                        let payload = Arc::new(append.payload);
                         let _ = append.done.send(Ok(end));
-                        // The indexer applies backpressure here: when it lags, the queue before
-                        // us fills and callers are told to come back later.
-                        if self
-                            .forward
-                            .blocking_send(Durable { end, payload })
-                            .is_err()
-                        {
-                            tracing::warn!(
-                                "the indexer is gone; records stay in the log for replay"
-                            );
-                        }
                     }
                 }
                 Err(err) => {
@@ -317,36 +294,79 @@ fn list_segments(dir: &Path) -> Result<Vec<(Position, PathBuf)>, WalError> {
     Ok(segments)
 }
 
-/// The complete records of a segment and the length they span.
-fn read_segment(path: &Path, start: Position) -> Result<(Vec<Replayed>, u64), WalError> {
+/// The length of a segment's complete records (a torn or damaged tail is not counted).
+fn valid_length(path: &Path) -> Result<u64, WalError> {
     let file = File::open(path).map_err(io("opening", path))?;
     let mut reader = BufReader::with_capacity(1024 * 1024, file);
-    let mut records = Vec::new();
     let mut offset: u64 = 0;
     loop {
-        let mut header = [0u8; HEADER];
-        if read_full(&mut reader, &mut header).map_err(io("reading", path))? < HEADER {
-            break;
+        match read_record(&mut reader).map_err(io("reading", path))? {
+            Some(payload) => offset += (HEADER + payload.len()) as u64,
+            None => break,
         }
-        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-        if len > MAX_RECORD_BYTES {
-            break;
-        }
-        let mut payload = vec![0u8; len];
-        if read_full(&mut reader, &mut payload).map_err(io("reading", path))? < len
-            || crc32fast::hash(&payload) != crc
-        {
-            tracing::warn!(path = %path.display(), offset, "cutting a torn record off the end of the log");
-            break;
-        }
-        offset += (HEADER + len) as u64;
-        records.push(Replayed {
-            end: start + offset,
-            payload,
-        });
     }
-    Ok((records, offset))
+    Ok(offset)
+}
+
+/// One complete record, or None at the end (or at a torn or damaged record).
+fn read_record(reader: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
+    let mut header = [0u8; HEADER];
+    if read_full(reader, &mut header)? < HEADER {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    if len > MAX_RECORD_BYTES {
+        return Ok(None);
+    }
+    let mut payload = vec![0u8; len];
+    if read_full(reader, &mut payload)? < len || crc32fast::hash(&payload) != crc {
+        return Ok(None);
+    }
+    Ok(Some(payload))
+}
+
+/// Reads the log back in order, up to a limit the caller knows to be durable.
+pub struct WalReader {
+    dir: PathBuf,
+    file: Option<BufReader<File>>,
+    position: Position,
+}
+
+impl WalReader {
+    /// The position just past the last record read.
+    pub fn position(&self) -> Position {
+        self.position
+    }
+
+    /// The next record ending at or before `limit`, with its end position.
+    pub fn next(&mut self, limit: Position) -> Result<Option<(Position, Vec<u8>)>, WalError> {
+        if self.position >= limit {
+            return Ok(None);
+        }
+        for _ in 0..2 {
+            if self.file.is_none() {
+                let path = segment_path(&self.dir, self.position);
+                let file = File::open(&path).map_err(io("opening", &path))?;
+                self.file = Some(BufReader::with_capacity(1024 * 1024, file));
+            }
+            let reader = self.file.as_mut().expect("just opened");
+            let path = segment_path(&self.dir, self.position);
+            match read_record(reader).map_err(io("reading", &path))? {
+                Some(payload) => {
+                    self.position += (HEADER + payload.len()) as u64;
+                    return Ok(Some((self.position, payload)));
+                }
+                // Below the durable end, the end of a segment means the next one starts here.
+                None => self.file = None,
+            }
+        }
+        Err(WalError::Io {
+            what: "reading",
+            path: segment_path(&self.dir, self.position),
+            source: std::io::Error::other("the log ends before its durable position"),
+        })
+    }
 }
 
 fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -370,68 +390,66 @@ fn sync_dir(dir: &Path) -> Result<(), WalError> {
 mod tests {
     use super::*;
 
+    async fn append(wal: &Wal, payload: Vec<u8>) -> Position {
+        wal.try_append(payload)
+            .unwrap()
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     #[tokio::test]
-    async fn appended_records_come_back_after_a_reopen_and_a_torn_tail_is_cut() {
+    async fn appended_records_read_back_after_a_reopen_and_a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let (wal, replayed, mut durable) = Wal::open(dir.path(), 8, 64).unwrap();
-        assert!(replayed.is_empty());
+        let wal = Wal::open(dir.path(), 8).unwrap();
         let mut ends = Vec::new();
         for i in 0..5u8 {
-            let ack = wal.try_append(vec![i; 100 + i as usize]).unwrap().unwrap();
-            ends.push(ack.await.unwrap().unwrap());
-            assert_eq!(durable.recv().await.unwrap().end, *ends.last().unwrap());
+            ends.push(append(&wal, vec![i; 100 + i as usize]).await);
         }
+        assert_eq!(wal.durable_end(), ends[4]);
         drop(wal);
-        drop(durable);
         // A crash in the middle of a write leaves half a record.
         let segment = segment_path(dir.path(), 0);
         let mut file = OpenOptions::new().append(true).open(&segment).unwrap();
         file.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 9, 9]).unwrap();
         drop(file);
 
-        let (wal, replayed, _durable) = Wal::open(dir.path(), 8, 64).unwrap();
-        assert_eq!(replayed.len(), 5);
-        for (i, record) in replayed.iter().enumerate() {
-            assert_eq!(record.payload, vec![i as u8; 100 + i]);
-            assert_eq!(record.end, ends[i]);
+        let wal = Wal::open(dir.path(), 8).unwrap();
+        assert_eq!(wal.durable_end(), ends[4]);
+        let mut reader = wal.reader().unwrap();
+        for (i, end) in ends.iter().enumerate() {
+            let (at, payload) = reader.next(wal.durable_end()).unwrap().unwrap();
+            assert_eq!((at, payload), (*end, vec![i as u8; 100 + i]));
         }
-        // New records follow the last complete one.
-        let ack = wal.try_append(b"after".to_vec()).unwrap().unwrap();
-        assert_eq!(ack.await.unwrap().unwrap(), ends[4] + (HEADER + 5) as u64);
+        assert!(reader.next(wal.durable_end()).unwrap().is_none());
+        // New records follow the last complete one, and the reader sees them.
+        let end = append(&wal, b"after".to_vec()).await;
+        assert_eq!(end, ends[4] + (HEADER + 5) as u64);
+        assert_eq!(reader.next(wal.durable_end()).unwrap().unwrap().1, b"after");
     }
 
     #[tokio::test]
-    async fn a_full_queue_is_reported_at_once() {
+    async fn the_reader_crosses_segments_and_released_segments_are_removed() {
         let dir = tempfile::tempdir().unwrap();
-        // Nobody drains the durable stream, so the writer stalls after the first record.
-        let (wal, _, _durable) = Wal::open(dir.path(), 2, 1).unwrap();
-        let mut refused = false;
-        for _ in 0..64 {
-            if wal.try_append(vec![1; 10]).unwrap().is_none() {
-                refused = true;
-                break;
-            }
-        }
-        assert!(refused, "the queue never filled");
-    }
-
-    #[tokio::test]
-    async fn released_segments_are_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let (wal, _, mut durable) = Wal::open(dir.path(), 8, 64).unwrap();
+        let wal = Wal::open(dir.path(), 8).unwrap();
         // Records big enough to rotate segments quickly.
         let big = vec![7u8; 40 * 1024 * 1024];
         let mut last = 0;
         for _ in 0..3 {
-            let ack = wal.try_append(big.clone()).unwrap().unwrap();
-            last = ack.await.unwrap().unwrap();
-            durable.recv().await.unwrap();
+            last = append(&wal, big.clone()).await;
         }
         assert!(list_segments(dir.path()).unwrap().len() >= 2);
+        let mut reader = wal.reader().unwrap();
+        let mut read = 0;
+        while let Some((_, payload)) = reader.next(wal.durable_end()).unwrap() {
+            assert_eq!(payload.len(), big.len());
+            read += 1;
+        }
+        assert_eq!(read, 3);
         wal.release_before(last);
-        let ack = wal.try_append(b"x".to_vec()).unwrap().unwrap();
-        ack.await.unwrap().unwrap();
-        durable.recv().await.unwrap();
+        append(&wal, b"x".to_vec()).await;
         assert_eq!(list_segments(dir.path()).unwrap().len(), 1);
+        assert_eq!(reader.next(wal.durable_end()).unwrap().unwrap().1, b"x");
     }
 }

@@ -5,10 +5,7 @@ use std::path::{Path, PathBuf};
 
 use tantivy::{
     Index, IndexReader, IndexSettings, IndexWriter, ReloadPolicy, TantivyDocument,
-    schema::{
-        FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing,
-        TextOptions,
-    },
+    schema::{FAST, Field, IndexRecordOption, STORED, Schema, TextFieldIndexing, TextOptions},
     store::{Compressor, ZstdCompressor},
 };
 
@@ -33,7 +30,9 @@ pub struct Fields {
     pub stage: Field,
     pub level: Field,
     pub decision: Field,
+    /// The request path, without its query.
     pub uri: Field,
+    /// A hash of the auditID: unique IDs would otherwise be the largest part of the index.
     pub audit_id: Field,
     /// URI and object name, tokenized, for free text.
     pub text: Field,
@@ -42,16 +41,23 @@ pub struct Fields {
 
 pub fn schema() -> (Schema, Fields) {
     let mut builder = Schema::builder();
-    // Filter fields are exact strings; the ones stats group by are also columnar.
-    let keyword = STRING;
-    let keyword_fast = STRING | FAST;
+    // Filter fields are exact strings without norms (nothing is scored); the ones stats group by
+    // are also columnar. Numbers live in columns only: range queries read them there.
+    let keyword = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer("raw")
+            .set_fieldnorms(false)
+            .set_index_option(IndexRecordOption::Basic),
+    );
+    let keyword_fast = keyword.clone().set_fast("raw");
     let text = TextOptions::default().set_indexing_options(
         TextFieldIndexing::default()
             .set_tokenizer("default")
-            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+            .set_fieldnorms(false)
+            .set_index_option(IndexRecordOption::Basic),
     );
     let fields = Fields {
-        time: builder.add_i64_field("time", INDEXED | FAST),
+        time: builder.add_i64_field("time", FAST),
         user: builder.add_text_field("user", keyword_fast.clone()),
         groups: builder.add_text_field("group", keyword.clone()),
         verb: builder.add_text_field("verb", keyword_fast.clone()),
@@ -60,18 +66,29 @@ pub fn schema() -> (Schema, Fields) {
         api_group: builder.add_text_field("apiGroup", keyword.clone()),
         namespace: builder.add_text_field("namespace", keyword_fast),
         name: builder.add_text_field("name", keyword.clone()),
-        code: builder.add_u64_field("code", INDEXED | FAST),
+        code: builder.add_u64_field("code", FAST),
         source_ip: builder.add_text_field("sourceIP", keyword.clone()),
         user_agent: builder.add_text_field("userAgent", keyword.clone()),
         stage: builder.add_text_field("stage", keyword.clone()),
         level: builder.add_text_field("level", keyword.clone()),
         decision: builder.add_text_field("decision", keyword.clone()),
-        uri: builder.add_text_field("uri", keyword.clone()),
-        audit_id: builder.add_text_field("auditID", keyword),
+        uri: builder.add_text_field("uri", keyword),
+        audit_id: builder.add_u64_field("auditIDHash", FAST),
         text: builder.add_text_field("text", text),
         raw: builder.add_bytes_field("raw", STORED),
     };
     (builder.build(), fields)
+}
+
+/// The stored hash of an auditID.
+pub fn audit_id_hash(audit_id: &str) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(audit_id)
+}
+
+/// The request URI without its query string.
+pub fn uri_path(uri: &str) -> &str {
+    uri.split_once('?').map_or(uri, |(path, _)| path)
 }
 
 /// Microseconds since the epoch of an event: when its stage was reached, else when it was
@@ -96,9 +113,9 @@ pub fn document(fields: &Fields, event: &Event, time: i64, raw: &[u8]) -> Tantiv
     doc.add_text(fields.verb, &event.verb);
     doc.add_text(fields.stage, stage_name(event));
     doc.add_text(fields.level, format!("{:?}", event.level));
-    doc.add_text(fields.uri, &event.request_uri);
-    doc.add_text(fields.audit_id, &event.audit_id);
-    let mut text = event.request_uri.clone();
+    doc.add_text(fields.uri, uri_path(&event.request_uri));
+    doc.add_u64(fields.audit_id, audit_id_hash(&event.audit_id));
+    let mut text = uri_path(&event.request_uri).to_string();
     if let Some(object) = &event.object_ref {
         doc.add_text(fields.resource, &object.resource);
         if !object.subresource.is_empty() {
@@ -176,9 +193,9 @@ impl Window {
                 // Audit events repeat themselves a great deal; zstd over large blocks keeps the
                 // raw events small.
                 docstore_compression: Compressor::Zstd(ZstdCompressor {
-                    compression_level: Some(3),
+                    compression_level: Some(6),
                 }),
-                docstore_blocksize: 64 * 1024,
+                docstore_blocksize: 256 * 1024,
                 ..IndexSettings::default()
             };
             Index::builder()

@@ -317,7 +317,7 @@ impl Store {
                 cursor: None,
             });
         }
-        let matcher = query::translate(&self.schema, &self.fields, query);
+        let matcher = query::translate(&self.schema, &self.fields, query)?;
         let searchers = self.searchers(topic, from, upper)?;
         let within = |low: std::ops::Bound<i64>, high: std::ops::Bound<i64>| {
             let term = |t: i64| tantivy::Term::from_field_i64(self.fields.time, t);
@@ -463,7 +463,7 @@ impl Store {
             "top": {"terms": {"field": by.field_name(), "size": top, "segment_size": top * 10 + 100}},
         }))
         .map_err(|err| StoreError::Invalid(err.to_string()))?;
-        let matcher = query::translate(&self.schema, &self.fields, query);
+        let matcher = query::translate(&self.schema, &self.fields, query)?;
         let range = Box::new(RangeQuery::new(
             std::ops::Bound::Included(tantivy::Term::from_field_i64(self.fields.time, from)),
             std::ops::Bound::Included(tantivy::Term::from_field_i64(self.fields.time, to)),
@@ -532,7 +532,7 @@ impl Store {
 
     /// How many events of `topic` match within [from, to].
     pub fn count(&self, topic: &str, query: &Query, from: i64, to: i64) -> Result<u64, StoreError> {
-        let matcher = query::translate(&self.schema, &self.fields, query);
+        let matcher = query::translate(&self.schema, &self.fields, query)?;
         let range = Box::new(RangeQuery::new(
             std::ops::Bound::Included(tantivy::Term::from_field_i64(self.fields.time, from)),
             std::ops::Bound::Included(tantivy::Term::from_field_i64(self.fields.time, to)),
@@ -562,6 +562,36 @@ impl Store {
             size_bytes,
             event_count,
         })
+    }
+
+    /// Bytes on disk by (part, field) for a topic, for tuning the schema.
+    pub fn space_usage(&self, topic: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut totals: std::collections::BTreeMap<String, u64> = Default::default();
+        for searcher in self.searchers(topic, i64::MIN / 2, i64::MAX / 2)? {
+            let usage = searcher
+                .space_usage()
+                .map_err(|err| StoreError::index(&self.root, err))?;
+            for segment in usage.segments() {
+                for (part, per_field) in [
+                    ("terms", segment.termdict()),
+                    ("postings", segment.postings()),
+                    ("positions", segment.positions()),
+                    ("columns", segment.fast_fields()),
+                    ("norms", segment.fieldnorms()),
+                ] {
+                    for field in per_field.fields() {
+                        *totals
+                            .entry(format!("{part} {}", field.field_name()))
+                            .or_default() += field.total().get_bytes();
+                    }
+                }
+                *totals.entry("raw events (store)".into()).or_default() +=
+                    segment.store().total().get_bytes();
+            }
+        }
+        let mut sorted: Vec<(String, u64)> = totals.into_iter().collect();
+        sorted.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+        Ok(sorted)
     }
 
     /// Deletes the days of every topic older than its retention. Returns the windows deleted.

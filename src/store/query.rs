@@ -4,10 +4,7 @@ use std::ops::Bound;
 
 use tantivy::{
     Term,
-    query::{
-        AllQuery, BooleanQuery, EmptyQuery, Occur, PhraseQuery, Query as TantivyQuery, RangeQuery,
-        TermQuery,
-    },
+    query::{AllQuery, BooleanQuery, Occur, Query as TantivyQuery, RangeQuery, TermQuery},
     schema::{Field as SchemaField, IndexRecordOption, Schema},
     tokenizer::TokenStream,
 };
@@ -36,40 +33,63 @@ fn schema_field(fields: &Fields, field: Field) -> SchemaField {
     }
 }
 
-pub fn translate(schema: &Schema, fields: &Fields, query: &Query) -> Box<dyn TantivyQuery> {
-    match query {
+/// The tantivy query for a search query; Invalid for what the store cannot answer.
+pub fn translate(
+    schema: &Schema,
+    fields: &Fields,
+    query: &Query,
+) -> Result<Box<dyn TantivyQuery>, super::StoreError> {
+    let all = |parts: &[Query], occur: Occur| -> Result<Box<dyn TantivyQuery>, super::StoreError> {
+        Ok(Box::new(BooleanQuery::new(
+            parts
+                .iter()
+                .map(|q| translate(schema, fields, q).map(|t| (occur, t)))
+                .collect::<Result<_, _>>()?,
+        )))
+    };
+    Ok(match query {
         Query::All => Box::new(AllQuery),
-        Query::And(parts) => Box::new(BooleanQuery::new(
-            parts
-                .iter()
-                .map(|q| (Occur::Must, translate(schema, fields, q)))
-                .collect(),
-        )),
-        Query::Or(parts) => Box::new(BooleanQuery::new(
-            parts
-                .iter()
-                .map(|q| (Occur::Should, translate(schema, fields, q)))
-                .collect(),
-        )),
+        Query::And(parts) => all(parts, Occur::Must)?,
+        Query::Or(parts) => all(parts, Occur::Should)?,
         Query::Not(inner) => Box::new(BooleanQuery::new(vec![
             (Occur::Must, Box::new(AllQuery)),
-            (Occur::MustNot, translate(schema, fields, inner)),
+            (Occur::MustNot, translate(schema, fields, inner)?),
         ])),
         Query::Text(text) => free_text(schema, fields, text),
+        Query::Field {
+            field: Field::AuditId,
+            value,
+            ..
+        } => match value {
+            Value::Exact(id) => {
+                let hash = Term::from_field_u64(fields.audit_id, super::index::audit_id_hash(id));
+                range(Bound::Included(hash.clone()), Bound::Included(hash))
+            }
+            Value::Prefix(prefix) if prefix.is_empty() => Box::new(AllQuery),
+            _ => {
+                return Err(super::StoreError::Invalid(
+                    "auditID matches whole IDs only".into(),
+                ));
+            }
+        },
         Query::Field { field, op, value } => {
             let target = schema_field(fields, *field);
             if field.is_numeric() {
                 let Value::Number(number) = value else {
-                    return Box::new(EmptyQuery);
+                    // `code:*`: any event that has a code.
+                    return Ok(range(Bound::Unbounded, Bound::Unbounded));
                 };
                 let term = |n: u64| Term::from_field_u64(target, n);
-                return match op {
-                    Op::Eq => Box::new(TermQuery::new(term(*number), IndexRecordOption::Basic)),
+                return Ok(match op {
+                    Op::Eq => range(
+                        Bound::Included(term(*number)),
+                        Bound::Included(term(*number)),
+                    ),
                     Op::Lt => range(Bound::Unbounded, Bound::Excluded(term(*number))),
                     Op::Le => range(Bound::Unbounded, Bound::Included(term(*number))),
                     Op::Gt => range(Bound::Excluded(term(*number)), Bound::Unbounded),
                     Op::Ge => range(Bound::Included(term(*number)), Bound::Unbounded),
-                };
+                });
             }
             match value {
                 Value::Exact(text) => Box::new(TermQuery::new(
@@ -92,7 +112,7 @@ pub fn translate(schema: &Schema, fields: &Fields, query: &Query) -> Box<dyn Tan
                 )),
             }
         }
-    }
+    })
 }
 
 fn range(lower: Bound<Term>, upper: Bound<Term>) -> Box<dyn TantivyQuery> {
@@ -111,7 +131,7 @@ fn prefix_upper_bound(prefix: &str) -> Option<String> {
     None
 }
 
-/// Free text over the request URI and object name: its words, in order.
+/// Free text over the request path and object name: events containing all its words.
 fn free_text(schema: &Schema, fields: &Fields, text: &str) -> Box<dyn TantivyQuery> {
     let mut analyzer =
         tantivy::tokenizer::TextAnalyzer::builder(tantivy::tokenizer::SimpleTokenizer::default())
@@ -130,6 +150,17 @@ fn free_text(schema: &Schema, fields: &Fields, text: &str) -> Box<dyn TantivyQue
             terms.pop().expect("one term"),
             IndexRecordOption::Basic,
         )),
-        _ => Box::new(PhraseQuery::new(terms)),
+        _ => Box::new(BooleanQuery::new(
+            terms
+                .into_iter()
+                .map(|term| {
+                    (
+                        Occur::Must,
+                        Box::new(TermQuery::new(term, IndexRecordOption::Basic))
+                            as Box<dyn TantivyQuery>,
+                    )
+                })
+                .collect(),
+        )),
     }
 }
