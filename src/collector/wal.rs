@@ -299,11 +299,8 @@ fn valid_length(path: &Path) -> Result<u64, WalError> {
     let file = File::open(path).map_err(io("opening", path))?;
     let mut reader = BufReader::with_capacity(1024 * 1024, file);
     let mut offset: u64 = 0;
-    loop {
-        match read_record(&mut reader).map_err(io("reading", path))? {
-            Some(payload) => offset += (HEADER + payload.len()) as u64,
-            None => break,
-        }
+    while let Some(payload) = read_record(&mut reader).map_err(io("reading", path))? {
+        offset += (HEADER + payload.len()) as u64;
     }
     Ok(offset)
 }
