@@ -121,14 +121,7 @@ impl Collector {
 }
 
 fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    clusteraudit::cli::search::encode(text)
 }
 
 fn event(i: usize, user: &str, verb: &str, code: u16) -> Value {

@@ -166,7 +166,8 @@ async fn kubeconfig_token() -> Option<String> {
         .map(|t| t.trim().to_string())
 }
 
-fn encode(text: &str) -> String {
+/// Percent-encodes a query parameter.
+pub fn encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -430,21 +430,17 @@ async fn search_events(
     Path(id): Path<String>,
     QueryParams(params): QueryParams<SearchParams>,
 ) -> ApiResult<Response> {
-    shared.auth.authorize(&headers, Access::Read).await?;
-    shared.store.catalog().topic(&id)?;
-    let query = crate::search::query::parse(&params.q)
-        .map_err(|err| ApiError(StatusCode::BAD_REQUEST, format!("q: {err}")))?;
     let now = now_micros();
-    let from = match &params.from {
-        Some(text) => parse_time(text, now)
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("from: {e}")))?,
-        None => 0,
-    };
-    let to = match &params.to {
-        Some(text) => parse_time(text, now)
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("to: {e}")))?,
-        None => now + 86_400_000_000,
-    };
+    let (query, from, to) = read_request(
+        &shared,
+        &headers,
+        &id,
+        &params.q,
+        (params.from.as_deref(), 0),
+        // Clocks drift: a day ahead still counts as now.
+        (params.to.as_deref(), now + 86_400_000_000),
+    )
+    .await?;
     let limit = params.limit.unwrap_or(100);
     let store = shared.store.clone();
     let started = Instant::now();
@@ -482,21 +478,16 @@ async fn topic_stats(
     Path(id): Path<String>,
     QueryParams(params): QueryParams<StatsParams>,
 ) -> ApiResult<Response> {
-    shared.auth.authorize(&headers, Access::Read).await?;
-    shared.store.catalog().topic(&id)?;
-    let query = crate::search::query::parse(&params.q)
-        .map_err(|err| ApiError(StatusCode::BAD_REQUEST, format!("q: {err}")))?;
     let now = now_micros();
-    let from = match &params.from {
-        Some(text) => parse_time(text, now)
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("from: {e}")))?,
-        None => now - 86_400_000_000,
-    };
-    let to = match &params.to {
-        Some(text) => parse_time(text, now)
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("to: {e}")))?,
-        None => now,
-    };
+    let (query, from, to) = read_request(
+        &shared,
+        &headers,
+        &id,
+        &params.q,
+        (params.from.as_deref(), now - 86_400_000_000),
+        (params.to.as_deref(), now),
+    )
+    .await?;
     let by: crate::store::StatsField =
         serde_json::from_value(json!(params.by.as_deref().unwrap_or("user"))).map_err(|_| {
             ApiError(
@@ -539,6 +530,29 @@ async fn topic_stats(
         .query_seconds
         .observe(started.elapsed().as_secs_f64());
     Ok(Json(stats).into_response())
+}
+
+/// The common part of a read: authorization, the topic's existence, the query and the time
+/// range (each bound given or defaulted).
+async fn read_request(
+    shared: &Shared,
+    headers: &HeaderMap,
+    topic: &str,
+    q: &str,
+    from: (Option<&str>, i64),
+    to: (Option<&str>, i64),
+) -> ApiResult<(crate::search::query::Query, i64, i64)> {
+    shared.auth.authorize(headers, Access::Read).await?;
+    shared.store.catalog().topic(topic)?;
+    let query = crate::search::query::parse(q)
+        .map_err(|err| ApiError(StatusCode::BAD_REQUEST, format!("q: {err}")))?;
+    let now = now_micros();
+    let bound = |(given, default): (Option<&str>, i64), name: &str| match given {
+        Some(text) => parse_time(text, now)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{name}: {e}"))),
+        None => Ok(default),
+    };
+    Ok((query, bound(from, "from")?, bound(to, "to")?))
 }
 
 pub fn now_micros() -> i64 {
