@@ -4,3 +4,4 @@
 pub mod conditions;
 pub mod guard;
 pub mod revision;
+pub mod sink;
