@@ -16,9 +16,9 @@ use std::{
 };
 
 use clusteraudit::{
-    loadgen::{EventGenerator, LoadgenArgs},
+    loadgen::{EventGenerator, LoadgenArgs, Percentiles},
     search::query,
-    store::{StatsField, StatsRequest, Store},
+    store::{StatsField, StatsRequest, Store, dir_size},
     testkit::{free_port, process::ManagedProcess},
 };
 
@@ -45,28 +45,6 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 
 fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS:")
-}
-
-fn dir_size(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .map(|e| match e.file_type() {
-                    Ok(t) if t.is_dir() => dir_size(&e.path()),
-                    _ => e.metadata().map(|m| m.len()).unwrap_or(0),
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
 }
 
 async fn ingest(seconds: u64, dir: &Path) {
@@ -261,11 +239,10 @@ fn search(events: u64, dir: &Path) {
         latencies.push(started.elapsed().as_secs_f64() * 1000.0);
         matched += page.events.len();
     }
-    latencies.sort_by(|a, b| a.total_cmp(b));
+    let search = Percentiles::from_samples(&mut latencies);
     println!(
         "search (user + verb + resource in a time range, {rounds} queries, {matched} events returned): p50 {:.2} ms, p99 {:.2} ms",
-        percentile(&latencies, 50.0),
-        percentile(&latencies, 99.0)
+        search.p50, search.p99
     );
     let mut stats_latencies = Vec::new();
     for _ in 0..5 {
@@ -286,11 +263,10 @@ fn search(events: u64, dir: &Path) {
         stats_latencies.push(started.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(stats.total, loaded);
     }
-    stats_latencies.sort_by(|a, b| a.total_cmp(b));
+    let stats = Percentiles::from_samples(&mut stats_latencies);
     println!(
         "stats (top users over 24 h of {loaded} events): median {:.0} ms, max {:.0} ms",
-        percentile(&stats_latencies, 50.0),
-        percentile(&stats_latencies, 100.0)
+        stats.p50, stats.max
     );
 }
 

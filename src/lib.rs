@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod collector;
 pub mod event;
+pub mod fsutil;
 pub mod loadgen;
 pub mod operator;
 pub mod pki;

@@ -254,20 +254,8 @@ impl Node {
     }
 }
 
-/// Writes through a temporary file in `scratch` (never in the manifest directory, where the
-/// kubelet would read it as a pod) and renames it into place.
+/// Replaces a file whole, with the temporary file in `scratch` (the agent's own directory, never
+/// the manifest directory).
 fn write_atomically(scratch: &Path, path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
-    let tmp = scratch.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    std::fs::write(&tmp, bytes).map_err(io("writing", &tmp))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io("syncing", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io("renaming into place", path))?;
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-    }
-    Ok(())
+    crate::fsutil::write_atomically(scratch, path, bytes).map_err(io("replacing", path))
 }

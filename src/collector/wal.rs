@@ -158,10 +158,6 @@ impl Wal {
         self.appends.max_capacity() - self.appends.capacity()
     }
 
-    pub fn capacity(&self) -> usize {
-        self.appends.max_capacity()
-    }
-
     /// Everything before `position` is safely elsewhere (indexed and committed): segments wholly
     /// before it may go.
     pub fn release_before(&self, position: Position) {

@@ -94,21 +94,12 @@ impl Catalog {
 
     fn save(&self) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec_pretty(&self.contents).expect("the catalog serializes");
-        let tmp = self.path.with_extension("json.tmp");
-        let io = |what, source| StoreError::Io {
-            what,
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        crate::fsutil::write_atomically(dir, &self.path, &bytes).map_err(|source| StoreError::Io {
+            what: "replacing",
             path: self.path.clone(),
             source,
-        };
-        std::fs::write(&tmp, bytes).map_err(|e| io("writing", e))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| io("syncing", e))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| io("replacing", e))?;
-        if let Some(dir) = self.path.parent() {
-            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-        }
-        Ok(())
+        })
     }
 
     pub fn logsets(&self) -> &[Logset] {

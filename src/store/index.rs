@@ -258,8 +258,4 @@ impl Window {
             .map_err(|err| StoreError::index(&self.path, err))?;
         Ok(())
     }
-
-    pub fn num_docs(&self) -> u64 {
-        self.reader.searcher().num_docs()
-    }
 }

@@ -530,23 +530,6 @@ impl Store {
         Ok(stats)
     }
 
-    /// How many events of `topic` match within [from, to].
-    pub fn count(&self, topic: &str, query: &Query, from: i64, to: i64) -> Result<u64, StoreError> {
-        let matcher = query::translate(&self.schema, &self.fields, query)?;
-        let range = Box::new(RangeQuery::new(
-            std::ops::Bound::Included(tantivy::Term::from_field_i64(self.fields.time, from)),
-            std::ops::Bound::Included(tantivy::Term::from_field_i64(self.fields.time, to)),
-        ));
-        let combined = BooleanQuery::new(vec![(Occur::Must, matcher), (Occur::Must, range)]);
-        let mut total = 0;
-        for searcher in self.searchers(topic, from, to)? {
-            total += combined
-                .count(&searcher)
-                .map_err(|err| StoreError::index(&self.root, err))? as u64;
-        }
-        Ok(total)
-    }
-
     /// Size on disk and number of events of a topic.
     pub fn usage(&self, topic: &str) -> Result<TopicUsage, StoreError> {
         let dir = self.topic_dir(topic);
@@ -661,7 +644,8 @@ fn parse_cursor(cursor: &str) -> Result<(i64, usize), StoreError> {
     ))
 }
 
-fn dir_size(dir: &Path) -> u64 {
+/// Bytes under a directory, recursively.
+pub fn dir_size(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };

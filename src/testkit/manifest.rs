@@ -135,12 +135,6 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
         .map_err(|err| TestkitError::io("creating a directory", dir, err))?;
-    // The temporary name starts with a dot: the kubelet ignores hidden files in the manifest
-    // directory, so it never starts a half-written pod.
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    std::fs::write(&tmp, bytes).map_err(|err| TestkitError::io("writing", &tmp, err))?;
-    std::fs::rename(&tmp, path).map_err(|err| TestkitError::io("renaming into place", path, err))
+    crate::fsutil::write_atomically(dir, path, bytes)
+        .map_err(|err| TestkitError::io("replacing", path, err))
 }
