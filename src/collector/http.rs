@@ -442,17 +442,10 @@ async fn search_events(
     )
     .await?;
     let limit = params.limit.unwrap_or(100);
-    let store = shared.store.clone();
-    let started = Instant::now();
-    let page = tokio::task::spawn_blocking(move || {
+    let page = timed_query(&shared, move |store| {
         store.search(&id, &query, from, to, limit, params.cursor.as_deref())
     })
-    .await
-    .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))??;
-    shared
-        .metrics
-        .query_seconds
-        .observe(started.elapsed().as_secs_f64());
+    .await?;
     Ok(Json(page).into_response())
 }
 
@@ -508,9 +501,7 @@ async fn topic_stats(
         None => ((to - from) / 50).max(60_000_000),
     };
     let top = params.top.unwrap_or(10);
-    let store = shared.store.clone();
-    let started = Instant::now();
-    let stats = tokio::task::spawn_blocking(move || {
+    let stats = timed_query(&shared, move |store| {
         store.stats(
             &id,
             &crate::store::StatsRequest {
@@ -523,13 +514,25 @@ async fn topic_stats(
             },
         )
     })
-    .await
-    .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))??;
+    .await?;
+    Ok(Json(stats).into_response())
+}
+
+/// Runs a store query off the async threads, timed for /metrics.
+async fn timed_query<T: Send + 'static>(
+    shared: &Shared,
+    work: impl FnOnce(&crate::store::Store) -> Result<T, StoreError> + Send + 'static,
+) -> ApiResult<T> {
+    let store = shared.store.clone();
+    let started = Instant::now();
+    let result = tokio::task::spawn_blocking(move || work(&store))
+        .await
+        .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))??;
     shared
         .metrics
         .query_seconds
         .observe(started.elapsed().as_secs_f64());
-    Ok(Json(stats).into_response())
+    Ok(result)
 }
 
 /// The common part of a read: authorization, the topic's existence, the query and the time
