@@ -180,12 +180,42 @@ impl SinkClient {
                 .await?;
             return Ok((id_of(&body), status == StatusCode::CREATED));
         }
+        self.logset_named(&name)
+            .await?
+            .map(|id| (id, false))
+            .ok_or(SinkError::LogsetNameNotFound(name))
+    }
+
+    async fn logset_named(&self, name: &str) -> Result<Option<String>, SinkError> {
         let (_, list) = self
             .expect(Method::GET, "/v1/logsets", None, "listing logsets")
             .await?;
-        find_by_name(&list, &name)
-            .map(|id| (id, false))
-            .ok_or(SinkError::LogsetNameNotFound(name))
+        Ok(find_by_name(&list, name))
+    }
+
+    async fn topic_named(&self, logset_id: &str, name: &str) -> Result<Option<String>, SinkError> {
+        let (_, list) = self
+            .expect(
+                Method::GET,
+                &format!("/v1/logsets/{logset_id}/topics"),
+                None,
+                "listing topics",
+            )
+            .await?;
+        Ok(find_by_name(&list, name))
+    }
+
+    /// The topic, or None when the collector has no such topic.
+    async fn topic(&self, id: &str) -> Result<Option<Value>, SinkError> {
+        let (status, body) = self
+            .expect(
+                Method::GET,
+                &format!("/v1/topics/{id}"),
+                None,
+                "reading the topic",
+            )
+            .await?;
+        Ok((status != StatusCode::NOT_FOUND).then_some(body))
     }
 
     async fn ensure_topic(
@@ -194,17 +224,10 @@ impl SinkClient {
         topic: &TopicRef,
     ) -> Result<(String, bool), SinkError> {
         let (id, created, current) = if let Some(id) = &topic.id {
-            let (status, body) = self
-                .expect(
-                    Method::GET,
-                    &format!("/v1/topics/{id}"),
-                    None,
-                    "reading the topic",
-                )
-                .await?;
-            if status == StatusCode::NOT_FOUND {
-                return Err(SinkError::TopicIdNotFound(id.clone()));
-            }
+            let body = self
+                .topic(id)
+                .await?
+                .ok_or_else(|| SinkError::TopicIdNotFound(id.clone()))?;
             let actual = body["logsetId"].as_str().unwrap_or_default();
             if actual != logset_id {
                 return Err(SinkError::TopicInOtherLogset {
@@ -234,27 +257,15 @@ impl SinkClient {
                 }
                 (id_of(&created), status == StatusCode::CREATED, created)
             } else {
-                let (_, list) = self
-                    .expect(
-                        Method::GET,
-                        &format!("/v1/logsets/{logset_id}/topics"),
-                        None,
-                        "listing topics",
-                    )
-                    .await?;
-                let id =
-                    find_by_name(&list, &name).ok_or_else(|| SinkError::TopicNameNotFound {
-                        logset: logset_id.to_string(),
-                        name: name.clone(),
-                    })?;
-                let (_, body) = self
-                    .expect(
-                        Method::GET,
-                        &format!("/v1/topics/{id}"),
-                        None,
-                        "reading the topic",
-                    )
-                    .await?;
+                let missing = || SinkError::TopicNameNotFound {
+                    logset: logset_id.to_string(),
+                    name: name.clone(),
+                };
+                let id = self
+                    .topic_named(logset_id, &name)
+                    .await?
+                    .ok_or_else(missing)?;
+                let body = self.topic(&id).await?.ok_or_else(missing)?;
                 (id, false, body)
             }
         };
@@ -279,29 +290,17 @@ impl SinkClient {
         if status.created.topic
             && let Some(topic) = &status.topic_id
         {
-            let (_, logsets) = self
-                .expect(Method::GET, "/v1/logsets", None, "listing logsets")
+            if let Some(default_logset) = self.logset_named("default").await?
+                && let Some(default_topic) = self.topic_named(&default_logset, "default").await?
+                && default_topic != *topic
+            {
+                self.expect(
+                    Method::PUT,
+                    "/v1/route",
+                    Some(json!({"topicId": default_topic})),
+                    "routing the webhook",
+                )
                 .await?;
-            if let Some(default_logset) = find_by_name(&logsets, "default") {
-                let (_, topics) = self
-                    .expect(
-                        Method::GET,
-                        &format!("/v1/logsets/{default_logset}/topics"),
-                        None,
-                        "listing topics",
-                    )
-                    .await?;
-                if let Some(default_topic) = find_by_name(&topics, "default")
-                    && default_topic != *topic
-                {
-                    self.expect(
-                        Method::PUT,
-                        "/v1/route",
-                        Some(json!({"topicId": default_topic})),
-                        "routing the webhook",
-                    )
-                    .await?;
-                }
             }
             self.expect(
                 Method::DELETE,
