@@ -3,6 +3,8 @@
 //! cannot start falls back to the last known good manifest, and disabling restores the original
 //! manifest byte for byte.
 
+mod support;
+
 use std::time::Duration;
 
 use clusteraudit::{
@@ -10,26 +12,14 @@ use clusteraudit::{
     api::PolicySpec,
     operator::revision::{self, WebhookTarget},
     policy::render,
-    testkit::{ControlPlane, ControlPlaneOptions, KubeletEvent},
+    testkit::KubeletEvent,
 };
 
 const READY: Duration = Duration::from_secs(180);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revision_rolls_out_falls_back_and_is_undone() {
-    let mut control_plane = ControlPlane::start_with(ControlPlaneOptions {
-        direct_apiserver: false,
-        ..Default::default()
-    })
-    .await
-    .expect("etcd starts");
-    control_plane
-        .add_static_pod_node("node-1", |kubelet| {
-            kubelet.backoff_initial = Duration::from_millis(500);
-            kubelet.backoff_max = Duration::from_secs(2);
-            kubelet.termination_grace = Duration::from_secs(10);
-        })
-        .unwrap();
+    let control_plane = support::one_static_pod_node().await;
     let node = control_plane.node("node-1").unwrap();
     assert!(node.wait_ready(READY).await, "{:#?}", node.kubelet.events());
     let original = std::fs::read(&node.manifest_path).unwrap();

@@ -1,10 +1,12 @@
 //! The test control plane itself: the stand-in kubelet behaves as the kubelet does for static pods,
 //! and tear-down leaves nothing behind.
 
+mod support;
+
 use std::time::Duration;
 
 use clusteraudit::testkit::{
-    ControlPlane, ControlPlaneOptions, KubeletEvent,
+    ControlPlane, KubeletEvent,
     manifest::{write_atomically, write_manifest_atomically},
     process::pid_alive,
 };
@@ -32,19 +34,7 @@ fn add_flag(pod: &mut Pod, flag: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kubelet_restarts_a_static_pod_once_per_change_and_never_hides_a_failure() {
-    let mut control_plane = ControlPlane::start_with(ControlPlaneOptions {
-        direct_apiserver: false,
-        ..Default::default()
-    })
-    .await
-    .expect("etcd starts");
-    control_plane
-        .add_static_pod_node("node-1", |kubelet| {
-            kubelet.backoff_initial = Duration::from_millis(500);
-            kubelet.backoff_max = Duration::from_secs(2);
-            kubelet.termination_grace = Duration::from_secs(10);
-        })
-        .expect("the node starts");
+    let control_plane = support::one_static_pod_node().await;
     let node = control_plane.node("node-1").unwrap();
     let kubelet = &node.kubelet;
     assert!(

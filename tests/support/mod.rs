@@ -55,3 +55,24 @@ pub async fn start_dev_collector(data: &Path, log: &Path, port: u16) -> DevColle
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// etcd and one control-plane node, "node-1", whose kube-apiserver the stand-in kubelet runs
+/// from its static-pod manifest, with back-off short enough for tests (not yet ready).
+pub async fn one_static_pod_node() -> clusteraudit::testkit::ControlPlane {
+    let mut control_plane = clusteraudit::testkit::ControlPlane::start_with(
+        clusteraudit::testkit::ControlPlaneOptions {
+            direct_apiserver: false,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("etcd starts");
+    control_plane
+        .add_static_pod_node("node-1", |kubelet| {
+            kubelet.backoff_initial = Duration::from_millis(500);
+            kubelet.backoff_max = Duration::from_secs(2);
+            kubelet.termination_grace = Duration::from_secs(10);
+        })
+        .expect("the node starts");
+    control_plane
+}
