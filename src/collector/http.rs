@@ -68,7 +68,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/topics/{id}/stats", get(topic_stats))
         .route("/v1/route", get(get_route).put(set_route))
         .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+        // The server only listens once the log is replayed into the store: listening is ready.
+        .route("/readyz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(shared)
@@ -206,14 +207,6 @@ async fn webhook(
             )
             .into_response()
         }
-    }
-}
-
-async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    if shared.ready.load(std::sync::atomic::Ordering::SeqCst) {
-        "ok".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting").into_response()
     }
 }
 

@@ -95,7 +95,6 @@ pub struct Shared {
     pub metrics: metrics::Metrics,
     pub auth: auth::Auth,
     pub max_body_bytes: usize,
-    pub ready: std::sync::atomic::AtomicBool,
     /// The log position the indexer has applied; how far it trails the log is the backlog.
     pub applied: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -170,7 +169,6 @@ pub fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>, Coll
         metrics: indexer.metrics.clone(),
         auth,
         max_body_bytes: args.max_body_bytes,
-        ready: std::sync::atomic::AtomicBool::new(true),
         applied: indexer.applied.clone(),
     });
     let retention_store = store.clone();
