@@ -319,16 +319,7 @@ impl Store {
         }
         let matcher = query::translate(&self.schema, &self.fields, query)?;
         let searchers = self.searchers(topic, from, upper)?;
-        let within = |low: std::ops::Bound<i64>, high: std::ops::Bound<i64>| {
-            let term = |t: i64| tantivy::Term::from_field_i64(self.fields.time, t);
-            BooleanQuery::new(vec![
-                (Occur::Must, matcher.box_clone()),
-                (
-                    Occur::Must,
-                    Box::new(RangeQuery::new(low.map(term), high.map(term))),
-                ),
-            ])
-        };
+        let within = |low, high| self.in_time_range(matcher.box_clone(), low, high);
         use std::ops::Bound::{Excluded, Included};
 
         // First what is left of the group stamped `upper`.
@@ -394,6 +385,23 @@ impl Store {
             events: raw_events(page),
             cursor: Some(format!("{last}.{taken}")),
         })
+    }
+
+    /// `matcher` restricted to events stamped within the bounds (micros).
+    fn in_time_range(
+        &self,
+        matcher: Box<dyn tantivy::query::Query>,
+        low: std::ops::Bound<i64>,
+        high: std::ops::Bound<i64>,
+    ) -> BooleanQuery {
+        let term = |t: i64| tantivy::Term::from_field_i64(self.fields.time, t);
+        BooleanQuery::new(vec![
+            (Occur::Must, matcher),
+            (
+                Occur::Must,
+                Box::new(RangeQuery::new(low.map(term), high.map(term))),
+            ),
+        ])
     }
 
     /// Every matching event of one microsecond, in byte order.
@@ -464,11 +472,11 @@ impl Store {
         }))
         .map_err(|err| StoreError::Invalid(err.to_string()))?;
         let matcher = query::translate(&self.schema, &self.fields, query)?;
-        let range = Box::new(RangeQuery::new(
-            std::ops::Bound::Included(tantivy::Term::from_field_i64(self.fields.time, from)),
-            std::ops::Bound::Included(tantivy::Term::from_field_i64(self.fields.time, to)),
-        ));
-        let combined = BooleanQuery::new(vec![(Occur::Must, matcher), (Occur::Must, range)]);
+        let combined = self.in_time_range(
+            matcher,
+            std::ops::Bound::Included(from),
+            std::ops::Bound::Included(to),
+        );
         let mut merged: Option<IntermediateAggregationResults> = None;
         let mut total = 0u64;
         for searcher in self.searchers(topic, from, to)? {
