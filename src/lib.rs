@@ -9,6 +9,7 @@ pub mod cli;
 pub mod collector;
 pub mod event;
 pub mod fsutil;
+pub mod kubeclient;
 pub mod loadgen;
 pub mod operator;
 pub mod pki;

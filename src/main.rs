@@ -18,6 +18,10 @@ enum Command {
     Collector(clusteraudit::collector::CollectorArgs),
     /// Post realistic audit EventLists to a collector and report events/s and ack latency.
     Loadgen(clusteraudit::loadgen::LoadgenArgs),
+    /// Reconcile the ClusterAudit: policy, sink, revisions, the guarded rollout, status.
+    Operator(clusteraudit::operator::OperatorArgs),
+    /// Apply the released revision to this control-plane node's kube-apiserver.
+    Agent(clusteraudit::agent::AgentArgs),
     /// Search the stored audit events.
     Search(clusteraudit::cli::search::SearchArgs),
     /// Render, check and preview audit policies.
@@ -99,6 +103,8 @@ fn main() -> ExitCode {
                 Ok::<(), clusteraudit::loadgen::LoadgenError>(())
             })
         }
+        Command::Operator(args) => block_on(clusteraudit::operator::run(args)),
+        Command::Agent(args) => block_on(clusteraudit::agent::run(args)),
         Command::Search(args) => block_on(clusteraudit::cli::search::run(args)),
         Command::Policy(command) => match clusteraudit::cli::policy::run(command) {
             Ok(()) => ExitCode::SUCCESS,

@@ -225,7 +225,28 @@ impl Node {
             }
         }
         self.save_state(&NodeState::default())?;
+        // The next time auditing is switched on, the manifest found then is the original: it
+        // may have been upgraded in between.
+        for file in [ORIGINAL, LAST_GOOD] {
+            let path = self.paths.state_dir.join(file);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(NodeError::Io {
+                        what: "removing",
+                        path,
+                        source,
+                    });
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Whether the agent has changed this node's manifest (and so has an original to restore).
+    pub fn audited(&self) -> bool {
+        self.paths.state_dir.join(ORIGINAL).exists()
     }
 
     /// Waits until the kube-apiserver has gone away (the kubelet restarting it) and is ready

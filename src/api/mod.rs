@@ -280,15 +280,41 @@ pub struct ClusterAuditStatus {
     /// While restarts are held back: when the next one may start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_restart_allowed_at: Option<Time>,
+    /// What the restart guard remembers between reconciles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardStatus>,
+}
+
+/// The restart guard's memory: kept in status so that an operator restarted (or a new leader)
+/// spends no restart its predecessor already spent.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GuardStatus {
+    /// When the spec last asked for a different revision (edits settle from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_since: Option<Time>,
+    /// Rollouts started within the last hour.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restarts: Vec<Time>,
+    /// When a rollout last switched auditing on or off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_toggle_time: Option<Time>,
+    /// The last value of the force-rollout annotation the operator acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_rollout: Option<String>,
 }
 
 /// The rollout's position.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RevisionStatus {
-    /// The newest revision cut from the spec.
+    /// The revision the nodes are rolled to: released by the restart guard. `original` means
+    /// auditing off, each node back on the manifest it had before auditing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest: Option<String>,
+    /// The revision the current spec asks for; differs from `latest` while the guard holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<String>,
     /// One entry per control-plane node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::node_revisions")]

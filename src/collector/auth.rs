@@ -96,21 +96,10 @@ impl Auth {
         let kube = if args.insecure_dev {
             None
         } else {
-            let config = match &args.kubeconfig {
-                Some(path) => {
-                    let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                        .map_err(|err| CollectorError::Kube(err.to_string()))?;
-                    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                        .await
-                        .map_err(|err| CollectorError::Kube(err.to_string()))?
-                }
-                None => kube::Config::infer()
-                    .await
-                    .map_err(|err| CollectorError::Kube(err.to_string()))?,
-            };
             Some(
-                kube::Client::try_from(config)
-                    .map_err(|err| CollectorError::Kube(err.to_string()))?,
+                crate::kubeclient::client(args.kubeconfig.as_deref())
+                    .await
+                    .map_err(CollectorError::Kube)?,
             )
         };
         Ok(Auth {

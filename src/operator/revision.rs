@@ -69,28 +69,46 @@ pub fn build(policy_yaml: &str, webhook: &WebhookTarget) -> Revision {
             serde_json::to_string_pretty(&kubeconfig).expect("a kubeconfig serializes") + "\n",
         ),
     ]);
-    let flags = webhook_flags();
-    let mut digest = Sha256::new();
-    for (name, content) in &files {
-        // Lengths keep the concatenation unambiguous.
-        digest.update((name.len() as u64).to_le_bytes());
-        digest.update(name.as_bytes());
-        digest.update((content.len() as u64).to_le_bytes());
-        digest.update(content.as_bytes());
-    }
-    for (flag, value) in &flags {
-        digest.update(format!("{flag}={value}\n").as_bytes());
-    }
-    let hash = hex::encode(digest.finalize());
-    Revision {
-        name: format!("rev-{}", &hash[..10]),
-        hash,
-        files,
-        flags,
-    }
+    Revision::new(files, webhook_flags())
 }
 
+/// The rollout target that means auditing off: every node back on the manifest its agent found
+/// before auditing.
+pub const ORIGINAL: &str = "original";
+
 impl Revision {
+    /// A revision of exactly these files and flags, named by their content.
+    pub fn new(files: BTreeMap<String, String>, flags: Vec<(String, String)>) -> Revision {
+        let mut digest = Sha256::new();
+        for (name, content) in &files {
+            // Lengths keep the concatenation unambiguous.
+            digest.update((name.len() as u64).to_le_bytes());
+            digest.update(name.as_bytes());
+            digest.update((content.len() as u64).to_le_bytes());
+            digest.update(content.as_bytes());
+        }
+        for (flag, value) in &flags {
+            digest.update(format!("{flag}={value}\n").as_bytes());
+        }
+        let hash = hex::encode(digest.finalize());
+        Revision {
+            name: format!("rev-{}", &hash[..10]),
+            hash,
+            files,
+            flags,
+        }
+    }
+
+    /// The same revision with one webhook flag's value replaced (a new revision, named anew).
+    pub fn with_flag(self, flag: &str, value: &str) -> Revision {
+        let mut flags = self.flags;
+        match flags.iter_mut().find(|(name, _)| name == flag) {
+            Some((_, existing)) => *existing = value.to_string(),
+            None => flags.push((flag.to_string(), value.to_string())),
+        }
+        Revision::new(self.files, flags)
+    }
+
     /// The manifest settings for this revision with its files under `base_dir` on the node.
     pub fn audit_settings(&self, base_dir: &str) -> AuditSettings {
         let dir = format!("{}/{}", base_dir.trim_end_matches('/'), self.name);
