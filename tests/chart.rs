@@ -72,6 +72,7 @@ fn kubectl_apply(control_plane: &ControlPlane, manifests: &str, dry_run: bool) -
 
 fn can_i(
     control_plane: &ControlPlane,
+    service_account: &str,
     verb: &str,
     resource: &str,
     namespace: Option<&str>,
@@ -82,7 +83,7 @@ fn can_i(
         "can-i",
         verb,
         resource,
-        &format!("--as=system:serviceaccount:{NAMESPACE}:clusteraudit-operator"),
+        &format!("--as=system:serviceaccount:{NAMESPACE}:{service_account}"),
     ]);
     match namespace {
         Some(namespace) => command.args(["--namespace", namespace]),
@@ -90,6 +91,42 @@ fn can_i(
     };
     let output = command.output().expect("kubectl runs");
     String::from_utf8_lossy(&output.stdout).trim() == "yes"
+}
+
+/// What the collector asks the cluster (a SubjectAccessReview) about its virtual resources, which
+/// kubectl cannot name since no API serves them.
+async fn may_in_collector(
+    control_plane: &ControlPlane,
+    service_account: &str,
+    verb: &str,
+    resource: &str,
+) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let client = control_plane.client().await.unwrap();
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(format!(
+                "system:serviceaccount:{NAMESPACE}:{service_account}"
+            )),
+            groups: Some(vec!["system:serviceaccounts".into()]),
+            resource_attributes: Some(ResourceAttributes {
+                group: Some("clusteraudit.io".into()),
+                resource: Some(resource.into()),
+                verb: Some(verb.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    kube::Api::<SubjectAccessReview>::all(client)
+        .create(&Default::default(), &review)
+        .await
+        .unwrap()
+        .status
+        .is_some_and(|s| s.allowed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,14 +150,56 @@ async fn the_chart_is_accepted_by_the_apiserver_and_least_privileged() {
     for kind in [
         "customresourcedefinition.apiextensions.k8s.io/clusteraudits.clusteraudit.io",
         "serviceaccount/clusteraudit-operator",
+        "serviceaccount/clusteraudit-agent",
+        "serviceaccount/clusteraudit-collector",
         "clusterrole.rbac.authorization.k8s.io/clusteraudit-operator",
         "clusterrolebinding.rbac.authorization.k8s.io/clusteraudit-operator",
         "role.rbac.authorization.k8s.io/clusteraudit-operator",
         "rolebinding.rbac.authorization.k8s.io/clusteraudit-operator",
+        "clusterrole.rbac.authorization.k8s.io/clusteraudit-agent",
+        "role.rbac.authorization.k8s.io/clusteraudit-agent",
+        "clusterrole.rbac.authorization.k8s.io/clusteraudit-collector",
+        "clusterrole.rbac.authorization.k8s.io/clusteraudit-audit-reader",
         "deployment.apps/clusteraudit-operator",
+        "service/clusteraudit-operator-metrics",
+        "daemonset.apps/clusteraudit-agent",
+        "statefulset.apps/clusteraudit-collector",
+        "service/clusteraudit-collector",
+        "networkpolicy.networking.k8s.io/clusteraudit-collector",
+        "networkpolicy.networking.k8s.io/clusteraudit-operator",
     ] {
         assert!(applied.contains(kind), "{kind} missing from:\n{applied}");
     }
+    assert!(!defaults.contains("kind: ServiceMonitor"));
+
+    // Non-default values need the prometheus-operator's ServiceMonitor kind; a stand-in CRD
+    // gives the kube-apiserver the kind to check the rest against.
+    let stand_in = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: servicemonitors.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  names: {kind: ServiceMonitor, plural: servicemonitors}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+"#;
+    kubectl_apply(&control_plane, stand_in, false);
+    let established = control_plane
+        .kubectl()
+        .args([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/servicemonitors.monitoring.coreos.com",
+        ])
+        .output()
+        .unwrap();
+    assert!(established.status.success());
 
     let values = control_plane.dir().join("values.yaml");
     std::fs::write(
@@ -137,6 +216,22 @@ operator:
   podAnnotations: {example.com/team: platform}
 serviceAccount: {create: false, name: platform-audit}
 rbac: {create: true}
+agent:
+  kubernetesDir: /srv/kubernetes
+  readyzURL: https://127.0.0.1:8443/readyz
+  logLevel: debug
+collector:
+  port: 9443
+  service: {clusterIP: 10.96.0.50}
+  tls: {secretName: audit-collector-tls}
+  storage: {size: 100Gi, storageClassName: fast-ssd}
+  maxBodyBytes: 33554432
+networkPolicy:
+  enabled: true
+  webhookFrom: [{ipBlock: {cidr: 10.0.0.0/24}}]
+  apiFrom: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: dashboards}}}]
+  metricsFrom: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]
+serviceMonitor: {enabled: true, interval: 15s, labels: {release: prometheus}}
 "#,
     )
     .unwrap();
@@ -145,47 +240,119 @@ rbac: {create: true}
         custom.contains("replicas: 2")
             && custom.contains("registry.example.internal/clusteraudit:dev")
     );
-    assert!(!custom.contains("\nkind: ServiceAccount\n"), "{custom}");
-    assert!(custom.contains("name: platform-audit"));
-    let applied = kubectl_apply(&control_plane, &custom, true);
     assert!(
-        applied.contains("deployment.apps/clusteraudit-operator"),
-        "{applied}"
+        !custom.contains("kind: ServiceAccount\nmetadata:\n  name: clusteraudit-operator\n"),
+        "{custom}"
     );
+    assert!(custom.contains("name: platform-audit"));
+    for text in [
+        "--manifest=/srv/kubernetes/manifests/kube-apiserver.yaml",
+        "path: /srv/kubernetes",
+        "clusterIP: 10.96.0.50",
+        "--listen=0.0.0.0:9443",
+        "--max-body-bytes=33554432",
+        "storageClassName: fast-ssd",
+        "secretName: audit-collector-tls",
+        "cidr: 10.0.0.0/24",
+        "kind: ServiceMonitor",
+    ] {
+        assert!(custom.contains(text), "{text} missing from:\n{custom}");
+    }
+    let applied = kubectl_apply(&control_plane, &custom, true);
+    for kind in [
+        "deployment.apps/clusteraudit-operator",
+        "daemonset.apps/clusteraudit-agent",
+        "statefulset.apps/clusteraudit-collector",
+        "servicemonitor.monitoring.coreos.com/clusteraudit",
+    ] {
+        assert!(applied.contains(kind), "{kind} missing from:\n{applied}");
+    }
 
     // Applied for real, the operator's identity can do its job and nothing more.
     kubectl_apply(&control_plane, &defaults, false);
     let ns = Some(NAMESPACE);
-    for (verb, resource, namespace) in [
-        ("watch", "clusteraudits.clusteraudit.io", None),
-        ("patch", "clusteraudits.clusteraudit.io/status", None),
-        ("list", "nodes", None),
-        ("create", "events.events.k8s.io", Some("default")),
-        ("update", "leases.coordination.k8s.io", ns),
-        ("create", "secrets", ns),
-    ] {
-        assert!(
-            can_i(&control_plane, verb, resource, namespace),
-            "cannot {verb} {resource}"
-        );
-    }
-    for (verb, resource, namespace) in [
-        ("delete", "clusteraudits.clusteraudit.io", None),
-        ("get", "secrets", Some("kube-system")),
-        ("list", "secrets", None),
-        ("create", "pods", ns),
-        ("patch", "nodes", None),
-        ("update", "leases.coordination.k8s.io", Some("kube-system")),
-        ("delete", "secrets", ns),
+    let operator = "clusteraudit-operator";
+    let agent = "clusteraudit-agent";
+    let collector = "clusteraudit-collector";
+    for (who, verb, resource, namespace) in [
+        (operator, "watch", "clusteraudits.clusteraudit.io", None),
         (
+            operator,
+            "patch",
+            "clusteraudits.clusteraudit.io/status",
+            None,
+        ),
+        (operator, "create", "events.events.k8s.io", Some("default")),
+        (operator, "update", "leases.coordination.k8s.io", ns),
+        (operator, "create", "secrets", ns),
+        (operator, "delete", "secrets", ns),
+        (operator, "get", "services/clusteraudit-collector", ns),
+        (agent, "watch", "clusteraudits.clusteraudit.io", None),
+        (agent, "update", "leases.coordination.k8s.io", ns),
+        (agent, "get", "secrets", ns),
+        (
+            collector,
             "create",
-            "clusterrolebindings.rbac.authorization.k8s.io",
+            "tokenreviews.authentication.k8s.io",
+            None,
+        ),
+        (
+            collector,
+            "create",
+            "subjectaccessreviews.authorization.k8s.io",
             None,
         ),
     ] {
         assert!(
-            !can_i(&control_plane, verb, resource, namespace),
-            "may {verb} {resource}"
+            can_i(&control_plane, who, verb, resource, namespace),
+            "{who} cannot {verb} {resource}"
+        );
+    }
+    for (who, verb, resource, namespace) in [
+        (operator, "delete", "clusteraudits.clusteraudit.io", None),
+        (operator, "get", "secrets", Some("kube-system")),
+        (operator, "list", "secrets", None),
+        (operator, "create", "pods", ns),
+        (operator, "list", "nodes", None),
+        (operator, "get", "services/kubernetes", Some("default")),
+        (
+            operator,
+            "update",
+            "leases.coordination.k8s.io",
+            Some("kube-system"),
+        ),
+        (
+            operator,
+            "create",
+            "clusterrolebindings.rbac.authorization.k8s.io",
+            None,
+        ),
+        (agent, "patch", "clusteraudits.clusteraudit.io/status", None),
+        (agent, "list", "secrets", ns),
+        (agent, "create", "secrets", ns),
+        (agent, "get", "secrets", Some("kube-system")),
+        (agent, "create", "pods", None),
+        (collector, "get", "secrets", ns),
+        (collector, "list", "clusteraudits.clusteraudit.io", None),
+    ] {
+        assert!(
+            !can_i(&control_plane, who, verb, resource, namespace),
+            "{who} may {verb} {resource}"
+        );
+    }
+    for (who, verb, resource, allowed) in [
+        (operator, "create", "topics", true),
+        (operator, "delete", "topics", true),
+        (operator, "get", "auditevents", true),
+        (agent, "create", "topics", false),
+        (agent, "get", "auditevents", false),
+        (collector, "create", "topics", false),
+        (collector, "get", "auditevents", false),
+    ] {
+        assert_eq!(
+            may_in_collector(&control_plane, who, verb, resource).await,
+            allowed,
+            "{who} {verb} {resource}"
         );
     }
 }

@@ -2,118 +2,13 @@
 //! collector over TLS with a bearer token, people act on the cluster, and the read API (behind
 //! TokenReview and SubjectAccessReview against the same cluster) finds what they did.
 
-use std::{path::Path, time::Duration};
+mod support;
 
 use clusteraudit::{
-    api::PolicySpec,
-    pki::CertificateAuthority,
-    policy::render,
-    testkit::{ControlPlane, free_port, process::ManagedProcess},
+    api::PolicySpec, pki::CertificateAuthority, policy::render, testkit::ControlPlane,
 };
 use serde_json::{Value, json};
-
-struct Collector {
-    _process: ManagedProcess,
-    url: String,
-    http: reqwest::Client,
-}
-
-fn write(path: &Path, content: impl AsRef<[u8]>) {
-    std::fs::write(path, content).unwrap();
-}
-
-async fn start_collector(
-    control_plane: &ControlPlane,
-    dir: &Path,
-    token: &str,
-) -> (Collector, String) {
-    clusteraudit::tls::install_crypto_provider();
-    let ca = CertificateAuthority::generate("collector-ca").unwrap();
-    let serving = ca
-        .issue_server("collector", &["localhost"], &["127.0.0.1".parse().unwrap()])
-        .unwrap();
-    write(&dir.join("collector-ca.crt"), ca.cert_pem());
-    write(&dir.join("collector.crt"), &serving.cert_pem);
-    write(&dir.join("collector.key"), &serving.key_pem);
-    write(&dir.join("webhook-token"), token);
-    // A second way in for webhook callers: a client certificate from this CA.
-    let client_ca = CertificateAuthority::generate("webhook-clients").unwrap();
-    let client = client_ca
-        .issue_client("kube-apiserver-webhook", None)
-        .unwrap();
-    write(&dir.join("webhook-client-ca.crt"), client_ca.cert_pem());
-    write(
-        &dir.join("webhook-client.pem"),
-        format!("{}{}", client.cert_pem, client.key_pem),
-    );
-    let port = free_port().unwrap();
-    let args: Vec<String> = vec![
-        "collector".into(),
-        format!("--data-dir={}", dir.join("data").display()),
-        format!("--listen=127.0.0.1:{port}"),
-        format!("--tls-cert={}", dir.join("collector.crt").display()),
-        format!("--tls-key={}", dir.join("collector.key").display()),
-        format!(
-            "--webhook-token-file={}",
-            dir.join("webhook-token").display()
-        ),
-        format!(
-            "--webhook-client-ca={}",
-            dir.join("webhook-client-ca.crt").display()
-        ),
-        format!("--kubeconfig={}", control_plane.kubeconfig_path().display()),
-    ];
-    let process = ManagedProcess::spawn(
-        "collector",
-        Path::new(env!("CARGO_BIN_EXE_clusteraudit")),
-        &args,
-        &dir.join("collector.log"),
-    )
-    .unwrap();
-    let http = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let url = format!("https://127.0.0.1:{port}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(response) = http.get(format!("{url}/readyz")).send().await
-            && response.status().is_success()
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the collector never became ready: {}",
-            process.log_tail(30)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let webhook_kubeconfig = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "collector", "cluster": {
-            "server": format!("{url}/v1/webhook"),
-            "certificate-authority": dir.join("collector-ca.crt"),
-        }}],
-        "users": [{"name": "kube-apiserver", "user": {"token": token}}],
-        "contexts": [{"name": "webhook", "context": {"cluster": "collector", "user": "kube-apiserver"}}],
-        "current-context": "webhook",
-    });
-    let webhook_config = dir.join("webhook.kubeconfig");
-    write(
-        &webhook_config,
-        serde_json::to_vec_pretty(&webhook_kubeconfig).unwrap(),
-    );
-    (
-        Collector {
-            _process: process,
-            url,
-            http,
-        },
-        webhook_config.display().to_string(),
-    )
-}
+use support::write;
 
 fn kubectl(control_plane: &ControlPlane, args: &[&str]) -> std::process::Output {
     control_plane
@@ -138,47 +33,6 @@ fn ok(output: std::process::Output) {
     );
 }
 
-impl Collector {
-    async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
-        let mut request = self.http.get(format!("{}{path}", self.url));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.expect("the collector answers");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    /// Searches the routed topic until `done` holds for the events found, or a minute passes.
-    async fn search_until(
-        &self,
-        token: &str,
-        query: &str,
-        done: impl Fn(&[Value]) -> bool,
-    ) -> Vec<Value> {
-        let (_, route) = self.get("/v1/route", Some(token)).await;
-        let topic = route["topicId"].as_str().expect("a route").to_string();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let path = format!(
-                "/v1/topics/{topic}/events?limit=1000&q={}",
-                urlencode(query)
-            );
-            let (status, page) = self.get(&path, Some(token)).await;
-            assert_eq!(status, 200, "{query}: {page}");
-            let events = page["events"].as_array().cloned().unwrap_or_default();
-            if done(&events) || tokio::time::Instant::now() > deadline {
-                return events;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-}
-
-fn urlencode(text: &str) -> String {
-    clusteraudit::cli::search::encode(text)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_events_from_the_real_kube_apiserver_are_found_by_search() {
     let mut control_plane = ControlPlane::start()
@@ -186,8 +40,12 @@ async fn audit_events_from_the_real_kube_apiserver_are_found_by_search() {
         .expect("the control plane starts");
     let dir = control_plane.dir().join("collector");
     std::fs::create_dir_all(&dir).unwrap();
-    let (collector, webhook_config) =
-        start_collector(&control_plane, &dir, "webhook-secret-token").await;
+    let (collector, webhook_config) = support::start_tls_collector(
+        control_plane.kubeconfig_path(),
+        &dir,
+        "webhook-secret-token",
+    )
+    .await;
 
     let policy = render(&PolicySpec::default()).unwrap();
     let policy_path = dir.join("policy.yaml");

@@ -176,7 +176,8 @@ async fn the_sink_is_created_adopted_and_cleaned_up_as_the_spec_says() {
     sink.ensure(&SinkSpec::default(), Some(&created))
         .await
         .unwrap();
-    sink.delete_created(&created).await.unwrap();
+    let deleted = sink.delete_created(&created).await.unwrap();
+    assert!(deleted.topic && deleted.logset && deleted.logset_kept.is_none());
     let gone = collector
         .http
         .get(format!("{}/v1/topics/{topic_id}", collector.url))

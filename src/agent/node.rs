@@ -184,7 +184,13 @@ impl Node {
             }
         }
         // Resuming after a crash lands here too: the manifest already names the revision.
+        let waiting = Instant::now();
         if self.wait_restarted_and_ready(health_timeout).await {
+            tracing::info!(
+                revision = %revision.name,
+                manifest_written_to_ready_ms = waiting.elapsed().as_millis() as u64,
+                "the kube-apiserver is ready with the revision"
+            );
             state.current = Some(revision.name.clone());
             state.applying = None;
             self.save_state(&state)?;

@@ -245,6 +245,12 @@ impl Agent {
             self.release(&manager).await;
             return Ok(None);
         }
+        // Seen by the operator and by people: this node is the one restarting now.
+        let mut applying = self.report_of(&self.node.state()?);
+        applying.applying = Some(revision.to_string());
+        if let Err(err) = self.write_report(applying).await {
+            tracing::debug!(%err, "could not say this node is applying");
+        }
         let result = hold_while(&manager, work).await;
         self.report_until_written().await;
         self.release(&manager).await;
@@ -356,6 +362,10 @@ impl Agent {
         if self.last_report.lock().expect("not poisoned").as_ref() == Some(&report) {
             return Ok(());
         }
+        self.write_report(report).await
+    }
+
+    async fn write_report(&self, report: NodeReport) -> Result<(), AgentError> {
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
         let lease = node_report_lease(&report, &self.args.namespace, now);
         self.leases()

@@ -64,7 +64,7 @@ pub enum AuthError {
 
 pub struct Auth {
     insecure: bool,
-    webhook_token: Option<String>,
+    webhook_token: Option<TokenFile>,
     kube: Option<kube::Client>,
     /// Decisions for (token hash, access), kept briefly so that a page of searches costs one
     /// review.
@@ -78,21 +78,66 @@ type CachedDecision = (Result<(), String>, Instant);
 
 const CACHE_FOR: Duration = Duration::from_secs(10);
 
+/// The webhook token, from a file that may appear or change while the collector runs (a Secret
+/// volume the kubelet fills in once the operator has created the Secret): looked at again at most
+/// once a second.
+pub struct TokenFile {
+    path: std::path::PathBuf,
+    state: Mutex<TokenFileState>,
+}
+
+struct TokenFileState {
+    loaded: bool,
+    checked: Option<Instant>,
+    modified: Option<std::time::SystemTime>,
+    token: Option<String>,
+}
+
+impl TokenFile {
+    pub fn new(path: std::path::PathBuf) -> TokenFile {
+        TokenFile {
+            path,
+            state: Mutex::new(TokenFileState {
+                loaded: false,
+                checked: None,
+                modified: None,
+                token: None,
+            }),
+        }
+    }
+
+    /// The token now; none while the file is missing or empty.
+    pub fn current(&self) -> Option<String> {
+        let mut state = self.state.lock().expect("not poisoned");
+        if state
+            .checked
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            state.checked = Some(Instant::now());
+            let modified = std::fs::metadata(&self.path)
+                .and_then(|m| m.modified())
+                .ok();
+            let first = !state.loaded;
+            if modified != state.modified || first {
+                let had = state.token.is_some();
+                state.loaded = true;
+                state.modified = modified;
+                state.token = std::fs::read_to_string(&self.path)
+                    .ok()
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty());
+                if state.token.is_none() && (had || first) {
+                    tracing::warn!(path = %self.path.display(), "no webhook token (yet): webhook calls with a token are refused");
+                }
+            }
+        }
+        state.token.clone()
+    }
+}
+
 impl Auth {
     pub async fn from_args(args: &CollectorArgs) -> Result<Auth, CollectorError> {
-        let webhook_token = match &args.webhook_token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|source| CollectorError::Read {
-                        what: "reading the webhook token",
-                        path: path.clone(),
-                        source,
-                    })?
-                    .trim()
-                    .to_string(),
-            ),
-            None => None,
-        };
+        let webhook_token = args.webhook_token_file.clone().map(TokenFile::new);
         let kube = if args.insecure_dev {
             None
         } else {
@@ -126,9 +171,9 @@ impl Auth {
             return true;
         }
         match (&self.webhook_token, bearer(headers)) {
-            (Some(expected), Some(given)) => {
-                constant_time_eq(expected.as_bytes(), given.as_bytes())
-            }
+            (Some(file), Some(given)) => file
+                .current()
+                .is_some_and(|expected| constant_time_eq(expected.as_bytes(), given.as_bytes())),
             _ => false,
         }
     }

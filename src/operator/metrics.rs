@@ -33,7 +33,8 @@ impl Metrics {
             rollouts: Counter::default(),
             throttled: Counter::default(),
             reconcile_seconds: Histogram::new([
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
+                0.5, 1.0, 2.5, 5.0,
             ]),
             leader: Gauge::default(),
             registry: Arc::new(Registry::default()),

@@ -46,9 +46,14 @@ pub struct OperatorArgs {
     #[arg(long)]
     pub collector_token_file: Option<PathBuf>,
     /// Where the kube-apiservers post events: an address that needs no cluster DNS, such as the
-    /// collector Service's ClusterIP (default: the collector URL + /v1/webhook).
+    /// collector Service's ClusterIP (default: from --collector-service, else the collector URL
+    /// + /v1/webhook).
     #[arg(long)]
     pub webhook_url: Option<String>,
+    /// The collector's Service in the operator's namespace: the webhook goes to its ClusterIP,
+    /// which the kube-apiserver reaches without cluster DNS.
+    #[arg(long, conflicts_with = "webhook_url")]
+    pub collector_service: Option<String>,
     /// /metrics, /livez and /readyz.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -135,10 +140,13 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         namespace: args.namespace.clone(),
         collector: reconcile::CollectorAccess {
             http,
-            webhook_url: args
-                .webhook_url
-                .clone()
-                .unwrap_or_else(|| format!("{collector_url}/v1/webhook")),
+            webhook: match (&args.webhook_url, &args.collector_service) {
+                (Some(url), _) => reconcile::WebhookAddress::Url(url.clone()),
+                (None, Some(service)) => reconcile::WebhookAddress::Service(service.clone()),
+                (None, None) => {
+                    reconcile::WebhookAddress::Url(format!("{collector_url}/v1/webhook"))
+                }
+            },
             url: collector_url,
             ca_pem,
             token_file: args.collector_token_file.clone(),
@@ -177,16 +185,13 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     });
     let outcome = tokio::select! {
         _ = controller => Ok(()),
-        lost = async {
+        () = async {
             loop {
                 if leader.changed().await.is_err() || !*leader.borrow_and_update() {
                     return;
                 }
             }
-        } => {
-            let _ = lost;
-            Err(OperatorError::LostLeadership)
-        }
+        } => Err(OperatorError::LostLeadership),
     };
     metrics.leader.set(0);
     // Closing the channel makes the election task release the Lease, so a standby takes over now

@@ -10,7 +10,10 @@ use std::{
 
 use k8s_openapi::{
     ByteString,
-    api::{coordination::v1::Lease, core::v1::Secret},
+    api::{
+        coordination::v1::Lease,
+        core::v1::{Secret, Service},
+    },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
@@ -63,6 +66,8 @@ pub enum ReconcileError {
     },
     #[error("the sink: {0}")]
     Sink(#[from] SinkError),
+    #[error("the collector Service {0} has no ClusterIP for the webhook")]
+    NoClusterIp(String),
 }
 
 impl ReconcileError {
@@ -71,7 +76,7 @@ impl ReconcileError {
         match self {
             ReconcileError::Kube { .. } => "kube_api",
             ReconcileError::Read { .. } => "local_file",
-            ReconcileError::Sink(_) => "collector",
+            ReconcileError::Sink(_) | ReconcileError::NoClusterIp(_) => "collector",
         }
     }
 }
@@ -90,7 +95,13 @@ pub struct CollectorAccess {
     /// A bearer token file for the admin API (re-read each time: projected tokens rotate).
     pub token_file: Option<PathBuf>,
     /// Where the kube-apiserver posts: an address that needs no cluster DNS.
-    pub webhook_url: String,
+    pub webhook: WebhookAddress,
+}
+
+pub enum WebhookAddress {
+    Url(String),
+    /// A Service in the operator's namespace: https://<its ClusterIP>:<its first port>/v1/webhook.
+    Service(String),
 }
 
 pub struct Context {
@@ -211,7 +222,7 @@ async fn reconcile_inner(
             let mut revision = revision::build(
                 &policy_yaml,
                 &WebhookTarget {
-                    server: context.collector.webhook_url.clone(),
+                    server: webhook_url(context).await?,
                     ca_pem: context.collector.ca_pem.clone(),
                     token,
                 },
@@ -263,13 +274,13 @@ async fn reconcile_inner(
         && let Some(sink) = &status.sink
         && (sink.created.logset || sink.created.topic)
     {
-        context.sink_client()?.delete_created(sink).await?;
+        let deleted = context.sink_client()?.delete_created(sink).await?;
         context
             .publish(
                 audit,
                 false,
                 "SinkDeleted",
-                "deleted the logset and topic the operator had created (deleteOnDisable)".into(),
+                format!("{deleted} (deleteOnDisable)"),
             )
             .await;
         status.sink = None;
@@ -322,6 +333,33 @@ pub fn guard_config(spec: &ClusterAuditSpec) -> GuardConfig {
         min_toggle_interval: duration(&spec.rollout.min_toggle_interval),
         max_restarts_per_hour: spec.rollout.max_restarts_per_hour.max(1) as u32,
     }
+}
+
+async fn webhook_url(context: &Context) -> Result<String, ReconcileError> {
+    let name = match &context.collector.webhook {
+        WebhookAddress::Url(url) => return Ok(url.clone()),
+        WebhookAddress::Service(name) => name,
+    };
+    let service = Api::<Service>::namespaced(context.client.clone(), &context.namespace)
+        .get(name)
+        .await
+        .map_err(kube("reading the collector Service"))?;
+    let spec = service.spec.unwrap_or_default();
+    let ip = spec
+        .cluster_ip
+        .filter(|ip| !ip.is_empty() && ip != "None")
+        .ok_or(ReconcileError::NoClusterIp(name.clone()))?;
+    let port = spec
+        .ports
+        .unwrap_or_default()
+        .first()
+        .map_or(443, |p| p.port);
+    let host = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip
+    };
+    Ok(format!("https://{host}:{port}/v1/webhook"))
 }
 
 fn sink_reason(error: &SinkError) -> &'static str {

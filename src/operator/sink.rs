@@ -285,8 +285,10 @@ impl SinkClient {
     }
 
     /// Deletes what the operator created, and only that (deleteOnDisable). The webhook is routed
-    /// back to the collector's `default` topic first, since a routed topic cannot go.
-    pub async fn delete_created(&self, status: &SinkStatus) -> Result<(), SinkError> {
+    /// back to the collector's `default` topic first, since a routed topic cannot go. A created
+    /// logset that still holds other topics (ones it did not create, or no longer uses) is kept.
+    pub async fn delete_created(&self, status: &SinkStatus) -> Result<Deleted, SinkError> {
+        let mut deleted = Deleted::default();
         if status.created.topic
             && let Some(topic) = &status.topic_id
         {
@@ -309,17 +311,55 @@ impl SinkClient {
                 "deleting the topic",
             )
             .await?;
+            deleted.topic = true;
         }
         if status.created.logset
             && let Some(logset) = &status.logset_id
         {
-            self.expect(
-                Method::DELETE,
-                &format!("/v1/logsets/{logset}"),
-                None,
-                "deleting the logset",
-            )
-            .await?;
+            let (status, body) = self
+                .call(Method::DELETE, &format!("/v1/logsets/{logset}"), None)
+                .await?;
+            if status == StatusCode::CONFLICT {
+                deleted.logset_kept = Some(
+                    body["error"]
+                        .as_str()
+                        .unwrap_or("it still holds topics")
+                        .to_string(),
+                );
+            } else if status.is_success() || status == StatusCode::NOT_FOUND {
+                deleted.logset = true;
+            } else {
+                return Err(SinkError::Refused {
+                    what: "deleting the logset".into(),
+                    status: status.as_u16(),
+                    message: body["error"].as_str().unwrap_or("no reason given").into(),
+                });
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// What [`SinkClient::delete_created`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Deleted {
+    pub topic: bool,
+    pub logset: bool,
+    /// Why a logset the operator created stays.
+    pub logset_kept: Option<String>,
+}
+
+impl std::fmt::Display for Deleted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match (self.topic, self.logset) {
+            (true, true) => "deleted the topic and the logset the operator had created",
+            (true, false) => "deleted the topic the operator had created",
+            (false, true) => "deleted the logset the operator had created",
+            (false, false) => "deleted nothing",
+        };
+        f.write_str(what)?;
+        if let Some(reason) = &self.logset_kept {
+            write!(f, "; kept its logset: {reason}")?;
         }
         Ok(())
     }

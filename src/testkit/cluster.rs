@@ -226,6 +226,24 @@ impl ControlPlane {
         Ok(self.nodes.last().expect("just pushed"))
     }
 
+    /// The admin kubeconfig pointed at one node's own kube-apiserver (what a component on that
+    /// node, talking to its local endpoint, uses).
+    pub fn kubeconfig_for_node(&self, name: &str) -> Result<PathBuf> {
+        let node = self
+            .node(name)
+            .ok_or_else(|| TestkitError::Client(format!("no node {name}")))?;
+        let text = std::fs::read_to_string(&self.kubeconfig_path).map_err(|err| {
+            TestkitError::io("reading the kubeconfig", &self.kubeconfig_path, err)
+        })?;
+        let mut kubeconfig: serde_json::Value =
+            serde_json::from_str(&text).map_err(|err| TestkitError::Client(err.to_string()))?;
+        kubeconfig["clusters"][0]["cluster"]["server"] = node.endpoint().into();
+        let path = self.dir.path().join(format!("{name}.kubeconfig"));
+        std::fs::write(&path, kubeconfig.to_string())
+            .map_err(|err| TestkitError::io("writing a kubeconfig", &path, err))?;
+        Ok(path)
+    }
+
     pub fn nodes(&self) -> &[StaticPodNode] {
         &self.nodes
     }
@@ -448,6 +466,9 @@ fn write_pki(dir: &Path) -> Result<Vec<TestUser>> {
         ("alice", &["devs"][..]),
         ("bob", &["ops"][..]),
         ("mallory", &[][..]),
+        // What the operator's service account is in a real cluster: a token the collector's
+        // TokenReview accepts.
+        ("clusteraudit-operator", &[][..]),
     ]
     .into_iter()
     .map(|(name, groups)| TestUser {
