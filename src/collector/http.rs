@@ -1,7 +1,10 @@
 //! The collector's HTTP surface: the webhook, the logset/topic admin API, search, health and
 //! metrics.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Json, Router,
@@ -71,8 +74,51 @@ pub fn router(shared: Arc<Shared>) -> Router {
         // The server only listens once the log is replayed into the store: listening is ready.
         .route("/readyz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .merge(super::ui::routes())
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                refuse_oversized(request, next, limit)
+            },
+        ))
         .with_state(shared)
+}
+
+/// How much of a body declared over the limit is read (and dropped) before the 413, so that a
+/// client still sending gets the answer rather than a connection torn down under it.
+const OVERSIZED_DRAIN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Bodies declared larger than the limit are refused before any handler runs.
+async fn refuse_oversized(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+    limit: usize,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(declared) = declared.filter(|n| *n > limit as u64) else {
+        return next.run(request).await;
+    };
+    if declared <= OVERSIZED_DRAIN_BYTES {
+        use futures::StreamExt;
+        let mut stream = request.into_body().into_data_stream();
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(Ok(_)) = stream.next().await {}
+        });
+        let _ = drained.await;
+    }
+    let mut response = ApiError(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the body ({declared} bytes) is over the limit of {limit} bytes"),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// An error as an HTTP response: a status and `{"error": "..."}`.

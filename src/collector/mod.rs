@@ -11,6 +11,7 @@ pub mod auth;
 pub mod batch;
 pub mod http;
 pub mod metrics;
+pub mod ui;
 pub mod wal;
 
 use std::{
