@@ -75,10 +75,17 @@ fn main() -> ExitCode {
     } else {
         Cli::parse()
     };
+    // The demo prints its own progress; the client's retries while a kube-apiserver restarts are
+    // expected there and only noise.
+    let default_filter = if matches!(cli.command, Command::Dev(_)) {
+        "warn,kube_client=off"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal: log files and collectors get plain text.

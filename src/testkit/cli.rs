@@ -8,6 +8,9 @@ use super::{ControlPlane, ControlPlaneOptions, Kubelet, KubeletEvent, KubeletOpt
 
 #[derive(Subcommand, Debug)]
 pub enum DevCommand {
+    /// The whole project on this machine: control plane, collector, operator, agent, the example
+    /// ClusterAudit rolled out, a few people acting; then where to look. Ctrl-C stops it.
+    Demo(super::demo::DemoArgs),
     /// Start etcd and a kube-apiserver on loopback (or N static-pod nodes) until Ctrl-C.
     ControlPlane {
         /// Control-plane nodes run by the stand-in kubelet instead of one plain kube-apiserver.
@@ -36,6 +39,7 @@ pub fn run(command: DevCommand) -> Result<()> {
     })?;
     runtime.block_on(async move {
         match command {
+            DevCommand::Demo(args) => super::demo::run(args).await,
             DevCommand::ControlPlane { nodes } => {
                 let mut control_plane = ControlPlane::start_with(ControlPlaneOptions {
                     direct_apiserver: nodes == 0,

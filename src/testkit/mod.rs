@@ -6,6 +6,7 @@
 pub mod binaries;
 pub mod cli;
 pub mod cluster;
+pub mod demo;
 pub mod etcd;
 pub mod kubelet;
 pub mod manifest;
