@@ -86,8 +86,6 @@ pub enum OperatorError {
         #[source]
         source: std::io::Error,
     },
-    #[error("leader election: {0}")]
-    Election(#[from] kube_lease_manager::LeaseManagerError),
     #[error("lost the leader Lease; exiting so that a fresh start follows the new leader")]
     LostLeadership,
 }
@@ -117,14 +115,26 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         getrandom::fill(&mut bytes).expect("the OS has randomness");
         format!("operator-{}", hex::encode(bytes))
     });
-    let election =
-        kube_lease_manager::LeaseManagerBuilder::new(client.clone(), objects::LEADER_LEASE)
+    // The API may be away for a while at start (the kube-apiserver this replica talks to
+    // restarting for a rollout, say): keep trying rather than exit.
+    let mut delay = Duration::from_millis(500);
+    let election = loop {
+        match kube_lease_manager::LeaseManagerBuilder::new(client.clone(), objects::LEADER_LEASE)
             .with_namespace(&args.namespace)
             .with_identity(&identity)
             .with_duration(args.lease_seconds)
             .with_grace((args.lease_seconds / 3).max(1))
             .build()
-            .await?;
+            .await
+        {
+            Ok(election) => break election,
+            Err(err) => {
+                tracing::warn!(%err, "the leader Lease cannot be reached yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(15));
+            }
+        }
+    };
     let (mut leader, election_task) = election.watch().await;
     tracing::info!(%identity, "waiting for the leader Lease");
     while !*leader.borrow_and_update() {

@@ -46,6 +46,9 @@ pub const FORCE_ROLLOUT_ANNOTATION: &str = "clusteraudit.io/force-rollout";
 pub const TEST_WEBHOOK_MODE_ANNOTATION: &str = "clusteraudit.io/test-webhook-mode";
 /// Present while the operator still has to delete the sink it created (deleteOnDisable).
 pub const FINALIZER: &str = "clusteraudit.io/sink-cleanup";
+/// The field manager owning the finalizer: apart from the one writing status, so that applying
+/// one never drops the other.
+const FINALIZER_MANAGER: &str = "clusteraudit-finalizer";
 /// How many revision Secrets beyond those in use are kept (to see what changed, and to roll back
 /// by hand).
 const KEPT_REVISIONS: usize = 3;
@@ -448,24 +451,24 @@ async fn ensure_revision_secret(
     revision: &revision::Revision,
 ) -> Result<(), ReconcileError> {
     let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &context.namespace);
-    let name = objects::revision_secret_name(&revision.name);
-    if secrets
-        .get_metadata_opt(&name)
-        .await
-        .map_err(kube("reading a revision Secret"))?
-        .is_some()
-    {
-        return Ok(());
-    }
     let owner = audit
         .controller_owner_ref(&())
         .expect("a ClusterAudit from the API has a name and uid");
     let secret = objects::revision_secret(revision, &context.namespace, owner);
-    match secrets.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
-        Err(err) => Err(kube("creating a revision Secret")(err)),
-    }
+    let mut body = serde_json::to_value(&secret).expect("a Secret serializes");
+    // Server-side apply wants the kind spelled out.
+    body["apiVersion"] = "v1".into();
+    body["kind"] = "Secret".into();
+    // Content-addressed and immutable: applying the same revision again changes nothing.
+    secrets
+        .patch(
+            &objects::revision_secret_name(&revision.name),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(kube("applying a revision Secret"))?;
+    Ok(())
 }
 
 /// Deletes revision Secrets nothing refers to, beyond the few newest.
@@ -522,21 +525,23 @@ async fn ensure_finalizer(
     if has == wants {
         return Ok(());
     }
-    let finalizers: Vec<String> = audit
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .chain(wants.then(|| FINALIZER.to_string()))
-        .collect();
+    apply_finalizer(audits, wants).await
+}
+
+/// The operator's finalizer by server-side apply: finalizers are a set, so applying the
+/// operator's own entry (or none) leaves everyone else's alone.
+async fn apply_finalizer(audits: &Api<ClusterAudit>, present: bool) -> Result<(), ReconcileError> {
+    let finalizers: Vec<&str> = if present { vec![FINALIZER] } else { vec![] };
+    let patch = json!({
+        "apiVersion": ClusterAudit::api_version(&()),
+        "kind": ClusterAudit::kind(&()),
+        "metadata": {"name": SINGLETON_NAME, "finalizers": finalizers},
+    });
     audits
         .patch(
             SINGLETON_NAME,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {
-                "finalizers": finalizers,
-                "resourceVersion": audit.resource_version(),
-            }})),
+            &PatchParams::apply(FINALIZER_MANAGER).force(),
+            &Patch::Apply(&patch),
         )
         .await
         .map_err(kube("updating the finalizer"))?;
@@ -558,23 +563,7 @@ async fn finalize(
     {
         context.sink_client()?.delete_created(sink).await?;
     }
-    let finalizers: Vec<String> = audit
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    audits
-        .patch(
-            SINGLETON_NAME,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {
-                "finalizers": finalizers,
-                "resourceVersion": audit.resource_version(),
-            }})),
-        )
-        .await
-        .map_err(kube("removing the finalizer"))?;
+    apply_finalizer(audits, false).await?;
     Ok(Action::await_change())
 }
 
