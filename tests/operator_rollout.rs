@@ -95,13 +95,7 @@ impl Harness {
         // The CRD, the namespace, the webhook token the collector accepts (as a user would
         // provide it), and the RBAC letting the operator's identity administer topics.
         let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/clusteraudit.yaml");
-        let applied = control_plane
-            .kubectl()
-            .args(["apply", "--server-side", "-f"])
-            .arg(&crd)
-            .output()
-            .unwrap();
-        assert!(applied.status.success(), "{applied:?}");
+        apply_file(&control_plane, &crd);
         let established = control_plane
             .kubectl()
             .args([
@@ -144,13 +138,7 @@ impl Harness {
         ]});
         let rbac_path = dir.join("rbac.json");
         support::write(&rbac_path, rbac.to_string());
-        let applied = control_plane
-            .kubectl()
-            .args(["apply", "--server-side", "-f"])
-            .arg(&rbac_path)
-            .output()
-            .unwrap();
-        assert!(applied.status.success(), "{applied:?}");
+        apply_file(&control_plane, &rbac_path);
 
         let collector_dir = dir.join("collector");
         std::fs::create_dir_all(&collector_dir).unwrap();
@@ -185,25 +173,8 @@ impl Harness {
         ];
         let mut agents = BTreeMap::new();
         for node in control_plane.nodes() {
-            let args = vec![
-                "agent".to_string(),
-                format!("--node-name={}", node.name),
-                format!("--namespace={NAMESPACE}"),
-                format!(
-                    "--kubeconfig={}",
-                    control_plane
-                        .kubeconfig_for_node(&node.name)
-                        .unwrap()
-                        .display()
-                ),
-                format!("--manifest={}", node.manifest_path.display()),
-                format!(
-                    "--state-dir={}",
-                    node.kubernetes_dir.join("clusteraudit").display()
-                ),
-                format!("--readyz-url=https://127.0.0.1:{}/readyz", node.port),
-                "--resync-seconds=5".into(),
-            ];
+            let kubeconfig = control_plane.kubeconfig_for_node(&node.name).unwrap();
+            let args = node.agent_args(NAMESPACE, &kubeconfig);
             agents.insert(node.name.clone(), (args, None));
         }
         let mut harness = Harness {
@@ -386,6 +357,16 @@ impl Harness {
     async fn collector_get(&self, path: &str) -> (u16, Value) {
         self.collector.get(path, Some(&self.operator_token)).await
     }
+}
+
+fn apply_file(control_plane: &ControlPlane, path: &Path) {
+    let applied = control_plane
+        .kubectl()
+        .args(["apply", "--server-side", "-f"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(applied.status.success(), "{applied:?}");
 }
 
 fn condition<'a>(audit: &'a ClusterAudit, type_: &str) -> Option<(&'a str, &'a str, &'a str)> {

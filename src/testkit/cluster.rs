@@ -66,6 +66,24 @@ impl StaticPodNode {
         format!("https://127.0.0.1:{}", self.port)
     }
 
+    /// The `clusteraudit agent` command line for this node: its manifest, its state directory
+    /// under the node's `/etc/kubernetes`, its own readiness endpoint.
+    pub fn agent_args(&self, namespace: &str, kubeconfig: &Path) -> Vec<String> {
+        vec![
+            "agent".to_string(),
+            format!("--node-name={}", self.name),
+            format!("--namespace={namespace}"),
+            format!("--kubeconfig={}", kubeconfig.display()),
+            format!("--manifest={}", self.manifest_path.display()),
+            format!(
+                "--state-dir={}",
+                self.kubernetes_dir.join("clusteraudit").display()
+            ),
+            format!("--readyz-url=https://127.0.0.1:{}/readyz", self.port),
+            "--resync-seconds=5".into(),
+        ]
+    }
+
     /// Waits until the node's kube-apiserver answers `/readyz` as the kubelet sees it.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         self.kubelet

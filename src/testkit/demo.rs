@@ -253,19 +253,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let agent = ManagedProcess::spawn(
         "agent",
         &binary,
-        &[
-            "agent".to_string(),
-            "--node-name=node-1".into(),
-            format!("--namespace={NAMESPACE}"),
-            format!("--kubeconfig={}", control_plane.kubeconfig_path().display()),
-            format!("--manifest={}", node.manifest_path.display()),
-            format!(
-                "--state-dir={}",
-                node.kubernetes_dir.join("clusteraudit").display()
-            ),
-            format!("--readyz-url=https://127.0.0.1:{}/readyz", node.port),
-            "--resync-seconds=5".into(),
-        ],
+        &node.agent_args(NAMESPACE, control_plane.kubeconfig_path()),
         &dir.join("agent.log"),
     )?;
 
