@@ -5,7 +5,10 @@
 mod support;
 
 use clusteraudit::{
-    api::PolicySpec, pki::CertificateAuthority, policy::render, testkit::ControlPlane,
+    api::PolicySpec,
+    pki::CertificateAuthority,
+    policy::render,
+    testkit::{ControlPlane, collector_rbac},
 };
 use serde_json::{Value, json};
 use support::write;
@@ -89,30 +92,9 @@ async fn audit_events_from_the_real_kube_apiserver_are_found_by_search() {
     ));
     // auditevents is no resource the apiserver serves, so kubectl's discovery-checked shortcut
     // cannot name it; RBAC rules can.
-    let reader_role = dir.join("audit-reader.json");
-    write(
-        &reader_role,
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {"name": "audit-reader"},
-            "rules": [{"apiGroups": ["clusteraudit.io"], "resources": ["auditevents"], "verbs": ["get"]}],
-        })
-        .to_string(),
-    );
-    ok(kubectl(
-        &control_plane,
-        &["apply", "-f", reader_role.to_str().unwrap()],
-    ));
-    ok(kubectl(
-        &control_plane,
-        &[
-            "create",
-            "clusterrolebinding",
-            "audit-readers",
-            "--clusterrole=audit-reader",
-            "--user=alice",
-        ],
-    ));
+    control_plane
+        .apply_json("collector-rbac", &collector_rbac(&[], &["alice"]))
+        .unwrap();
 
     // What people do.
     ok(kubectl_as(

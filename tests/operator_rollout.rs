@@ -15,7 +15,8 @@ use clusteraudit::{
     api::{ClusterAudit, ClusterAuditSpec},
     operator::objects::{NODE_REPORT_LABEL, node_report_from_lease},
     testkit::{
-        ControlPlane, ControlPlaneOptions, KubeletEvent, free_port, process::ManagedProcess,
+        ControlPlane, ControlPlaneOptions, KubeletEvent, collector_rbac, free_port,
+        process::ManagedProcess,
     },
 };
 use k8s_openapi::api::{
@@ -95,7 +96,7 @@ impl Harness {
         // The CRD, the namespace, the webhook token the collector accepts (as a user would
         // provide it), and the RBAC letting the operator's identity administer topics.
         let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/clusteraudit.yaml");
-        apply_file(&control_plane, &crd);
+        control_plane.apply_file(&crd).unwrap();
         let established = control_plane
             .kubectl()
             .args([
@@ -126,19 +127,12 @@ impl Harness {
             )
             .await
             .unwrap();
-        let rbac = json!({"apiVersion": "v1", "kind": "List", "items": [
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-             "metadata": {"name": "clusteraudit-sink-admin"},
-             "rules": [{"apiGroups": ["clusteraudit.io"], "resources": ["topics"], "verbs": ["create", "update", "delete"]},
-                       {"apiGroups": ["clusteraudit.io"], "resources": ["auditevents"], "verbs": ["get"]}]},
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-             "metadata": {"name": "clusteraudit-sink-admin"},
-             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "clusteraudit-sink-admin"},
-             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "clusteraudit-operator"}]},
-        ]});
-        let rbac_path = dir.join("rbac.json");
-        support::write(&rbac_path, rbac.to_string());
-        apply_file(&control_plane, &rbac_path);
+        control_plane
+            .apply_json(
+                "collector-rbac",
+                &collector_rbac(&["clusteraudit-operator"], &[]),
+            )
+            .unwrap();
 
         let collector_dir = dir.join("collector");
         std::fs::create_dir_all(&collector_dir).unwrap();
@@ -357,16 +351,6 @@ impl Harness {
     async fn collector_get(&self, path: &str) -> (u16, Value) {
         self.collector.get(path, Some(&self.operator_token)).await
     }
-}
-
-fn apply_file(control_plane: &ControlPlane, path: &Path) {
-    let applied = control_plane
-        .kubectl()
-        .args(["apply", "--server-side", "-f"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(applied.status.success(), "{applied:?}");
 }
 
 fn condition<'a>(audit: &'a ClusterAudit, type_: &str) -> Option<(&'a str, &'a str, &'a str)> {

@@ -5,7 +5,7 @@
 
 mod support;
 
-use clusteraudit::testkit::ControlPlane;
+use clusteraudit::testkit::{ControlPlane, collector_rbac};
 use serde_json::{Value, json};
 
 const WEBHOOK_TOKEN: &str = "webhook-token-for-the-page";
@@ -42,25 +42,11 @@ async fn the_page_searches_and_charts_for_readers_only() {
         .await
         .expect("the control plane starts");
     // alice may read audit logs; mallory may not.
-    let grant = json!({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-         "metadata": {"name": "audit-reader"},
-         "rules": [{"apiGroups": ["clusteraudit.io"], "resources": ["auditevents"], "verbs": ["get"]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-         "metadata": {"name": "alice-reads-audit"},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "audit-reader"},
-         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]},
-    ]});
+    control_plane
+        .apply_json("collector-rbac", &collector_rbac(&[], &["alice"]))
+        .unwrap();
     let dir = control_plane.dir().join("page");
     std::fs::create_dir_all(&dir).unwrap();
-    support::write(&dir.join("grant.json"), grant.to_string());
-    let applied = control_plane
-        .kubectl()
-        .args(["apply", "--server-side", "-f"])
-        .arg(dir.join("grant.json"))
-        .output()
-        .unwrap();
-    assert!(applied.status.success(), "{applied:?}");
     let (collector, _) =
         support::start_tls_collector(control_plane.kubeconfig_path(), &dir, WEBHOOK_TOKEN).await;
 

@@ -175,7 +175,7 @@ impl Agent {
             }
             let node = &self.node;
             let restored = self
-                .with_rollout_lease(health_timeout, async {
+                .with_rollout_lease(health_timeout, None, async {
                     tracing::info!("restoring the original manifest");
                     node.restore_original(health_timeout).await
                 })
@@ -192,6 +192,8 @@ impl Agent {
         {
             return Ok(());
         }
+        // Checked again holding the Lease; checking first spares taking the Lease on every pass
+        // while a rollout stands stopped.
         if let Some(failed) = self.failed_elsewhere(&target).await? {
             tracing::info!(revision = %target, node = %failed, "not applying: it fell back on another node");
             return Ok(());
@@ -207,7 +209,7 @@ impl Agent {
         let node = &self.node;
         let started = Instant::now();
         let outcome = self
-            .with_rollout_lease_checked(health_timeout, &name, async {
+            .with_rollout_lease(health_timeout, Some(&name), async {
                 tracing::info!(revision = %name, "applying");
                 node.apply(&revision, health_timeout).await
             })
@@ -229,42 +231,32 @@ impl Agent {
         }
     }
 
-    /// Runs `work` holding the rollout Lease, after checking (holding it) that no other node fell
-    /// back from `revision`. The report is written before the Lease is released.
-    async fn with_rollout_lease_checked<T>(
-        &self,
-        health_timeout: Duration,
-        revision: &str,
-        work: impl std::future::Future<Output = T>,
-    ) -> Result<Option<T>, AgentError> {
-        let Some(manager) = self.acquire(health_timeout).await? else {
-            return Ok(None);
-        };
-        if let Some(failed) = self.failed_elsewhere(revision).await? {
-            tracing::info!(%revision, node = %failed, "not applying: it fell back on another node");
-            self.release(&manager).await;
-            return Ok(None);
-        }
-        // Seen by the operator and by people: this node is the one restarting now.
-        let mut applying = self.report_of(&self.node.state()?);
-        applying.applying = Some(revision.to_string());
-        if let Err(err) = self.write_report(applying).await {
-            tracing::debug!(%err, "could not say this node is applying");
-        }
-        let result = hold_while(&manager, work).await;
-        self.report_until_written().await;
-        self.release(&manager).await;
-        Ok(Some(result))
-    }
-
+    /// Runs `work` holding the rollout Lease and writes the node's report before letting it go,
+    /// so that the next node sees the outcome before it could start. For a revision, first
+    /// checks (holding the Lease) that no other node fell back from it, and says this node is
+    /// applying it.
     async fn with_rollout_lease<T>(
         &self,
         health_timeout: Duration,
+        revision: Option<&str>,
         work: impl std::future::Future<Output = T>,
     ) -> Result<Option<T>, AgentError> {
         let Some(manager) = self.acquire(health_timeout).await? else {
             return Ok(None);
         };
+        if let Some(revision) = revision {
+            if let Some(failed) = self.failed_elsewhere(revision).await? {
+                tracing::info!(%revision, node = %failed, "not applying: it fell back on another node");
+                self.release(&manager).await;
+                return Ok(None);
+            }
+            // Seen by the operator and by people: this node is the one restarting now.
+            let mut applying = self.report_of(&self.node.state()?);
+            applying.applying = Some(revision.to_string());
+            if let Err(err) = self.write_report(applying).await {
+                tracing::debug!(%err, "could not say this node is applying");
+            }
+        }
         let result = hold_while(&manager, work).await;
         self.report_until_written().await;
         self.release(&manager).await;

@@ -87,7 +87,6 @@ pub struct TokenFile {
 }
 
 struct TokenFileState {
-    loaded: bool,
     checked: Option<Instant>,
     modified: Option<std::time::SystemTime>,
     token: Option<String>,
@@ -98,7 +97,6 @@ impl TokenFile {
         TokenFile {
             path,
             state: Mutex::new(TokenFileState {
-                loaded: false,
                 checked: None,
                 modified: None,
                 token: None,
@@ -113,14 +111,13 @@ impl TokenFile {
             .checked
             .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
         {
+            let first = state.checked.is_none();
             state.checked = Some(Instant::now());
             let modified = std::fs::metadata(&self.path)
                 .and_then(|m| m.modified())
                 .ok();
-            let first = !state.loaded;
             if modified != state.modified || first {
                 let had = state.token.is_some();
-                state.loaded = true;
                 state.modified = modified;
                 state.token = std::fs::read_to_string(&self.path)
                     .ok()

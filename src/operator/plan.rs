@@ -14,7 +14,7 @@ use super::{
     objects::NodeReport,
     revision::ORIGINAL,
 };
-use crate::api::{ClusterAuditStatus, GuardStatus, NodeRevisionStatus, SinkStatus};
+use crate::api::{ClusterAuditStatus, NodeRevisionStatus, SinkStatus};
 
 /// What the spec asks of the kube-apiservers, once validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -348,10 +348,7 @@ pub fn plan(inputs: Inputs<'_>) -> Plan {
         );
         status.next_restart_allowed_at = None;
     }
-    status.guard = Some(GuardStatus {
-        restarts: guard_status.restarts,
-        ..guard_status
-    });
+    status.guard = Some(guard_status);
 
     // Where the nodes stand.
     let latest = revision.latest.clone();

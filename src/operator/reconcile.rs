@@ -431,18 +431,13 @@ async fn webhook_token(context: &Context) -> Result<String, ReconcileError> {
                 .patch(
                     WEBHOOK_TOKEN_SECRET,
                     &PatchParams::default(),
-                    &Patch::Merge(json!({"data": {WEBHOOK_TOKEN_KEY: base64_of(&token)}})),
+                    &Patch::Merge(json!({"stringData": {WEBHOOK_TOKEN_KEY: token}})),
                 )
                 .await
                 .map_err(kube("filling the webhook token Secret"))?;
             Ok(token)
         }
     }
-}
-
-fn base64_of(text: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(text.as_bytes())
 }
 
 async fn ensure_revision_secret(

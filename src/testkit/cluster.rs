@@ -360,6 +360,48 @@ impl ControlPlane {
         command
     }
 
+    /// Runs the built kubectl as admin (or as `context`, a test user); its output, and whether
+    /// it succeeded.
+    pub fn kubectl_as(&self, context: Option<&str>, args: &[&str]) -> Result<(bool, String)> {
+        let mut command = self.kubectl();
+        if let Some(context) = context {
+            command.args(["--context", context]);
+        }
+        let output = command
+            .args(args)
+            .output()
+            .map_err(|source| TestkitError::Spawn {
+                name: "kubectl".into(),
+                source,
+            })?;
+        Ok((
+            output.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        ))
+    }
+
+    /// `kubectl apply --server-side` of a file, as admin.
+    pub fn apply_file(&self, path: &Path) -> Result<String> {
+        let path = path.display().to_string();
+        match self.kubectl_as(None, &["apply", "--server-side", "-f", &path])? {
+            (true, output) => Ok(output),
+            (false, output) => Err(TestkitError::Client(format!("applying {path}: {output}"))),
+        }
+    }
+
+    /// Applies a document (an object or a `List`), kept as `<name>.json` in the control plane's
+    /// directory so that a failing test leaves it to read.
+    pub fn apply_json(&self, name: &str, document: &serde_json::Value) -> Result<String> {
+        let path = self.dir.path().join(format!("{name}.json"));
+        std::fs::write(&path, document.to_string())
+            .map_err(|err| TestkitError::io("writing a manifest", &path, err))?;
+        self.apply_file(&path)
+    }
+
     fn write_kubeconfig(&self) -> Result<()> {
         let Some(server) = self.endpoint() else {
             return Ok(());
@@ -543,4 +585,40 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
             .map_err(|err| TestkitError::io("copying", &target, err))?;
     }
     Ok(())
+}
+
+/// RBAC for the collector's virtual resources, as its read and admin API ask the cluster: `admins`
+/// may create, update and delete `topics.clusteraudit.io` (and read); `readers` may `get`
+/// `auditevents.clusteraudit.io`. A `List` for [`ControlPlane::apply_json`].
+pub fn collector_rbac(admins: &[&str], readers: &[&str]) -> serde_json::Value {
+    let users = |names: &[&str]| -> Vec<serde_json::Value> {
+        names
+            .iter()
+            .map(|name| serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": name}))
+            .collect()
+    };
+    let read = serde_json::json!({"apiGroups": ["clusteraudit.io"], "resources": ["auditevents"], "verbs": ["get"]});
+    let administer = serde_json::json!({"apiGroups": ["clusteraudit.io"], "resources": ["topics"], "verbs": ["create", "update", "delete"]});
+    let role = |name: &str, rules: Vec<serde_json::Value>, subjects: Vec<serde_json::Value>| {
+        [
+            serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": {"name": name}, "rules": rules}),
+            serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+                "subjects": subjects}),
+        ]
+    };
+    let mut items = Vec::new();
+    if !admins.is_empty() {
+        items.extend(role(
+            "clusteraudit-sink-admin",
+            vec![administer, read.clone()],
+            users(admins),
+        ));
+    }
+    if !readers.is_empty() {
+        items.extend(role("audit-reader", vec![read], users(readers)));
+    }
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
 }

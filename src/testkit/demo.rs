@@ -42,31 +42,15 @@ fn io<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> 
     move |err| TestkitError::io(what, path, err)
 }
 
+/// kubectl as admin, or as one of the test users; a failure is an error.
 fn kubectl_ok(
     control_plane: &ControlPlane,
     args: &[&str],
     context: Option<&str>,
 ) -> Result<String> {
-    let mut command = control_plane.kubectl();
-    if let Some(context) = context {
-        command.args(["--context", context]);
-    }
-    let output = command
-        .args(args)
-        .output()
-        .map_err(|source| TestkitError::Spawn {
-            name: "kubectl".into(),
-            source,
-        })?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    if output.status.success() || context == Some("mallory") {
-        Ok(text)
-    } else {
-        Err(TestkitError::Client(format!("kubectl {args:?}: {text}")))
+    match control_plane.kubectl_as(context, args)? {
+        (true, output) => Ok(output),
+        (false, output) => Err(TestkitError::Client(format!("kubectl {args:?}: {output}"))),
     }
 }
 
@@ -86,7 +70,8 @@ async fn wait_until(deadline: Duration, mut check: impl AsyncFnMut() -> bool) ->
 pub async fn run(args: DemoArgs) -> Result<()> {
     let started = Instant::now();
     let binary = std::env::current_exe().map_err(|err| TestkitError::Client(err.to_string()))?;
-    let example = std::fs::read_to_string(&args.example).map_err(io("reading", &args.example))?;
+    // A wrong path fails now, not after the control plane has started.
+    std::fs::metadata(&args.example).map_err(io("reading", &args.example))?;
 
     step("starting the control plane: etcd and a kube-apiserver run from its static-pod manifest");
     let mut control_plane = ControlPlane::start_with(ControlPlaneOptions {
@@ -144,17 +129,6 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "clusteraudit-webhook-token", "namespace": NAMESPACE},
          "stringData": {"token": webhook_token}},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "clusteraudit-sink-admin"},
-         "rules": [{"apiGroups": ["clusteraudit.io"], "resources": ["topics"], "verbs": ["create", "update", "delete"]},
-                   {"apiGroups": ["clusteraudit.io"], "resources": ["auditevents"], "verbs": ["get"]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "clusteraudit-sink-admin"},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "clusteraudit-sink-admin"},
-         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "clusteraudit-operator"}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "audit-reader"},
-         "rules": [{"apiGroups": ["clusteraudit.io"], "resources": ["auditevents"], "verbs": ["get"]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "alice-reads-audit"},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "audit-reader"},
-         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}]},
         // The built-in edit role is filled by kube-controller-manager, which the demo does not
         // run: a role of its own instead.
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "shop-editor", "namespace": "shop"},
@@ -165,17 +139,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
          "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "devs"},
                       {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "ops"}]},
     ]});
-    let setup_path = dir.join("setup.json");
-    std::fs::write(&setup_path, setup.to_string()).map_err(io("writing", &setup_path))?;
-    kubectl_ok(
-        &control_plane,
-        &[
-            "apply",
-            "--server-side",
-            "-f",
-            &setup_path.display().to_string(),
-        ],
-        None,
+    control_plane.apply_json("demo-setup", &setup)?;
+    control_plane.apply_json(
+        "demo-collector-rbac",
+        &super::collector_rbac(&["clusteraudit-operator"], &["alice"]),
     )?;
 
     step(&format!(
@@ -261,17 +228,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         "applying {} and waiting for the rollout (the restart guard lets edits settle first)",
         args.example.display()
     ));
-    let example_path = write("clusteraudit.yaml", &example)?;
-    kubectl_ok(
-        &control_plane,
-        &[
-            "apply",
-            "--server-side",
-            "-f",
-            &example_path.display().to_string(),
-        ],
-        None,
-    )?;
+    control_plane.apply_file(&args.example)?;
     let audits: Api<ClusterAudit> = Api::all(client.clone());
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut last_reason = String::new();
@@ -311,7 +268,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
 
     step("acting on the cluster as alice, bob and mallory");
-    let actions: [(&str, &[&str]); 7] = [
+    // (who, what, whether the cluster lets them)
+    let actions: [(&str, &[&str], bool); 7] = [
         (
             "alice",
             &[
@@ -322,10 +280,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 "-n",
                 "shop",
             ],
+            true,
         ),
         (
             "alice",
             &["scale", "deployment", "web", "--replicas=3", "-n", "shop"],
+            true,
         ),
         (
             "bob",
@@ -338,17 +298,29 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 "-n",
                 "shop",
             ],
+            true,
         ),
         (
             "bob",
             &["get", "secret", "db-password", "-n", "shop", "-o", "name"],
+            true,
         ),
-        ("alice", &["delete", "deployment", "web", "-n", "shop"]),
-        ("mallory", &["get", "secrets", "-n", "kube-system"]),
-        ("mallory", &["delete", "namespace", "shop"]),
+        (
+            "alice",
+            &["delete", "deployment", "web", "-n", "shop"],
+            true,
+        ),
+        ("mallory", &["get", "secrets", "-n", "kube-system"], false),
+        ("mallory", &["delete", "namespace", "shop"], false),
     ];
-    for (user, action) in actions {
-        let output = kubectl_ok(&control_plane, action, Some(user))?;
+    for (user, action, allowed) in actions {
+        let (succeeded, output) = control_plane.kubectl_as(Some(user), action)?;
+        if succeeded != allowed {
+            return Err(TestkitError::Client(format!(
+                "{user}: kubectl {action:?} {}: {output}",
+                if allowed { "failed" } else { "was not refused" }
+            )));
+        }
         eprintln!(
             "    {user}: kubectl {} -> {}",
             action.join(" "),

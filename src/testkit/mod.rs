@@ -15,7 +15,7 @@ pub mod process;
 use std::{path::PathBuf, time::Duration};
 
 pub use binaries::Binaries;
-pub use cluster::{ControlPlane, ControlPlaneOptions, StaticPodNode, TestUser};
+pub use cluster::{ControlPlane, ControlPlaneOptions, StaticPodNode, TestUser, collector_rbac};
 pub use kubelet::{Kubelet, KubeletEvent, KubeletOptions};
 
 #[derive(Debug, thiserror::Error)]
