@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# One static binary in an empty image, run as a non-root user; every role is a subcommand.
+# One static binary in an empty image, run as a non-root user; every role is a subcommand. The test
+# kit (crates/testkit, the clusteraudit-dev binary) is never built into it.
 
 FROM rust:1-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends musl-tools && rm -rf /var/lib/apt/lists/*
@@ -7,10 +8,12 @@ RUN rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY crates ./crates
+COPY benches ./benches
 COPY crds ./crds
 COPY examples ./examples
 COPY scripts ./scripts
-RUN cargo build --release --locked --target x86_64-unknown-linux-musl \
+RUN cargo build --release --locked --target x86_64-unknown-linux-musl --bin clusteraudit \
  && cp target/x86_64-unknown-linux-musl/release/clusteraudit /clusteraudit
 
 FROM scratch

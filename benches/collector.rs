@@ -15,12 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clusteraudit::{
-    loadgen::{EventGenerator, LoadgenArgs, Percentiles},
-    search::query,
-    store::{StatsField, StatsRequest, Store, dir_size},
-    testkit::{free_port, process::ManagedProcess},
-};
+use clusteraudit_core::query;
+use clusteraudit_loadgen::{EventGenerator, LoadgenArgs, Percentiles};
+use clusteraudit_store::{StatsField, StatsRequest, Store, dir_size};
+use clusteraudit_testkit::{free_port, process::ManagedProcess};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -89,7 +87,7 @@ async fn ingest(seconds: u64, dir: &Path) {
             }
         }
     });
-    let report = clusteraudit::loadgen::run(LoadgenArgs {
+    let report = clusteraudit_loadgen::run(LoadgenArgs {
         target: format!("{url}/v1/webhook"),
         events: u64::MAX / 2,
         batch: 400,
@@ -178,7 +176,7 @@ fn search(events: u64, dir: &Path) {
             if users.len() < 500 {
                 users.insert(event.user.username.clone());
             }
-            if let Some(t) = clusteraudit::store::index::event_time(event) {
+            if let Some(t) = clusteraudit_store::index::event_time(event) {
                 first_time = first_time.min(t);
                 last_time = last_time.max(t);
             }
@@ -272,7 +270,7 @@ fn search(events: u64, dir: &Path) {
 
 fn main() {
     let benchmarking = std::env::args().any(|a| a == "--bench");
-    clusteraudit::tls::install_crypto_provider();
+    clusteraudit_io::tls::install_crypto_provider();
     let dir = tempfile::Builder::new()
         .prefix("clusteraudit-bench-")
         .tempdir_in(

@@ -1,3 +1,8 @@
+//! `clusteraudit`: the one shipped binary. Each role is a subcommand; the roles live in the
+//! workspace's crates (`crates/`), and this file only parses the command line and starts one.
+
+mod cli;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -15,21 +20,18 @@ enum Command {
     /// Print the ClusterAudit CustomResourceDefinition as YAML.
     Crd,
     /// The audit webhook, the embedded store and the search API.
-    Collector(clusteraudit::collector::CollectorArgs),
+    Collector(clusteraudit_collector::CollectorArgs),
     /// Post realistic audit EventLists to a collector and report events/s and ack latency.
-    Loadgen(clusteraudit::loadgen::LoadgenArgs),
+    Loadgen(clusteraudit_loadgen::LoadgenArgs),
     /// Reconcile the ClusterAudit: policy, sink, revisions, the guarded rollout, status.
-    Operator(clusteraudit::operator::OperatorArgs),
+    Operator(clusteraudit_operator::OperatorArgs),
     /// Apply the released revision to this control-plane node's kube-apiserver.
-    Agent(clusteraudit::agent::AgentArgs),
+    Agent(clusteraudit_agent::AgentArgs),
     /// Search the stored audit events.
-    Search(clusteraudit::cli::search::SearchArgs),
+    Search(crate::cli::search::SearchArgs),
     /// Render, check and preview audit policies.
     #[command(subcommand)]
-    Policy(clusteraudit::cli::policy::PolicyCommand),
-    /// Development helpers: a local control plane and a stand-in kubelet for static pods.
-    #[command(subcommand, hide = true)]
-    Dev(clusteraudit::testkit::cli::DevCommand),
+    Policy(crate::cli::policy::PolicyCommand),
 }
 
 /// Runs a command's future to completion; its error goes to standard error, exit status 1.
@@ -75,17 +77,10 @@ fn main() -> ExitCode {
     } else {
         Cli::parse()
     };
-    // The demo prints its own progress; the client's retries while a kube-apiserver restarts are
-    // expected there and only noise.
-    let default_filter = if matches!(cli.command, Command::Dev(_)) {
-        "warn,kube_client=off"
-    } else {
-        "info"
-    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal: log files and collectors get plain text.
@@ -93,14 +88,14 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Crd => {
-            print!("{}", clusteraudit::api::crd_yaml());
+            print!("{}", clusteraudit_core::api::crd_yaml());
             ExitCode::SUCCESS
         }
-        Command::Collector(args) => block_on(clusteraudit::collector::run(args)),
+        Command::Collector(args) => block_on(clusteraudit_collector::run(args)),
         Command::Loadgen(args) => {
             let json = args.json;
             block_on(async move {
-                let report = clusteraudit::loadgen::run(args).await?;
+                let report = clusteraudit_loadgen::run(args).await?;
                 if json {
                     println!(
                         "{}",
@@ -109,20 +104,13 @@ fn main() -> ExitCode {
                 } else {
                     println!("{report}");
                 }
-                Ok::<(), clusteraudit::loadgen::LoadgenError>(())
+                Ok::<(), clusteraudit_loadgen::LoadgenError>(())
             })
         }
-        Command::Operator(args) => block_on(clusteraudit::operator::run(args)),
-        Command::Agent(args) => block_on(clusteraudit::agent::run(args)),
-        Command::Search(args) => block_on(clusteraudit::cli::search::run(args)),
-        Command::Policy(command) => match clusteraudit::cli::policy::run(command) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("error: {err}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Dev(dev) => match clusteraudit::testkit::cli::run(dev) {
+        Command::Operator(args) => block_on(clusteraudit_operator::run(args)),
+        Command::Agent(args) => block_on(clusteraudit_agent::run(args)),
+        Command::Search(args) => block_on(crate::cli::search::run(args)),
+        Command::Policy(command) => match crate::cli::policy::run(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("error: {err}");

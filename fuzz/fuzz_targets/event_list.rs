@@ -5,9 +5,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(items) = clusteraudit::collector::batch::decode_event_list(data) {
-        let record = clusteraudit::collector::batch::encode_record("tp-fuzz", &items);
-        let (topic, decoded) = clusteraudit::collector::batch::decode_record(&record)
+    if let Ok(items) = clusteraudit_collector::batch::decode_event_list(data) {
+        let record = clusteraudit_collector::batch::encode_record("tp-fuzz", &items);
+        let (topic, decoded) = clusteraudit_collector::batch::decode_record(&record)
             .expect("a record just encoded decodes");
         assert_eq!(topic, "tp-fuzz");
         assert_eq!(decoded.len(), items.len());
@@ -15,5 +15,5 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(*raw, item.as_bytes());
         }
     }
-    let _ = clusteraudit::collector::batch::decode_record(data);
+    let _ = clusteraudit_collector::batch::decode_record(data);
 });

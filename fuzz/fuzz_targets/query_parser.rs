@@ -7,6 +7,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = std::str::from_utf8(data) {
-        let _ = clusteraudit::search::query::parse(s);
+        let _ = clusteraudit_core::query::parse(s);
     }
 });

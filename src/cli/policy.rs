@@ -7,11 +7,10 @@ use std::{
 
 use clap::Subcommand;
 
-use crate::{
+use clusteraudit_core::{
     api::{ClusterAudit, unknown_fields},
-    event::Event,
+    audit::{Event, Policy, PolicyError},
     policy::{
-        Policy, PolicyError,
         preview::Preview,
         render::{lint, render},
     },

@@ -64,7 +64,7 @@ pub enum SearchCliError {
 }
 
 pub async fn run(args: SearchArgs) -> Result<(), SearchCliError> {
-    crate::tls::install_crypto_provider();
+    clusteraudit_io::tls::install_crypto_provider();
     let token = match &args.token {
         Some(token) => token.clone(),
         None => kubeconfig_token().await.ok_or(SearchCliError::NoToken)?,
@@ -167,15 +167,8 @@ async fn kubeconfig_token() -> Option<String> {
 }
 
 /// Percent-encodes a query parameter.
-pub fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+fn encode(text: &str) -> percent_encoding::PercentEncode<'_> {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC)
 }
 
 /// Events as a table: time, user, verb, resource, namespace/name, code, source IP.

@@ -1,0 +1,164 @@
+//! Decoding what the kube-apiserver posts, and the write-ahead log's record of it.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use clusteraudit_core::audit::Event;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BatchError {
+    #[error("the body is not JSON: {0}")]
+    NotJson(String),
+    #[error("kind is {0:?}; expected EventList")]
+    WrongKind(String),
+    #[error("apiVersion is {0:?}; expected audit.k8s.io/v1")]
+    WrongApiVersion(String),
+    #[error("items[{index}] is not an audit event: {reason}")]
+    BadEvent { index: usize, reason: String },
+    #[error("the log record is damaged: {0}")]
+    DamagedRecord(&'static str),
+}
+
+#[derive(Deserialize)]
+struct RawEventList<'a> {
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default, rename = "apiVersion")]
+    api_version: Option<String>,
+    #[serde(default, borrow)]
+    items: Vec<&'a RawValue>,
+}
+
+/// Checks an `audit.k8s.io/v1` EventList and returns each item's exact bytes.
+pub fn decode_event_list(body: &[u8]) -> Result<Vec<&str>, BatchError> {
+    let list: RawEventList<'_> =
+        serde_json::from_slice(body).map_err(|err| BatchError::NotJson(err.to_string()))?;
+    match list.kind.as_deref() {
+        Some("EventList") => {}
+        other => return Err(BatchError::WrongKind(other.unwrap_or_default().into())),
+    }
+    match list.api_version.as_deref() {
+        Some("audit.k8s.io/v1") => {}
+        other => {
+            return Err(BatchError::WrongApiVersion(
+                other.unwrap_or_default().into(),
+            ));
+        }
+    }
+    let mut items = Vec::with_capacity(list.items.len());
+    for (index, item) in list.items.iter().enumerate() {
+        let event: Event =
+            serde_json::from_str(item.get()).map_err(|err| BatchError::BadEvent {
+                index,
+                reason: err.to_string(),
+            })?;
+        if clusteraudit_store::index::event_time(&event).is_none() {
+            return Err(BatchError::BadEvent {
+                index,
+                reason: "neither stageTimestamp nor requestReceivedTimestamp is an RFC 3339 time"
+                    .into(),
+            });
+        }
+        items.push(item.get());
+    }
+    Ok(items)
+}
+
+/// `[topic length u16][topic][count u32]([length u32][event])*`
+pub fn encode_record(topic: &str, events: &[&str]) -> Vec<u8> {
+    let size = 6 + topic.len() + events.iter().map(|e| 4 + e.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(&(events.len() as u32).to_le_bytes());
+    for event in events {
+        out.extend_from_slice(&(event.len() as u32).to_le_bytes());
+        out.extend_from_slice(event.as_bytes());
+    }
+    out
+}
+
+pub fn decode_record(record: &[u8]) -> Result<(&str, Vec<&[u8]>), BatchError> {
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Result<&[u8], BatchError> {
+        let slice = record
+            .get(at..at + n)
+            .ok_or(BatchError::DamagedRecord("shorter than its lengths say"))?;
+        at += n;
+        Ok(slice)
+    };
+    let topic_len = u16::from_le_bytes(take(2)?.try_into().expect("2 bytes")) as usize;
+    let topic = std::str::from_utf8(take(topic_len)?)
+        .map_err(|_| BatchError::DamagedRecord("the topic is not UTF-8"))?;
+    let count = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+    let mut events = Vec::with_capacity(count.min(100_000));
+    for _ in 0..count {
+        let len = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+        events.push(take(len)?);
+    }
+    Ok((topic, events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVENT: &str = r#"{"level":"Metadata","auditID":"a","stage":"ResponseComplete","requestURI":"/api","verb":"get","user":{"username":"u"},"stageTimestamp":"2026-11-26T10:00:00.000001Z"}"#;
+
+    #[test]
+    fn an_event_list_decodes_to_its_items_exact_bytes() {
+        let body = format!(
+            r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{EVENT}, {EVENT}]}}"#
+        );
+        let items = decode_event_list(body.as_bytes()).unwrap();
+        assert_eq!(items, vec![EVENT, EVENT]);
+        let record = encode_record("tp-1", &items);
+        let (topic, events) = decode_record(&record).unwrap();
+        assert_eq!(topic, "tp-1");
+        assert_eq!(events, vec![EVENT.as_bytes(), EVENT.as_bytes()]);
+    }
+
+    #[test]
+    fn what_is_not_an_event_list_is_refused_with_a_reason() {
+        type Expectation = fn(&BatchError) -> bool;
+        let cases: [(&str, Expectation); 6] = [
+            ("{", |e| matches!(e, BatchError::NotJson(_))),
+            (
+                r#"{"kind":"Pod","apiVersion":"v1"}"#,
+                |e| matches!(e, BatchError::WrongKind(k) if k == "Pod"),
+            ),
+            (
+                r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1beta1","items":[]}"#,
+                |e| matches!(e, BatchError::WrongApiVersion(_)),
+            ),
+            (
+                r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"level":"Loud"}]}"#,
+                |e| matches!(e, BatchError::BadEvent { index: 0, .. }),
+            ),
+            (
+                r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":"x"}"#,
+                |e| matches!(e, BatchError::NotJson(_)),
+            ),
+            ("[1,2]", |e| matches!(e, BatchError::NotJson(_))),
+        ];
+        for (body, expected) in cases {
+            let err = decode_event_list(body.as_bytes()).unwrap_err();
+            assert!(expected(&err), "{body}: {err:?}");
+        }
+        let no_time = EVENT.replace(r#","stageTimestamp":"2026-11-26T10:00:00.000001Z""#, "");
+        let body =
+            format!(r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{no_time}]}}"#);
+        assert!(matches!(
+            decode_event_list(body.as_bytes()),
+            Err(BatchError::BadEvent { .. })
+        ));
+    }
+
+    #[test]
+    fn a_damaged_record_is_an_error_not_a_panic() {
+        let record = encode_record("t", &[EVENT]);
+        for cut in 0..record.len() {
+            assert!(decode_record(&record[..cut]).is_err());
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The collector's Prometheus metrics.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: String,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub events_received: Counter,
+    pub events_stored: Counter,
+    pub rejected: Family<Reason, Counter>,
+    pub queue_depth: Gauge,
+    pub batch_ack_seconds: Histogram,
+    pub query_seconds: Histogram,
+    registry: Arc<Registry>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("clusteraudit_collector");
+        let events_received = Counter::default();
+        let events_stored = Counter::default();
+        let rejected = Family::<Reason, Counter>::default();
+        let queue_depth = Gauge::default();
+        let latency_buckets = || {
+            Histogram::new([
+                0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ])
+        };
+        let batch_ack_seconds = latency_buckets();
+        let query_seconds = latency_buckets();
+        registry.register(
+            "events_received",
+            "Audit events accepted by the webhook",
+            events_received.clone(),
+        );
+        registry.register(
+            "events_stored",
+            "Audit events indexed into the store",
+            events_stored.clone(),
+        );
+        registry.register(
+            "batches_rejected",
+            "Webhook batches refused, by reason",
+            rejected.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Batches waiting for the write-ahead log",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "batch_ack_seconds",
+            "From receiving a batch to acknowledging it durable",
+            batch_ack_seconds.clone(),
+        );
+        registry.register(
+            "query_seconds",
+            "Search and stats query latency",
+            query_seconds.clone(),
+        );
+        Metrics {
+            events_received,
+            events_stored,
+            rejected,
+            queue_depth,
+            batch_ack_seconds,
+            query_seconds,
+            registry: Arc::new(registry),
+        }
+    }
+
+    pub fn reject(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&Reason {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn encode(&self) -> String {
+        clusteraudit_io::metrics::text(&self.registry)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,6 @@
+//! The IO helpers every role of clusteraudit shares.
+
+pub mod fsutil;
+pub mod kubeclient;
+pub mod metrics;
+pub mod tls;

@@ -1,0 +1,616 @@
+//! One reconcile of the `ClusterAudit`: gather what the plan needs (the rendered policy, the
+//! sink, the webhook token, the nodes' reports), write what it decides (the revision Secret, the
+//! status by server-side apply, Events), and clean up after it.
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use k8s_openapi::{
+    ByteString,
+    api::{
+        coordination::v1::Lease,
+        core::v1::{Secret, Service},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType, Recorder},
+    },
+};
+use serde_json::json;
+
+use super::{
+    guard::GuardConfig,
+    metrics::Metrics,
+    plan::{self, Desired, Inputs, Sink},
+    sink::{SinkClient, SinkError},
+};
+use clusteraudit_core::{
+    api::{ClusterAudit, ClusterAuditSpec, FIELD_MANAGER, SINGLETON_NAME},
+    rollout::{
+        objects::{
+            self, NODE_REPORT_LABEL, REVISION_LABEL, WEBHOOK_TOKEN_KEY, WEBHOOK_TOKEN_SECRET,
+            node_report_from_lease,
+        },
+        revision::{self, ORIGINAL, WebhookTarget},
+    },
+};
+
+/// The one-shot override of the restart guard; set it to a new value to use it once.
+pub const FORCE_ROLLOUT_ANNOTATION: &str = "clusteraudit.io/force-rollout";
+/// Test-only (honoured with `--enable-test-hooks`, in builds with the `test-hooks` feature): a
+/// webhook mode the kube-apiserver refuses, to rehearse a revision that cannot start.
+#[cfg(feature = "test-hooks")]
+pub const TEST_WEBHOOK_MODE_ANNOTATION: &str = "clusteraudit.io/test-webhook-mode";
+/// Present while the operator still has to delete the sink it created (deleteOnDisable).
+pub const FINALIZER: &str = "clusteraudit.io/sink-cleanup";
+/// The field manager owning the finalizer: apart from the one writing status, so that applying
+/// one never drops the other.
+const FINALIZER_MANAGER: &str = "clusteraudit-finalizer";
+/// How many revision Secrets beyond those in use are kept (to see what changed, and to roll back
+/// by hand).
+const KEPT_REVISIONS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("the Kubernetes API refused or failed {what}: {source}")]
+    Kube {
+        what: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the sink: {0}")]
+    Sink(#[from] SinkError),
+    #[error("the collector Service {0} has no ClusterIP for the webhook")]
+    NoClusterIp(String),
+}
+
+impl ReconcileError {
+    /// A bounded label for the error metric.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ReconcileError::Kube { .. } => "kube_api",
+            ReconcileError::Read { .. } => "local_file",
+            ReconcileError::Sink(_) | ReconcileError::NoClusterIp(_) => "collector",
+        }
+    }
+}
+
+fn kube(what: &'static str) -> impl FnOnce(kube::Error) -> ReconcileError {
+    move |source| ReconcileError::Kube { what, source }
+}
+
+/// How the operator reaches the collector, and how the kube-apiserver will.
+pub struct CollectorAccess {
+    pub http: reqwest::Client,
+    /// The collector's API, for the topic admin calls.
+    pub url: String,
+    /// The collector's serving CA (PEM), put into the webhook kubeconfig.
+    pub ca_pem: String,
+    /// A bearer token file for the admin API (re-read each time: projected tokens rotate).
+    pub token_file: Option<PathBuf>,
+    /// Where the kube-apiserver posts: an address that needs no cluster DNS.
+    pub webhook: WebhookAddress,
+}
+
+pub enum WebhookAddress {
+    Url(String),
+    /// A Service in the operator's namespace: https://<its ClusterIP>:<its first port>/v1/webhook.
+    Service(String),
+}
+
+pub struct Context {
+    pub client: kube::Client,
+    pub namespace: String,
+    pub collector: CollectorAccess,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    #[cfg(feature = "test-hooks")]
+    pub test_hooks: bool,
+}
+
+impl Context {
+    fn sink_client(&self) -> Result<SinkClient, ReconcileError> {
+        let token = match &self.collector.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| ReconcileError::Read {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        Ok(SinkClient::new(
+            self.collector.http.clone(),
+            &self.collector.url,
+            token,
+        ))
+    }
+
+    async fn publish(&self, audit: &ClusterAudit, warning: bool, reason: &str, note: String) {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_string(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, &audit.object_ref(&())).await {
+            tracing::warn!(%err, reason, "could not publish an Event");
+        }
+    }
+}
+
+pub async fn reconcile(
+    audit: Arc<ClusterAudit>,
+    context: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let result = reconcile_inner(&audit, &context).await;
+    context
+        .metrics
+        .reconcile_seconds
+        .observe(started.elapsed().as_secs_f64());
+    context.metrics.reconciles.inc();
+    result
+}
+
+pub fn error_policy(
+    _audit: Arc<ClusterAudit>,
+    error: &ReconcileError,
+    context: Arc<Context>,
+) -> Action {
+    tracing::warn!(%error, "reconcile failed; retrying");
+    context.metrics.error(error.category());
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn reconcile_inner(
+    audit: &ClusterAudit,
+    context: &Context,
+) -> Result<Action, ReconcileError> {
+    if audit.name_any() != SINGLETON_NAME {
+        // The CRD refuses other names; nothing to do for one that slipped through.
+        return Ok(Action::await_change());
+    }
+    let audits: Api<ClusterAudit> = Api::all(context.client.clone());
+    if audit.metadata.deletion_timestamp.is_some() {
+        return finalize(audit, context, &audits).await;
+    }
+    ensure_finalizer(audit, &audits).await?;
+
+    let now = SystemTime::now();
+    let previous = audit.status.clone().unwrap_or_default();
+    let leases: Api<Lease> = Api::namespaced(context.client.clone(), &context.namespace);
+    let reports: Vec<_> = leases
+        .list(&ListParams::default().labels(NODE_REPORT_LABEL))
+        .await
+        .map_err(kube("listing node reports"))?
+        .items
+        .iter()
+        .filter_map(node_report_from_lease)
+        .collect();
+
+    let spec = &audit.spec;
+    let (desired, sink, revision) = match validate(spec) {
+        Err(message) => (Desired::Invalid { message }, Sink::NotChecked, None),
+        Ok(_) if !spec.enabled => (Desired::Off, Sink::NotChecked, None),
+        Ok((policy_yaml, policy_hash)) => {
+            let sink = match context
+                .sink_client()?
+                .ensure(&spec.sink, previous.sink.as_ref())
+                .await
+            {
+                Ok(status) => Sink::Ready(status),
+                Err(err) => Sink::Failed {
+                    reason: sink_reason(&err),
+                    message: err.to_string(),
+                },
+            };
+            let token = webhook_token(context).await?;
+            #[cfg_attr(not(feature = "test-hooks"), expect(unused_mut))]
+            let mut revision = revision::build(
+                &policy_yaml,
+                &WebhookTarget {
+                    server: webhook_url(context).await?,
+                    ca_pem: context.collector.ca_pem.clone(),
+                    token,
+                },
+            );
+            #[cfg(feature = "test-hooks")]
+            if context.test_hooks
+                && let Some(mode) = audit.annotations().get(TEST_WEBHOOK_MODE_ANNOTATION)
+            {
+                revision = revision.with_flag("--audit-webhook-mode", mode);
+            }
+            ensure_revision_secret(audit, context, &revision).await?;
+            (
+                Desired::Revision {
+                    name: revision.name.clone(),
+                    policy_hash,
+                },
+                sink,
+                Some(revision),
+            )
+        }
+    };
+    let guard = guard_config(spec);
+    let plan = plan::plan(Inputs {
+        now,
+        generation: audit.metadata.generation,
+        previous: &previous,
+        desired,
+        sink,
+        guard,
+        reports: &reports,
+        force_rollout: audit
+            .annotations()
+            .get(FORCE_ROLLOUT_ANNOTATION)
+            .map(String::as_str),
+    });
+    let mut status = plan.status;
+    for event in &plan.events {
+        context
+            .publish(audit, event.warning, event.reason, event.note.clone())
+            .await;
+    }
+    if plan.released {
+        context.metrics.rollouts.inc();
+    }
+    if plan.throttled {
+        context.metrics.throttled.inc();
+    }
+    if spec.sink.delete_on_disable
+        && plan::disabled_everywhere(&status)
+        && let Some(sink) = &status.sink
+        && (sink.created.logset || sink.created.topic)
+    {
+        let deleted = context.sink_client()?.delete_created(sink).await?;
+        context
+            .publish(
+                audit,
+                false,
+                "SinkDeleted",
+                format!("{deleted} (deleteOnDisable)"),
+            )
+            .await;
+        status.sink = None;
+    }
+    let patch = json!({
+        "apiVersion": ClusterAudit::api_version(&()),
+        "kind": ClusterAudit::kind(&()),
+        "status": status,
+    });
+    audits
+        .patch_status(
+            SINGLETON_NAME,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(kube("writing the status"))?;
+    collect_old_revisions(context, &status, revision.as_ref().map(|r| r.name.as_str())).await?;
+    Ok(Action::requeue(plan.requeue_after))
+}
+
+/// What CEL cannot check: the rules' meaning (a rule for both resources and non-resource URLs,
+/// say) and durations beyond their syntax. Returns the policy YAML and its hash.
+fn validate(spec: &ClusterAuditSpec) -> Result<(String, String), String> {
+    for (field, duration) in [
+        ("spec.rollout.settleTime", &spec.rollout.settle_time),
+        (
+            "spec.rollout.minRestartInterval",
+            &spec.rollout.min_restart_interval,
+        ),
+        (
+            "spec.rollout.minToggleInterval",
+            &spec.rollout.min_toggle_interval,
+        ),
+        ("spec.rollout.healthTimeout", &spec.rollout.health_timeout),
+    ] {
+        duration
+            .to_duration()
+            .map_err(|err| format!("{field}: {err}"))?;
+    }
+    let rendered =
+        clusteraudit_core::policy::render(&spec.policy).map_err(|err| err.to_string())?;
+    Ok((rendered.yaml, rendered.hash))
+}
+
+pub fn guard_config(spec: &ClusterAuditSpec) -> GuardConfig {
+    let duration = |d: &clusteraudit_core::api::GoDuration| d.to_duration().unwrap_or_default();
+    GuardConfig {
+        settle_time: duration(&spec.rollout.settle_time),
+        min_restart_interval: duration(&spec.rollout.min_restart_interval),
+        min_toggle_interval: duration(&spec.rollout.min_toggle_interval),
+        max_restarts_per_hour: spec.rollout.max_restarts_per_hour.max(1) as u32,
+    }
+}
+
+async fn webhook_url(context: &Context) -> Result<String, ReconcileError> {
+    let name = match &context.collector.webhook {
+        WebhookAddress::Url(url) => return Ok(url.clone()),
+        WebhookAddress::Service(name) => name,
+    };
+    let service = Api::<Service>::namespaced(context.client.clone(), &context.namespace)
+        .get(name)
+        .await
+        .map_err(kube("reading the collector Service"))?;
+    let spec = service.spec.unwrap_or_default();
+    let ip = spec
+        .cluster_ip
+        .filter(|ip| !ip.is_empty() && ip != "None")
+        .ok_or(ReconcileError::NoClusterIp(name.clone()))?;
+    let port = spec
+        .ports
+        .unwrap_or_default()
+        .first()
+        .map_or(443, |p| p.port);
+    let host = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip
+    };
+    Ok(format!("https://{host}:{port}/v1/webhook"))
+}
+
+fn sink_reason(error: &SinkError) -> &'static str {
+    match error {
+        SinkError::LogsetNameNotFound(_) | SinkError::LogsetIdNotFound(_) => "LogsetNotFound",
+        SinkError::TopicNameNotFound { .. } | SinkError::TopicIdNotFound(_) => "TopicNotFound",
+        SinkError::TopicInOtherLogset { .. } => "TopicInOtherLogset",
+        SinkError::Refused { .. } if !error.is_transient() => "CollectorRefused",
+        SinkError::Refused { .. } | SinkError::Unreachable { .. } => "CollectorUnavailable",
+    }
+}
+
+/// The token the kube-apiserver presents to the webhook: from the Secret the operator manages,
+/// created with a random token the first time (an existing one, say provided by the user, is
+/// used as it is).
+async fn webhook_token(context: &Context) -> Result<String, ReconcileError> {
+    let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &context.namespace);
+    let existing = secrets
+        .get_opt(WEBHOOK_TOKEN_SECRET)
+        .await
+        .map_err(kube("reading the webhook token Secret"))?;
+    let from = |secret: &Secret| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(WEBHOOK_TOKEN_KEY))
+            .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
+            .filter(|t| !t.is_empty())
+    };
+    if let Some(token) = existing.as_ref().and_then(from) {
+        return Ok(token);
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS has randomness");
+    let token = hex::encode(bytes);
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(WEBHOOK_TOKEN_SECRET.into()),
+            namespace: Some(context.namespace.clone()),
+            ..Default::default()
+        },
+        data: Some(
+            [(
+                WEBHOOK_TOKEN_KEY.to_string(),
+                ByteString(token.clone().into_bytes()),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    match existing {
+        None => match secrets.create(&PostParams::default(), &secret).await {
+            Ok(_) => Ok(token),
+            // Another writer won the race; use theirs.
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let theirs = secrets
+                    .get(WEBHOOK_TOKEN_SECRET)
+                    .await
+                    .map_err(kube("reading the webhook token Secret"))?;
+                Ok(from(&theirs).unwrap_or(token))
+            }
+            Err(err) => Err(kube("creating the webhook token Secret")(err)),
+        },
+        Some(_) => {
+            secrets
+                .patch(
+                    WEBHOOK_TOKEN_SECRET,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"stringData": {WEBHOOK_TOKEN_KEY: token}})),
+                )
+                .await
+                .map_err(kube("filling the webhook token Secret"))?;
+            Ok(token)
+        }
+    }
+}
+
+async fn ensure_revision_secret(
+    audit: &ClusterAudit,
+    context: &Context,
+    revision: &revision::Revision,
+) -> Result<(), ReconcileError> {
+    let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &context.namespace);
+    let owner = audit
+        .controller_owner_ref(&())
+        .expect("a ClusterAudit from the API has a name and uid");
+    let secret = objects::revision_secret(revision, &context.namespace, owner);
+    let mut body = serde_json::to_value(&secret).expect("a Secret serializes");
+    // Server-side apply wants the kind spelled out.
+    body["apiVersion"] = "v1".into();
+    body["kind"] = "Secret".into();
+    // Content-addressed and immutable: applying the same revision again changes nothing.
+    secrets
+        .patch(
+            &objects::revision_secret_name(&revision.name),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(kube("applying a revision Secret"))?;
+    Ok(())
+}
+
+/// Deletes revision Secrets nothing refers to, beyond the few newest.
+async fn collect_old_revisions(
+    context: &Context,
+    status: &clusteraudit_core::api::ClusterAuditStatus,
+    just_built: Option<&str>,
+) -> Result<(), ReconcileError> {
+    let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &context.namespace);
+    let mut list = secrets
+        .list_metadata(&ListParams::default().labels(REVISION_LABEL))
+        .await
+        .map_err(kube("listing revision Secrets"))?
+        .items;
+    let mut in_use: Vec<&str> = just_built.into_iter().collect();
+    if let Some(revision) = &status.revision {
+        in_use.extend(revision.latest.as_deref());
+        in_use.extend(revision.desired.as_deref());
+        for node in &revision.nodes {
+            in_use.extend(node.current.as_deref());
+            in_use.extend(node.target.as_deref());
+        }
+    }
+    list.sort_by(|a, b| {
+        b.metadata
+            .creation_timestamp
+            .cmp(&a.metadata.creation_timestamp)
+    });
+    let unused = list.iter().filter(|secret| {
+        let name = secret.labels().get(REVISION_LABEL).map(String::as_str);
+        name.is_some_and(|n| !in_use.contains(&n) && n != ORIGINAL)
+    });
+    for secret in unused.skip(KEPT_REVISIONS) {
+        match secrets
+            .delete(&secret.name_any(), &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(err) => return Err(kube("deleting an old revision Secret")(err)),
+        }
+    }
+    Ok(())
+}
+
+/// The finalizer exists only while there is something outside the cluster to clean up: a sink
+/// the operator created, with deleteOnDisable.
+async fn ensure_finalizer(
+    audit: &ClusterAudit,
+    audits: &Api<ClusterAudit>,
+) -> Result<(), ReconcileError> {
+    let has = audit.finalizers().iter().any(|f| f == FINALIZER);
+    let wants = audit.spec.sink.delete_on_disable;
+    if has == wants {
+        return Ok(());
+    }
+    apply_finalizer(audits, wants).await
+}
+
+/// The operator's finalizer by server-side apply: finalizers are a set, so applying the
+/// operator's own entry (or none) leaves everyone else's alone.
+async fn apply_finalizer(audits: &Api<ClusterAudit>, present: bool) -> Result<(), ReconcileError> {
+    let finalizers: Vec<&str> = if present { vec![FINALIZER] } else { vec![] };
+    let patch = json!({
+        "apiVersion": ClusterAudit::api_version(&()),
+        "kind": ClusterAudit::kind(&()),
+        "metadata": {"name": SINGLETON_NAME, "finalizers": finalizers},
+    });
+    audits
+        .patch(
+            SINGLETON_NAME,
+            &PatchParams::apply(FINALIZER_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(kube("updating the finalizer"))?;
+    Ok(())
+}
+
+/// The ClusterAudit is going away: the agents restore the original manifests on their own (the
+/// object is gone); the operator deletes the sink it created, then lets the object go.
+async fn finalize(
+    audit: &ClusterAudit,
+    context: &Context,
+    audits: &Api<ClusterAudit>,
+) -> Result<Action, ReconcileError> {
+    if !audit.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    if let Some(sink) = audit.status.as_ref().and_then(|s| s.sink.as_ref())
+        && (sink.created.logset || sink.created.topic)
+    {
+        context.sink_client()?.delete_created(sink).await?;
+    }
+    apply_finalizer(audits, false).await?;
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_cel_cannot_catch_is_invalid_with_the_field_named() {
+        let spec: ClusterAuditSpec = serde_json::from_value(json!({
+            "policy": {"rules": [{"level": "None", "resources": [{"group": ""}], "nonResourceURLs": ["/healthz"]}]}
+        }))
+        .unwrap();
+        let message = validate(&spec).unwrap_err();
+        assert!(
+            message.contains("spec.policy.rules[0].nonResourceURLs"),
+            "{message}"
+        );
+        let fine: ClusterAuditSpec = serde_json::from_value(json!({})).unwrap();
+        let (yaml, hash) = validate(&fine).unwrap();
+        assert!(yaml.contains("audit.k8s.io/v1") && hash.len() == 64);
+    }
+
+    #[test]
+    fn sink_errors_map_to_reasons_people_can_act_on() {
+        assert_eq!(
+            sink_reason(&SinkError::LogsetIdNotFound("x".into())),
+            "LogsetNotFound"
+        );
+        assert_eq!(
+            sink_reason(&SinkError::Unreachable {
+                url: "u".into(),
+                message: "m".into()
+            }),
+            "CollectorUnavailable"
+        );
+        assert_eq!(
+            sink_reason(&SinkError::Refused {
+                what: "w".into(),
+                status: 403,
+                message: "m".into()
+            }),
+            "CollectorRefused"
+        );
+    }
+}

@@ -1,0 +1,378 @@
+//! Making sure the log destination exists: the logset and topic a `ClusterAudit` names, through
+//! the collector's topic API, and the webhook routed to the topic. Changing the topic or its
+//! retention happens here, never through a kube-apiserver restart.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use clusteraudit_core::api::{CreatedBySink, LogsetRef, SinkSpec, SinkStatus, TopicRef};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("no logset named {0:?}, and create is false")]
+    LogsetNameNotFound(String),
+    #[error("no logset with id {0:?}")]
+    LogsetIdNotFound(String),
+    #[error("no topic named {name:?} in logset {logset:?}, and create is false")]
+    TopicNameNotFound { logset: String, name: String },
+    #[error("no topic with id {0:?}")]
+    TopicIdNotFound(String),
+    #[error("topic {topic:?} belongs to logset {actual:?}, not {expected:?}")]
+    TopicInOtherLogset {
+        topic: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("the collector refused {what} ({status}): {message}")]
+    Refused {
+        what: String,
+        status: u16,
+        message: String,
+    },
+    #[error("the collector at {url} cannot be reached: {message}")]
+    Unreachable { url: String, message: String },
+}
+
+impl SinkError {
+    /// Whether trying again later may help (the collector being down), as opposed to the spec
+    /// naming something that is not there.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SinkError::Unreachable { .. } => true,
+            SinkError::Refused { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+/// The collector's topic API, as the operator uses it.
+#[derive(Clone)]
+pub struct SinkClient {
+    http: reqwest::Client,
+    url: String,
+    token: Option<String>,
+}
+
+impl SinkClient {
+    pub fn new(http: reqwest::Client, url: &str, token: Option<String>) -> Self {
+        SinkClient {
+            http,
+            url: url.trim_end_matches('/').to_string(),
+            token,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value), SinkError> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .timeout(Duration::from_secs(30));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|err| SinkError::Unreachable {
+            url: self.url.clone(),
+            message: err.to_string(),
+        })?;
+        let status = response.status();
+        let body = response.json().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    async fn expect(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        what: &str,
+    ) -> Result<(StatusCode, Value), SinkError> {
+        let (status, body) = self.call(method, path, body).await?;
+        if status.is_success() || status == StatusCode::NOT_FOUND {
+            return Ok((status, body));
+        }
+        Err(SinkError::Refused {
+            what: what.to_string(),
+            status: status.as_u16(),
+            message: body["error"]
+                .as_str()
+                .unwrap_or("no reason given")
+                .to_string(),
+        })
+    }
+
+    /// Makes the sink exist as `spec` says and routes the webhook to its topic. `previous` is the
+    /// status from the last reconcile: what the operator created stays remembered as created.
+    pub async fn ensure(
+        &self,
+        spec: &SinkSpec,
+        previous: Option<&SinkStatus>,
+    ) -> Result<SinkStatus, SinkError> {
+        let (logset_id, created_logset) = self.ensure_logset(&spec.logset).await?;
+        let (topic_id, created_topic) = self.ensure_topic(&logset_id, &spec.topic).await?;
+        let (_, route) = self
+            .expect(Method::GET, "/v1/route", None, "reading the route")
+            .await?;
+        if route["topicId"].as_str() != Some(topic_id.as_str()) {
+            self.expect(
+                Method::PUT,
+                "/v1/route",
+                Some(json!({"topicId": topic_id})),
+                "routing the webhook",
+            )
+            .await?;
+        }
+        let remembered =
+            |id: &str, created_now: bool, was: fn(&SinkStatus) -> (Option<&String>, bool)| {
+                created_now
+                    || previous.is_some_and(|p| {
+                        let (previous_id, previous_created) = was(p);
+                        previous_created && previous_id.map(String::as_str) == Some(id)
+                    })
+            };
+        Ok(SinkStatus {
+            created: CreatedBySink {
+                logset: remembered(&logset_id, created_logset, |p| {
+                    (p.logset_id.as_ref(), p.created.logset)
+                }),
+                topic: remembered(&topic_id, created_topic, |p| {
+                    (p.topic_id.as_ref(), p.created.topic)
+                }),
+            },
+            logset_id: Some(logset_id),
+            topic_id: Some(topic_id),
+        })
+    }
+
+    async fn ensure_logset(&self, logset: &LogsetRef) -> Result<(String, bool), SinkError> {
+        if let Some(id) = &logset.id {
+            let (status, _) = self
+                .expect(
+                    Method::GET,
+                    &format!("/v1/logsets/{id}"),
+                    None,
+                    "reading the logset",
+                )
+                .await?;
+            if status == StatusCode::NOT_FOUND {
+                return Err(SinkError::LogsetIdNotFound(id.clone()));
+            }
+            return Ok((id.clone(), false));
+        }
+        let name = logset.name.clone().unwrap_or_default();
+        if logset.wants_create() {
+            let (status, body) = self
+                .expect(
+                    Method::POST,
+                    "/v1/logsets",
+                    Some(json!({"name": name})),
+                    "creating the logset",
+                )
+                .await?;
+            return Ok((id_of(&body), status == StatusCode::CREATED));
+        }
+        self.logset_named(&name)
+            .await?
+            .map(|id| (id, false))
+            .ok_or(SinkError::LogsetNameNotFound(name))
+    }
+
+    async fn logset_named(&self, name: &str) -> Result<Option<String>, SinkError> {
+        let (_, list) = self
+            .expect(Method::GET, "/v1/logsets", None, "listing logsets")
+            .await?;
+        Ok(find_by_name(&list, name))
+    }
+
+    async fn topic_named(&self, logset_id: &str, name: &str) -> Result<Option<String>, SinkError> {
+        let (_, list) = self
+            .expect(
+                Method::GET,
+                &format!("/v1/logsets/{logset_id}/topics"),
+                None,
+                "listing topics",
+            )
+            .await?;
+        Ok(find_by_name(&list, name))
+    }
+
+    /// The topic, or None when the collector has no such topic.
+    async fn topic(&self, id: &str) -> Result<Option<Value>, SinkError> {
+        let (status, body) = self
+            .expect(
+                Method::GET,
+                &format!("/v1/topics/{id}"),
+                None,
+                "reading the topic",
+            )
+            .await?;
+        Ok((status != StatusCode::NOT_FOUND).then_some(body))
+    }
+
+    async fn ensure_topic(
+        &self,
+        logset_id: &str,
+        topic: &TopicRef,
+    ) -> Result<(String, bool), SinkError> {
+        let (id, created, current) = if let Some(id) = &topic.id {
+            let body = self
+                .topic(id)
+                .await?
+                .ok_or_else(|| SinkError::TopicIdNotFound(id.clone()))?;
+            let actual = body["logsetId"].as_str().unwrap_or_default();
+            if actual != logset_id {
+                return Err(SinkError::TopicInOtherLogset {
+                    topic: id.clone(),
+                    expected: logset_id.to_string(),
+                    actual: actual.to_string(),
+                });
+            }
+            (id.clone(), false, body)
+        } else {
+            let name = topic.name.clone().unwrap_or_default();
+            if topic.wants_create() {
+                let mut body = json!({"name": name});
+                if let Some(days) = topic.retention_days {
+                    body["retentionDays"] = json!(days);
+                }
+                let (status, created) = self
+                    .expect(
+                        Method::POST,
+                        &format!("/v1/logsets/{logset_id}/topics"),
+                        Some(body),
+                        "creating the topic",
+                    )
+                    .await?;
+                if status == StatusCode::NOT_FOUND {
+                    return Err(SinkError::LogsetIdNotFound(logset_id.to_string()));
+                }
+                (id_of(&created), status == StatusCode::CREATED, created)
+            } else {
+                let missing = || SinkError::TopicNameNotFound {
+                    logset: logset_id.to_string(),
+                    name: name.clone(),
+                };
+                let id = self
+                    .topic_named(logset_id, &name)
+                    .await?
+                    .ok_or_else(missing)?;
+                let body = self.topic(&id).await?.ok_or_else(missing)?;
+                (id, false, body)
+            }
+        };
+        // Retention follows the spec when it says something; otherwise the topic keeps its own.
+        if let Some(days) = topic.retention_days
+            && current["retentionDays"].as_i64() != Some(days as i64)
+        {
+            self.expect(
+                Method::PATCH,
+                &format!("/v1/topics/{id}"),
+                Some(json!({"retentionDays": days})),
+                "changing the retention",
+            )
+            .await?;
+        }
+        Ok((id, created))
+    }
+
+    /// Deletes what the operator created, and only that (deleteOnDisable). The webhook is routed
+    /// back to the collector's `default` topic first, since a routed topic cannot go. A created
+    /// logset that still holds other topics (ones it did not create, or no longer uses) is kept.
+    pub async fn delete_created(&self, status: &SinkStatus) -> Result<Deleted, SinkError> {
+        let mut deleted = Deleted::default();
+        if status.created.topic
+            && let Some(topic) = &status.topic_id
+        {
+            if let Some(default_logset) = self.logset_named("default").await?
+                && let Some(default_topic) = self.topic_named(&default_logset, "default").await?
+                && default_topic != *topic
+            {
+                self.expect(
+                    Method::PUT,
+                    "/v1/route",
+                    Some(json!({"topicId": default_topic})),
+                    "routing the webhook",
+                )
+                .await?;
+            }
+            self.expect(
+                Method::DELETE,
+                &format!("/v1/topics/{topic}"),
+                None,
+                "deleting the topic",
+            )
+            .await?;
+            deleted.topic = true;
+        }
+        if status.created.logset
+            && let Some(logset) = &status.logset_id
+        {
+            let (status, body) = self
+                .call(Method::DELETE, &format!("/v1/logsets/{logset}"), None)
+                .await?;
+            if status == StatusCode::CONFLICT {
+                deleted.logset_kept = Some(
+                    body["error"]
+                        .as_str()
+                        .unwrap_or("it still holds topics")
+                        .to_string(),
+                );
+            } else if status.is_success() || status == StatusCode::NOT_FOUND {
+                deleted.logset = true;
+            } else {
+                return Err(SinkError::Refused {
+                    what: "deleting the logset".into(),
+                    status: status.as_u16(),
+                    message: body["error"].as_str().unwrap_or("no reason given").into(),
+                });
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// What [`SinkClient::delete_created`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Deleted {
+    pub topic: bool,
+    pub logset: bool,
+    /// Why a logset the operator created stays.
+    pub logset_kept: Option<String>,
+}
+
+impl std::fmt::Display for Deleted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match (self.topic, self.logset) {
+            (true, true) => "deleted the topic and the logset the operator had created",
+            (true, false) => "deleted the topic the operator had created",
+            (false, true) => "deleted the logset the operator had created",
+            (false, false) => "deleted nothing",
+        };
+        f.write_str(what)?;
+        if let Some(reason) = &self.logset_kept {
+            write!(f, "; kept its logset: {reason}")?;
+        }
+        Ok(())
+    }
+}
+
+fn id_of(body: &Value) -> String {
+    body["id"].as_str().unwrap_or_default().to_string()
+}
+
+fn find_by_name(list: &Value, name: &str) -> Option<String> {
+    list["items"]
+        .as_array()?
+        .iter()
+        .find(|item| item["name"] == name)
+        .map(id_of)
+}

@@ -1,0 +1,261 @@
+//! One time window of one topic: a tantivy index of the filter fields, with the raw event kept
+//! in its compressed document store.
+
+use std::path::{Path, PathBuf};
+
+use tantivy::{
+    Index, IndexReader, IndexSettings, IndexWriter, ReloadPolicy, TantivyDocument,
+    schema::{FAST, Field, IndexRecordOption, STORED, Schema, TextFieldIndexing, TextOptions},
+    store::{Compressor, ZstdCompressor},
+};
+
+use super::StoreError;
+use clusteraudit_core::audit::Event;
+
+/// The fields of the schema, by name.
+#[derive(Clone, Copy, Debug)]
+pub struct Fields {
+    pub time: Field,
+    pub user: Field,
+    pub groups: Field,
+    pub verb: Field,
+    pub resource: Field,
+    pub subresource: Field,
+    pub api_group: Field,
+    pub namespace: Field,
+    pub name: Field,
+    pub code: Field,
+    pub source_ip: Field,
+    pub user_agent: Field,
+    pub stage: Field,
+    pub level: Field,
+    pub decision: Field,
+    /// The request path, without its query.
+    pub uri: Field,
+    /// A hash of the auditID: unique IDs would otherwise be the largest part of the index.
+    pub audit_id: Field,
+    /// URI and object name, tokenized, for free text.
+    pub text: Field,
+    pub raw: Field,
+}
+
+pub fn schema() -> (Schema, Fields) {
+    let mut builder = Schema::builder();
+    // Filter fields are exact strings without norms (nothing is scored); the ones stats group by
+    // are also columnar. Numbers live in columns only: range queries read them there.
+    let keyword = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer("raw")
+            .set_fieldnorms(false)
+            .set_index_option(IndexRecordOption::Basic),
+    );
+    let keyword_fast = keyword.clone().set_fast("raw");
+    let text = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer("default")
+            .set_fieldnorms(false)
+            .set_index_option(IndexRecordOption::Basic),
+    );
+    let fields = Fields {
+        time: builder.add_i64_field("time", FAST),
+        user: builder.add_text_field("user", keyword_fast.clone()),
+        groups: builder.add_text_field("group", keyword.clone()),
+        verb: builder.add_text_field("verb", keyword_fast.clone()),
+        resource: builder.add_text_field("resource", keyword_fast.clone()),
+        subresource: builder.add_text_field("subresource", keyword.clone()),
+        api_group: builder.add_text_field("apiGroup", keyword.clone()),
+        namespace: builder.add_text_field("namespace", keyword_fast),
+        name: builder.add_text_field("name", keyword.clone()),
+        code: builder.add_u64_field("code", FAST),
+        source_ip: builder.add_text_field("sourceIP", keyword.clone()),
+        user_agent: builder.add_text_field("userAgent", keyword.clone()),
+        stage: builder.add_text_field("stage", keyword.clone()),
+        level: builder.add_text_field("level", keyword.clone()),
+        decision: builder.add_text_field("decision", keyword.clone()),
+        uri: builder.add_text_field("uri", keyword),
+        audit_id: builder.add_u64_field("auditIDHash", FAST),
+        text: builder.add_text_field("text", text),
+        raw: builder.add_bytes_field("raw", STORED),
+    };
+    (builder.build(), fields)
+}
+
+/// The stored hash of an auditID.
+pub fn audit_id_hash(audit_id: &str) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(audit_id)
+}
+
+/// The request URI without its query string.
+pub fn uri_path(uri: &str) -> &str {
+    uri.split_once('?').map_or(uri, |(path, _)| path)
+}
+
+/// Microseconds since the epoch of an event: when its stage was reached, else when it was
+/// received.
+pub fn event_time(event: &Event) -> Option<i64> {
+    let text = event
+        .stage_timestamp
+        .as_deref()
+        .or(event.request_received_timestamp.as_deref())?;
+    let parsed =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    Some((parsed.unix_timestamp_nanos() / 1_000) as i64)
+}
+
+pub fn document(fields: &Fields, event: &Event, time: i64, raw: &[u8]) -> TantivyDocument {
+    let mut doc = TantivyDocument::default();
+    doc.add_i64(fields.time, time);
+    doc.add_text(fields.user, &event.user.username);
+    for group in &event.user.groups {
+        doc.add_text(fields.groups, group);
+    }
+    doc.add_text(fields.verb, &event.verb);
+    doc.add_text(fields.stage, stage_name(event));
+    doc.add_text(fields.level, format!("{:?}", event.level));
+    doc.add_text(fields.uri, uri_path(&event.request_uri));
+    doc.add_u64(fields.audit_id, audit_id_hash(&event.audit_id));
+    let mut text = uri_path(&event.request_uri).to_string();
+    if let Some(object) = &event.object_ref {
+        doc.add_text(fields.resource, &object.resource);
+        if !object.subresource.is_empty() {
+            doc.add_text(fields.subresource, &object.subresource);
+        }
+        doc.add_text(fields.api_group, &object.api_group);
+        if !object.namespace.is_empty() {
+            doc.add_text(fields.namespace, &object.namespace);
+        }
+        if !object.name.is_empty() {
+            doc.add_text(fields.name, &object.name);
+            text.push(' ');
+            text.push_str(&object.name);
+        }
+    }
+    doc.add_text(fields.text, text);
+    if let Some(code) = event.response_status.as_ref().and_then(|s| s.code) {
+        doc.add_u64(fields.code, code.max(0) as u64);
+    }
+    for ip in &event.source_ips {
+        doc.add_text(fields.source_ip, ip);
+    }
+    if let Some(agent) = &event.user_agent {
+        doc.add_text(fields.user_agent, agent);
+    }
+    if let Some(decision) = event
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("authorization.k8s.io/decision"))
+        .and_then(|d| d.as_str())
+    {
+        doc.add_text(fields.decision, decision);
+    }
+    doc.add_bytes(fields.raw, raw);
+    doc
+}
+
+fn stage_name(event: &Event) -> &'static str {
+    use clusteraudit_core::audit::Stage;
+    match event.stage {
+        Stage::RequestReceived => "RequestReceived",
+        Stage::ResponseStarted => "ResponseStarted",
+        Stage::ResponseComplete => "ResponseComplete",
+        Stage::Panic => "Panic",
+    }
+}
+
+/// One open window.
+pub struct Window {
+    pub path: PathBuf,
+    pub index: Index,
+    pub reader: IndexReader,
+    pub writer: Option<IndexWriter>,
+    /// The log position of the last record committed into this window.
+    pub committed: u64,
+    /// Documents added since the last commit.
+    pub pending: u64,
+}
+
+const WRITER_MEMORY: usize = 48 * 1024 * 1024;
+
+impl Window {
+    pub fn open(path: &Path, schema: &Schema) -> Result<Window, StoreError> {
+        std::fs::create_dir_all(path).map_err(|source| StoreError::Io {
+            what: "creating",
+            path: path.into(),
+            source,
+        })?;
+        let directory = tantivy::directory::MmapDirectory::open(path)
+            .map_err(|err| StoreError::index(path, err))?;
+        let index = if Index::exists(&directory).map_err(|err| StoreError::index(path, err))? {
+            Index::open(directory).map_err(|err| StoreError::index(path, err))?
+        } else {
+            let settings = IndexSettings {
+                // Audit events repeat themselves a great deal; zstd over large blocks keeps the
+                // raw events small.
+                docstore_compression: Compressor::Zstd(ZstdCompressor {
+                    compression_level: Some(6),
+                }),
+                docstore_blocksize: 256 * 1024,
+                ..IndexSettings::default()
+            };
+            Index::builder()
+                .schema(schema.clone())
+                .settings(settings)
+                .open_or_create(directory)
+                .map_err(|err| StoreError::index(path, err))?
+        };
+        let committed = index
+            .load_metas()
+            .ok()
+            .and_then(|metas| metas.payload)
+            .and_then(|payload| payload.parse().ok())
+            .unwrap_or(0);
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .map_err(|err| StoreError::index(path, err))?;
+        Ok(Window {
+            path: path.into(),
+            index,
+            reader,
+            writer: None,
+            committed,
+            pending: 0,
+        })
+    }
+
+    pub fn writer(&mut self) -> Result<&mut IndexWriter, StoreError> {
+        if self.writer.is_none() {
+            let writer = self
+                .index
+                .writer_with_num_threads(1, WRITER_MEMORY)
+                .map_err(|err| StoreError::index(&self.path, err))?;
+            self.writer = Some(writer);
+        }
+        Ok(self.writer.as_mut().expect("just opened"))
+    }
+
+    /// Commits what was added, recording the log position it reaches.
+    pub fn commit(&mut self, position: u64) -> Result<(), StoreError> {
+        let Some(writer) = self.writer.as_mut() else {
+            return Ok(());
+        };
+        if self.pending == 0 {
+            return Ok(());
+        }
+        let mut prepared = writer
+            .prepare_commit()
+            .map_err(|err| StoreError::index(&self.path, err))?;
+        prepared.set_payload(&position.to_string());
+        prepared
+            .commit()
+            .map_err(|err| StoreError::index(&self.path, err))?;
+        self.committed = position;
+        self.pending = 0;
+        self.reader
+            .reload()
+            .map_err(|err| StoreError::index(&self.path, err))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,166 @@
+//! From the search language to tantivy queries over the window schema.
+
+use std::ops::Bound;
+
+use tantivy::{
+    Term,
+    query::{AllQuery, BooleanQuery, Occur, Query as TantivyQuery, RangeQuery, TermQuery},
+    schema::{Field as SchemaField, IndexRecordOption, Schema},
+    tokenizer::TokenStream,
+};
+
+use super::index::Fields;
+use clusteraudit_core::query::{Field, Op, Query, Value};
+
+fn schema_field(fields: &Fields, field: Field) -> SchemaField {
+    match field {
+        Field::User => fields.user,
+        Field::Group => fields.groups,
+        Field::Verb => fields.verb,
+        Field::Resource => fields.resource,
+        Field::Subresource => fields.subresource,
+        Field::ApiGroup => fields.api_group,
+        Field::Namespace => fields.namespace,
+        Field::Name => fields.name,
+        Field::Code => fields.code,
+        Field::SourceIp => fields.source_ip,
+        Field::UserAgent => fields.user_agent,
+        Field::Stage => fields.stage,
+        Field::Level => fields.level,
+        Field::Decision => fields.decision,
+        Field::Uri => fields.uri,
+        Field::AuditId => fields.audit_id,
+    }
+}
+
+/// The tantivy query for a search query; Invalid for what the store cannot answer.
+pub fn translate(
+    schema: &Schema,
+    fields: &Fields,
+    query: &Query,
+) -> Result<Box<dyn TantivyQuery>, super::StoreError> {
+    let all = |parts: &[Query], occur: Occur| -> Result<Box<dyn TantivyQuery>, super::StoreError> {
+        Ok(Box::new(BooleanQuery::new(
+            parts
+                .iter()
+                .map(|q| translate(schema, fields, q).map(|t| (occur, t)))
+                .collect::<Result<_, _>>()?,
+        )))
+    };
+    Ok(match query {
+        Query::All => Box::new(AllQuery),
+        Query::And(parts) => all(parts, Occur::Must)?,
+        Query::Or(parts) => all(parts, Occur::Should)?,
+        Query::Not(inner) => Box::new(BooleanQuery::new(vec![
+            (Occur::Must, Box::new(AllQuery)),
+            (Occur::MustNot, translate(schema, fields, inner)?),
+        ])),
+        Query::Text(text) => free_text(schema, fields, text),
+        Query::Field {
+            field: Field::AuditId,
+            value,
+            ..
+        } => match value {
+            Value::Exact(id) => {
+                let hash = Term::from_field_u64(fields.audit_id, super::index::audit_id_hash(id));
+                range(Bound::Included(hash.clone()), Bound::Included(hash))
+            }
+            Value::Prefix(prefix) if prefix.is_empty() => Box::new(AllQuery),
+            _ => {
+                return Err(super::StoreError::Invalid(
+                    "auditID matches whole IDs only".into(),
+                ));
+            }
+        },
+        Query::Field { field, op, value } => {
+            let target = schema_field(fields, *field);
+            if field.is_numeric() {
+                let Value::Number(number) = value else {
+                    // `code:*`: any event that has a code.
+                    return Ok(range(Bound::Unbounded, Bound::Unbounded));
+                };
+                let term = |n: u64| Term::from_field_u64(target, n);
+                return Ok(match op {
+                    Op::Eq => range(
+                        Bound::Included(term(*number)),
+                        Bound::Included(term(*number)),
+                    ),
+                    Op::Lt => range(Bound::Unbounded, Bound::Excluded(term(*number))),
+                    Op::Le => range(Bound::Unbounded, Bound::Included(term(*number))),
+                    Op::Gt => range(Bound::Excluded(term(*number)), Bound::Unbounded),
+                    Op::Ge => range(Bound::Included(term(*number)), Bound::Unbounded),
+                });
+            }
+            match value {
+                Value::Exact(text) => Box::new(TermQuery::new(
+                    Term::from_field_text(target, text),
+                    IndexRecordOption::Basic,
+                )),
+                Value::Prefix(prefix) => {
+                    let upper = prefix_upper_bound(prefix);
+                    range(
+                        Bound::Included(Term::from_field_text(target, prefix)),
+                        match upper {
+                            Some(upper) => Bound::Excluded(Term::from_field_text(target, &upper)),
+                            None => Bound::Unbounded,
+                        },
+                    )
+                }
+                Value::Number(number) => Box::new(TermQuery::new(
+                    Term::from_field_text(target, &number.to_string()),
+                    IndexRecordOption::Basic,
+                )),
+            }
+        }
+    })
+}
+
+fn range(lower: Bound<Term>, upper: Bound<Term>) -> Box<dyn TantivyQuery> {
+    Box::new(RangeQuery::new(lower, upper))
+}
+
+/// The smallest string above every string starting with `prefix`, if there is one.
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        if let Some(next) = char::from_u32(last as u32 + 1) {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+/// Free text over the request path and object name: events containing all its words.
+fn free_text(schema: &Schema, fields: &Fields, text: &str) -> Box<dyn TantivyQuery> {
+    let mut analyzer =
+        tantivy::tokenizer::TextAnalyzer::builder(tantivy::tokenizer::SimpleTokenizer::default())
+            .filter(tantivy::tokenizer::RemoveLongFilter::limit(40))
+            .filter(tantivy::tokenizer::LowerCaser)
+            .build();
+    let _ = schema;
+    let mut terms = Vec::new();
+    let mut stream = analyzer.token_stream(text);
+    while stream.advance() {
+        terms.push(Term::from_field_text(fields.text, &stream.token().text));
+    }
+    match terms.len() {
+        0 => Box::new(AllQuery),
+        1 => Box::new(TermQuery::new(
+            terms.pop().expect("one term"),
+            IndexRecordOption::Basic,
+        )),
+        _ => Box::new(BooleanQuery::new(
+            terms
+                .into_iter()
+                .map(|term| {
+                    (
+                        Occur::Must,
+                        Box::new(TermQuery::new(term, IndexRecordOption::Basic))
+                            as Box<dyn TantivyQuery>,
+                    )
+                })
+                .collect(),
+        )),
+    }
+}

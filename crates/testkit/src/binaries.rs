@@ -1,0 +1,75 @@
+//! Where the control-plane binaries are: built from the Go module proxy by
+//! `scripts/control-plane.sh` into a cache outside the repository.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+};
+
+use super::{Result, TestkitError};
+
+/// Set to a directory holding `etcd`, `kube-apiserver`, `kubectl` (and `helm`) to skip the build
+/// script.
+pub const BIN_DIR_ENV: &str = "CLUSTERAUDIT_CONTROL_PLANE_BIN";
+
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub dir: PathBuf,
+}
+
+impl Binaries {
+    /// The binaries, building them the first time (the script reuses its cache afterwards).
+    pub fn locate() -> Result<Binaries> {
+        static LOCATED: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+        let located = LOCATED.get_or_init(|| {
+            if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
+                return Ok(PathBuf::from(dir));
+            }
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/control-plane.sh");
+            let output = Command::new("bash")
+                .arg(&script)
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .map_err(|err| format!("running {}: {err}", script.display()))?;
+            if !output.status.success() {
+                return Err(format!("{} failed ({})", script.display(), output.status));
+            }
+            Ok(PathBuf::from(
+                String::from_utf8_lossy(&output.stdout).trim().to_string(),
+            ))
+        });
+        let dir = located.clone().map_err(TestkitError::BinariesUnavailable)?;
+        let binaries = Binaries { dir };
+        for name in ["etcd", "kube-apiserver", "kubectl"] {
+            if !binaries.path(name).is_file() {
+                return Err(TestkitError::BinariesUnavailable(format!(
+                    "{} is missing",
+                    binaries.path(name).display()
+                )));
+            }
+        }
+        Ok(binaries)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn etcd(&self) -> PathBuf {
+        self.path("etcd")
+    }
+
+    pub fn kube_apiserver(&self) -> PathBuf {
+        self.path("kube-apiserver")
+    }
+
+    pub fn kubectl(&self) -> PathBuf {
+        self.path("kubectl")
+    }
+
+    pub fn helm(&self) -> PathBuf {
+        self.path("helm")
+    }
+}

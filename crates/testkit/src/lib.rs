@@ -1,0 +1,111 @@
+//! The test kit: a real control plane for tests and local demos (etcd and kube-apiservers started
+//! as processes on loopback, a stand-in kubelet that runs static-pod manifests), certificates for
+//! them, and the demo. Never shipped: the tests use it as a dev-dependency, and a person runs it as
+//! `clusteraudit-dev`.
+
+pub mod binaries;
+pub mod cli;
+pub mod cluster;
+pub mod demo;
+pub mod etcd;
+pub mod kubelet;
+pub mod manifest;
+pub mod pki;
+pub mod process;
+
+use std::{path::PathBuf, time::Duration};
+
+pub use binaries::Binaries;
+pub use cluster::{ControlPlane, ControlPlaneOptions, StaticPodNode, TestUser, collector_rbac};
+pub use kubelet::{Kubelet, KubeletEvent, KubeletOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TestkitError {
+    #[error("the control-plane binaries are not available: {0}")]
+    BinariesUnavailable(String),
+    #[error("{what} ({path}): {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("minting certificates: {0}")]
+    Pki(#[from] crate::pki::PkiError),
+    #[error("no free loopback port: {0}")]
+    NoFreePort(#[source] std::io::Error),
+    #[error("starting {name}: {source}")]
+    Spawn {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{name} exited ({status}) before it was ready; its log ends with:\n{log_tail}")]
+    ExitedEarly {
+        name: String,
+        status: String,
+        log_tail: String,
+    },
+    #[error("{name} was not ready after {waited:?}; its log ends with:\n{log_tail}")]
+    NotReady {
+        name: String,
+        waited: Duration,
+        log_tail: String,
+    },
+    #[error("building a kube client: {0}")]
+    Client(String),
+    #[error("the static-pod manifest {path} is not usable: {reason}")]
+    Manifest { path: PathBuf, reason: String },
+    #[error("encoding {what}: {reason}")]
+    Encode { what: &'static str, reason: String },
+}
+
+impl TestkitError {
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            what,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = TestkitError> = std::result::Result<T, E>;
+
+/// A loopback port nobody listens on right now. Ports handed out before are never handed out
+/// again by this process, so concurrent starts in one test binary do not collide.
+pub fn free_port() -> Result<u16> {
+    use std::{collections::HashSet, net::TcpListener, sync::Mutex};
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    for _ in 0..64 {
+        let port = TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|listener| listener.local_addr())
+            .map_err(TestkitError::NoFreePort)?
+            .port();
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if handed_out.get_or_insert_with(HashSet::new).insert(port) {
+            return Ok(port);
+        }
+    }
+    Err(TestkitError::NoFreePort(std::io::Error::other(
+        "the kernel kept offering ports already handed out",
+    )))
+}
+
+/// Polls `check` until it says done, the deadline passes, or it fails for good.
+pub(crate) async fn poll_until<T>(
+    deadline: Duration,
+    interval: Duration,
+    mut check: impl AsyncFnMut() -> std::ops::ControlFlow<Result<T>, ()>,
+) -> Option<Result<T>> {
+    let give_up = tokio::time::Instant::now() + deadline;
+    loop {
+        if let std::ops::ControlFlow::Break(done) = check().await {
+            return Some(done);
+        }
+        if tokio::time::Instant::now() >= give_up {
+            return None;
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

@@ -1,0 +1,359 @@
+//! The Helm chart renders manifests the real kube-apiserver accepts, and its RBAC grants the
+//! operator what it needs and nothing more.
+
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+};
+
+use clusteraudit_testkit::{ControlPlane, cluster::kubernetes_version};
+
+const NAMESPACE: &str = "clusteraudit-system";
+
+fn helm_template(control_plane: &ControlPlane, extra: &[&str]) -> String {
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/clusteraudit");
+    let output = Command::new(control_plane.binaries().helm())
+        .args([
+            "template",
+            "clusteraudit",
+            chart,
+            "--namespace",
+            NAMESPACE,
+            "--include-crds",
+        ])
+        .args(["--kube-version", &kubernetes_version()])
+        .args(extra)
+        .env("HELM_CACHE_HOME", control_plane.dir().join("helm/cache"))
+        .env("HELM_CONFIG_HOME", control_plane.dir().join("helm/config"))
+        .env("HELM_DATA_HOME", control_plane.dir().join("helm/data"))
+        .output()
+        .expect("helm runs");
+    assert!(
+        output.status.success(),
+        "helm template {extra:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("helm prints UTF-8")
+}
+
+fn kubectl_apply(control_plane: &ControlPlane, manifests: &str, dry_run: bool) -> String {
+    let mut command = control_plane.kubectl();
+    command.args([
+        "apply",
+        "--server-side",
+        "--field-manager=helm-test",
+        "-f",
+        "-",
+    ]);
+    if dry_run {
+        command.arg("--dry-run=server");
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifests.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "kubectl apply (dry run: {dry_run}) refused the chart: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn can_i(
+    control_plane: &ControlPlane,
+    service_account: &str,
+    verb: &str,
+    resource: &str,
+    namespace: Option<&str>,
+) -> bool {
+    let mut command = control_plane.kubectl();
+    command.args([
+        "auth",
+        "can-i",
+        verb,
+        resource,
+        &format!("--as=system:serviceaccount:{NAMESPACE}:{service_account}"),
+    ]);
+    match namespace {
+        Some(namespace) => command.args(["--namespace", namespace]),
+        None => command.arg("--all-namespaces"),
+    };
+    let output = command.output().expect("kubectl runs");
+    String::from_utf8_lossy(&output.stdout).trim() == "yes"
+}
+
+/// What the collector asks the cluster (a SubjectAccessReview) about its virtual resources, which
+/// kubectl cannot name since no API serves them.
+async fn may_in_collector(
+    control_plane: &ControlPlane,
+    service_account: &str,
+    verb: &str,
+    resource: &str,
+) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let client = control_plane.client().await.unwrap();
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(format!(
+                "system:serviceaccount:{NAMESPACE}:{service_account}"
+            )),
+            groups: Some(vec!["system:serviceaccounts".into()]),
+            resource_attributes: Some(ResourceAttributes {
+                group: Some("clusteraudit.io".into()),
+                resource: Some(resource.into()),
+                verb: Some(verb.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    kube::Api::<SubjectAccessReview>::all(client)
+        .create(&Default::default(), &review)
+        .await
+        .unwrap()
+        .status
+        .is_some_and(|s| s.allowed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane: scripts/test runs it"]
+async fn the_chart_is_accepted_by_the_apiserver_and_least_privileged() {
+    let control_plane = ControlPlane::start()
+        .await
+        .expect("the control plane starts");
+    let output = control_plane
+        .kubectl()
+        .args(["create", "namespace", NAMESPACE])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let defaults = helm_template(&control_plane, &[]);
+    let applied = kubectl_apply(&control_plane, &defaults, true);
+    for kind in [
+        "customresourcedefinition.apiextensions.k8s.io/clusteraudits.clusteraudit.io",
+        "serviceaccount/clusteraudit-operator",
+        "serviceaccount/clusteraudit-agent",
+        "serviceaccount/clusteraudit-collector",
+        "clusterrole.rbac.authorization.k8s.io/clusteraudit-operator",
+        "clusterrolebinding.rbac.authorization.k8s.io/clusteraudit-operator",
+        "role.rbac.authorization.k8s.io/clusteraudit-operator",
+        "rolebinding.rbac.authorization.k8s.io/clusteraudit-operator",
+        "clusterrole.rbac.authorization.k8s.io/clusteraudit-agent",
+        "role.rbac.authorization.k8s.io/clusteraudit-agent",
+        "clusterrole.rbac.authorization.k8s.io/clusteraudit-collector",
+        "clusterrole.rbac.authorization.k8s.io/clusteraudit-audit-reader",
+        "deployment.apps/clusteraudit-operator",
+        "service/clusteraudit-operator-metrics",
+        "daemonset.apps/clusteraudit-agent",
+        "statefulset.apps/clusteraudit-collector",
+        "service/clusteraudit-collector",
+        "networkpolicy.networking.k8s.io/clusteraudit-collector",
+        "networkpolicy.networking.k8s.io/clusteraudit-operator",
+    ] {
+        assert!(applied.contains(kind), "{kind} missing from:\n{applied}");
+    }
+    assert!(!defaults.contains("kind: ServiceMonitor"));
+
+    // Non-default values need the prometheus-operator's ServiceMonitor kind; a stand-in CRD
+    // gives the kube-apiserver the kind to check the rest against.
+    let stand_in = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: servicemonitors.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  names: {kind: ServiceMonitor, plural: servicemonitors}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+"#;
+    kubectl_apply(&control_plane, stand_in, false);
+    let established = control_plane
+        .kubectl()
+        .args([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/servicemonitors.monitoring.coreos.com",
+        ])
+        .output()
+        .unwrap();
+    assert!(established.status.success());
+
+    let values = control_plane.dir().join("values.yaml");
+    std::fs::write(
+        &values,
+        r#"
+image: {repository: registry.example.internal/clusteraudit, tag: dev, pullPolicy: Always}
+imagePullSecrets: [{name: registry-credentials}]
+operator:
+  replicas: 2
+  logLevel: debug
+  httpPort: 9090
+  nodeSelector: {node-role.kubernetes.io/control-plane: ""}
+  tolerations: [{key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}]
+  podAnnotations: {example.com/team: platform}
+serviceAccount: {create: false, name: platform-audit}
+rbac: {create: true}
+agent:
+  kubernetesDir: /srv/kubernetes
+  readyzURL: https://127.0.0.1:8443/readyz
+  logLevel: debug
+collector:
+  port: 9443
+  service: {clusterIP: 10.96.0.50}
+  tls: {secretName: audit-collector-tls}
+  storage: {size: 100Gi, storageClassName: fast-ssd}
+  maxBodyBytes: 33554432
+networkPolicy:
+  enabled: true
+  webhookFrom: [{ipBlock: {cidr: 10.0.0.0/24}}]
+  apiFrom: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: dashboards}}}]
+  metricsFrom: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]
+serviceMonitor: {enabled: true, interval: 15s, labels: {release: prometheus}}
+"#,
+    )
+    .unwrap();
+    let custom = helm_template(&control_plane, &["--values", values.to_str().unwrap()]);
+    assert!(
+        custom.contains("replicas: 2")
+            && custom.contains("registry.example.internal/clusteraudit:dev")
+    );
+    assert!(
+        !custom.contains("kind: ServiceAccount\nmetadata:\n  name: clusteraudit-operator\n"),
+        "{custom}"
+    );
+    assert!(custom.contains("name: platform-audit"));
+    for text in [
+        "--manifest=/srv/kubernetes/manifests/kube-apiserver.yaml",
+        "path: /srv/kubernetes",
+        "clusterIP: 10.96.0.50",
+        "--listen=0.0.0.0:9443",
+        "--max-body-bytes=33554432",
+        "storageClassName: fast-ssd",
+        "secretName: audit-collector-tls",
+        "cidr: 10.0.0.0/24",
+        "kind: ServiceMonitor",
+    ] {
+        assert!(custom.contains(text), "{text} missing from:\n{custom}");
+    }
+    let applied = kubectl_apply(&control_plane, &custom, true);
+    for kind in [
+        "deployment.apps/clusteraudit-operator",
+        "daemonset.apps/clusteraudit-agent",
+        "statefulset.apps/clusteraudit-collector",
+        "servicemonitor.monitoring.coreos.com/clusteraudit",
+    ] {
+        assert!(applied.contains(kind), "{kind} missing from:\n{applied}");
+    }
+
+    // Applied for real, the operator's identity can do its job and nothing more.
+    kubectl_apply(&control_plane, &defaults, false);
+    let ns = Some(NAMESPACE);
+    let operator = "clusteraudit-operator";
+    let agent = "clusteraudit-agent";
+    let collector = "clusteraudit-collector";
+    for (who, verb, resource, namespace) in [
+        (operator, "watch", "clusteraudits.clusteraudit.io", None),
+        (
+            operator,
+            "patch",
+            "clusteraudits.clusteraudit.io/status",
+            None,
+        ),
+        (operator, "create", "events.events.k8s.io", Some("default")),
+        (operator, "update", "leases.coordination.k8s.io", ns),
+        (operator, "create", "secrets", ns),
+        (operator, "delete", "secrets", ns),
+        (operator, "get", "services/clusteraudit-collector", ns),
+        (agent, "watch", "clusteraudits.clusteraudit.io", None),
+        (agent, "update", "leases.coordination.k8s.io", ns),
+        (agent, "get", "secrets", ns),
+        (
+            collector,
+            "create",
+            "tokenreviews.authentication.k8s.io",
+            None,
+        ),
+        (
+            collector,
+            "create",
+            "subjectaccessreviews.authorization.k8s.io",
+            None,
+        ),
+    ] {
+        assert!(
+            can_i(&control_plane, who, verb, resource, namespace),
+            "{who} cannot {verb} {resource}"
+        );
+    }
+    for (who, verb, resource, namespace) in [
+        (operator, "delete", "clusteraudits.clusteraudit.io", None),
+        (operator, "get", "secrets", Some("kube-system")),
+        (operator, "list", "secrets", None),
+        (operator, "create", "pods", ns),
+        (operator, "list", "nodes", None),
+        (operator, "get", "services/kubernetes", Some("default")),
+        (
+            operator,
+            "update",
+            "leases.coordination.k8s.io",
+            Some("kube-system"),
+        ),
+        (
+            operator,
+            "create",
+            "clusterrolebindings.rbac.authorization.k8s.io",
+            None,
+        ),
+        (agent, "patch", "clusteraudits.clusteraudit.io/status", None),
+        (agent, "list", "secrets", ns),
+        (agent, "create", "secrets", ns),
+        (agent, "get", "secrets", Some("kube-system")),
+        (agent, "create", "pods", None),
+        (collector, "get", "secrets", ns),
+        (collector, "list", "clusteraudits.clusteraudit.io", None),
+    ] {
+        assert!(
+            !can_i(&control_plane, who, verb, resource, namespace),
+            "{who} may {verb} {resource}"
+        );
+    }
+    for (who, verb, resource, allowed) in [
+        (operator, "create", "topics", true),
+        (operator, "delete", "topics", true),
+        (operator, "get", "auditevents", true),
+        (agent, "create", "topics", false),
+        (agent, "get", "auditevents", false),
+        (collector, "create", "topics", false),
+        (collector, "get", "auditevents", false),
+    ] {
+        assert_eq!(
+            may_in_collector(&control_plane, who, verb, resource).await,
+            allowed,
+            "{who} {verb} {resource}"
+        );
+    }
+}

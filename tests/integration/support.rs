@@ -1,0 +1,230 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::{path::Path, time::Duration};
+
+use clusteraudit_testkit::pki::CertificateAuthority;
+use serde_json::{Value, json};
+
+use clusteraudit_testkit::{free_port, process::ManagedProcess};
+
+/// The collector binary in its development mode (plain HTTP on loopback, no authentication).
+pub struct DevCollector {
+    pub process: ManagedProcess,
+    pub url: String,
+    pub http: reqwest::Client,
+}
+
+pub async fn start_dev_collector(data: &Path, log: &Path, port: u16) -> DevCollector {
+    clusteraudit_io::tls::install_crypto_provider();
+    let args = vec![
+        "collector".to_string(),
+        format!("--data-dir={}", data.display()),
+        format!("--listen=127.0.0.1:{port}"),
+        "--insecure-dev".into(),
+        "--max-body-bytes=2097152".into(),
+    ];
+    let process = ManagedProcess::spawn(
+        "collector",
+        Path::new(env!("CARGO_BIN_EXE_clusteraudit")),
+        &args,
+        log,
+    )
+    .unwrap();
+    let collector = DevCollector {
+        process,
+        url: format!("http://127.0.0.1:{port}"),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap(),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = collector
+            .http
+            .get(format!("{}/readyz", collector.url))
+            .send()
+            .await
+            && response.status().is_success()
+        {
+            return collector;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready: {}",
+            collector.process.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// etcd and one control-plane node, "node-1", whose kube-apiserver the stand-in kubelet runs
+/// from its static-pod manifest, with back-off short enough for tests (not yet ready).
+pub async fn one_static_pod_node() -> clusteraudit_testkit::ControlPlane {
+    let mut control_plane =
+        clusteraudit_testkit::ControlPlane::start_with(clusteraudit_testkit::ControlPlaneOptions {
+            direct_apiserver: false,
+            ..Default::default()
+        })
+        .await
+        .expect("etcd starts");
+    control_plane
+        .add_static_pod_node("node-1", |kubelet| {
+            kubelet.backoff_initial = Duration::from_millis(500);
+            kubelet.backoff_max = Duration::from_secs(2);
+            kubelet.termination_grace = Duration::from_secs(10);
+        })
+        .expect("the node starts");
+    control_plane
+}
+
+/// The collector over TLS: a serving certificate from its own CA, the webhook behind a bearer
+/// token (and a client-certificate CA), the read API behind TokenReview/SubjectAccessReview of the
+/// cluster `kubeconfig` names. Returns it and a webhook kubeconfig for a kube-apiserver.
+pub struct TlsCollector {
+    pub process: ManagedProcess,
+    pub url: String,
+    pub http: reqwest::Client,
+    /// The CA of its serving certificate.
+    pub ca_path: std::path::PathBuf,
+}
+
+pub fn write(path: &Path, content: impl AsRef<[u8]>) {
+    std::fs::write(path, content).unwrap();
+}
+
+pub async fn start_tls_collector(
+    kubeconfig: &Path,
+    dir: &Path,
+    token: &str,
+) -> (TlsCollector, String) {
+    clusteraudit_io::tls::install_crypto_provider();
+    let ca = CertificateAuthority::generate("collector-ca").unwrap();
+    let serving = ca
+        .issue_server("collector", &["localhost"], &["127.0.0.1".parse().unwrap()])
+        .unwrap();
+    write(&dir.join("collector-ca.crt"), ca.cert_pem());
+    write(&dir.join("collector.crt"), &serving.cert_pem);
+    write(&dir.join("collector.key"), &serving.key_pem);
+    write(&dir.join("webhook-token"), token);
+    // A second way in for webhook callers: a client certificate from this CA.
+    let client_ca = CertificateAuthority::generate("webhook-clients").unwrap();
+    let client = client_ca
+        .issue_client("kube-apiserver-webhook", None)
+        .unwrap();
+    write(&dir.join("webhook-client-ca.crt"), client_ca.cert_pem());
+    write(
+        &dir.join("webhook-client.pem"),
+        format!("{}{}", client.cert_pem, client.key_pem),
+    );
+    let port = free_port().unwrap();
+    let args: Vec<String> = vec![
+        "collector".into(),
+        format!("--data-dir={}", dir.join("data").display()),
+        format!("--listen=127.0.0.1:{port}"),
+        format!("--tls-cert={}", dir.join("collector.crt").display()),
+        format!("--tls-key={}", dir.join("collector.key").display()),
+        format!(
+            "--webhook-token-file={}",
+            dir.join("webhook-token").display()
+        ),
+        format!(
+            "--webhook-client-ca={}",
+            dir.join("webhook-client-ca.crt").display()
+        ),
+        format!("--kubeconfig={}", kubeconfig.display()),
+    ];
+    let process = ManagedProcess::spawn(
+        "collector",
+        Path::new(env!("CARGO_BIN_EXE_clusteraudit")),
+        &args,
+        &dir.join("collector.log"),
+    )
+    .unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = format!("https://127.0.0.1:{port}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = http.get(format!("{url}/readyz")).send().await
+            && response.status().is_success()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the collector never became ready: {}",
+            process.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let webhook_kubeconfig = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "collector", "cluster": {
+            "server": format!("{url}/v1/webhook"),
+            "certificate-authority": dir.join("collector-ca.crt"),
+        }}],
+        "users": [{"name": "kube-apiserver", "user": {"token": token}}],
+        "contexts": [{"name": "webhook", "context": {"cluster": "collector", "user": "kube-apiserver"}}],
+        "current-context": "webhook",
+    });
+    let webhook_config = dir.join("webhook.kubeconfig");
+    write(
+        &webhook_config,
+        serde_json::to_vec_pretty(&webhook_kubeconfig).unwrap(),
+    );
+    (
+        TlsCollector {
+            process,
+            url,
+            http,
+            ca_path: dir.join("collector-ca.crt"),
+        },
+        webhook_config.display().to_string(),
+    )
+}
+
+impl TlsCollector {
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.get(format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("the collector answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Searches the routed topic until `done` holds for the events found, or a minute passes.
+    pub async fn search_until(
+        &self,
+        token: &str,
+        query: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let (_, route) = self.get("/v1/route", Some(token)).await;
+        let topic = route["topicId"].as_str().expect("a route").to_string();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let path = format!(
+                "/v1/topics/{topic}/events?limit=1000&q={}",
+                urlencode(query)
+            );
+            let (status, page) = self.get(&path, Some(token)).await;
+            assert_eq!(status, 200, "{query}: {page}");
+            let events = page["events"].as_array().cloned().unwrap_or_default();
+            if done(&events) || tokio::time::Instant::now() > deadline {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+fn urlencode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}

@@ -1,0 +1,175 @@
+//! The page in a real browser: Debian's Chromium, driven by playwright-core
+//! (tests/ui/browser.mjs), against the collector over TLS with the read API behind TokenReview and
+//! SubjectAccessReview of a real kube-apiserver, holding known events. Screenshots of the search
+//! and the dashboard are saved under target/tmp/ui-screenshots.
+
+use clusteraudit_testkit::{ControlPlane, collector_rbac};
+use serde_json::{Value, json};
+
+const WEBHOOK_TOKEN: &str = "webhook-token-for-the-page";
+
+fn event(id: &str, user: &str, verb: &str, object: Value, code: u16, seconds_ago: i64) -> Value {
+    let at = time::OffsetDateTime::now_utc() - time::Duration::seconds(seconds_ago);
+    let stamp = at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    json!({
+        "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+        "auditID": id, "stage": "ResponseComplete",
+        "requestURI": format!("/{id}"),
+        "verb": verb,
+        "user": {"username": user, "groups": ["system:authenticated"]},
+        "sourceIPs": ["10.0.0.7"],
+        "userAgent": "kubectl/v1.36.3",
+        "objectRef": object,
+        "responseStatus": {"metadata": {}, "code": code},
+        "requestReceivedTimestamp": stamp, "stageTimestamp": stamp,
+        "annotations": {"authorization.k8s.io/decision": if code == 403 { "forbid" } else { "allow" }},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane and Chromium: scripts/test runs it"]
+async fn the_page_searches_and_charts_for_readers_only() {
+    let modules = std::env::var("CLUSTERAUDIT_BROWSER_MODULES").expect(
+        "CLUSTERAUDIT_BROWSER_MODULES names playwright-core's node_modules: run scripts/test (it installs Chromium and playwright-core)",
+    );
+    let chromium =
+        std::env::var("CLUSTERAUDIT_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+
+    let control_plane = ControlPlane::start()
+        .await
+        .expect("the control plane starts");
+    // alice may read audit logs; mallory may not.
+    control_plane
+        .apply_json("collector-rbac", &collector_rbac(&[], &["alice"]))
+        .unwrap();
+    let dir = control_plane.dir().join("page");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (collector, _) =
+        crate::support::start_tls_collector(control_plane.kubeconfig_path(), &dir, WEBHOOK_TOKEN)
+            .await;
+
+    let deployment = |name: &str| json!({"resource": "deployments", "namespace": "shop", "name": name, "apiGroup": "apps", "apiVersion": "v1"});
+    let secret =
+        json!({"resource": "secrets", "namespace": "shop", "name": "db", "apiVersion": "v1"});
+    let events = vec![
+        event(
+            "e2e-create-web",
+            "alice",
+            "create",
+            deployment("web"),
+            201,
+            600,
+        ),
+        event(
+            "e2e-patch-web",
+            "alice",
+            "patch",
+            deployment("web"),
+            200,
+            500,
+        ),
+        event(
+            "e2e-delete-web",
+            "alice",
+            "delete",
+            deployment("web"),
+            200,
+            400,
+        ),
+        event(
+            "e2e-create-secret",
+            "bob",
+            "create",
+            secret.clone(),
+            201,
+            350,
+        ),
+        event("e2e-get-secret", "bob", "get", secret, 200, 300),
+        event(
+            "e2e-exec",
+            "alice",
+            "create",
+            json!({"resource": "pods", "subresource": "exec", "namespace": "shop", "name": "web-0", "apiVersion": "v1"}),
+            101,
+            250,
+        ),
+        event(
+            "e2e-forbidden",
+            "mallory",
+            "list",
+            json!({"resource": "secrets", "namespace": "kube-system", "apiVersion": "v1"}),
+            403,
+            200,
+        ),
+        event(
+            "e2e-rbac",
+            "bob",
+            "create",
+            json!({"resource": "rolebindings", "namespace": "shop", "name": "edit", "apiGroup": "rbac.authorization.k8s.io", "apiVersion": "v1"}),
+            201,
+            150,
+        ),
+        event(
+            "e2e-not-found",
+            "alice",
+            "get",
+            json!({"resource": "configmaps", "namespace": "shop", "name": "missing", "apiVersion": "v1"}),
+            404,
+            100,
+        ),
+    ];
+    let total = events.len();
+    let response = collector
+        .http
+        .post(format!("{}/v1/webhook", collector.url))
+        .bearer_auth(WEBHOOK_TOKEN)
+        .json(&json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {}, "items": events}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let alice = control_plane.user("alice").unwrap().token.clone();
+    let mallory = control_plane.user("mallory").unwrap().token.clone();
+    let found = collector
+        .search_until(&alice, "", |events| events.len() == total)
+        .await;
+    assert_eq!(found.len(), total);
+
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
+    std::fs::create_dir_all(&out).unwrap();
+    for shot in ["search.png", "dashboard.png"] {
+        let _ = std::fs::remove_file(out.join(shot));
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/integration/ui/browser.mjs"
+    );
+    let mut node = std::process::Command::new("node");
+    node.arg(script)
+        .env("CLUSTERAUDIT_BROWSER_MODULES", &modules)
+        .env("CLUSTERAUDIT_CHROMIUM", &chromium)
+        .env("COLLECTOR_URL", &collector.url)
+        .env("READER_TOKEN", &alice)
+        .env("DENIED_TOKEN", &mallory)
+        .env("OUT_DIR", &out);
+    // Each step of the script waits at most 30 s for what it expects.
+    let output = tokio::task::spawn_blocking(move || node.output())
+        .await
+        .unwrap()
+        .expect("node runs");
+    assert!(
+        output.status.success(),
+        "the browser checks failed:\n{}\n{}\ncollector log:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        collector.process.log_tail(30)
+    );
+    for shot in ["search.png", "dashboard.png"] {
+        let size = std::fs::metadata(out.join(shot))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(size > 10_000, "{shot} was saved ({size} bytes)");
+    }
+}
