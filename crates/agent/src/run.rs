@@ -60,7 +60,7 @@ pub struct AgentArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("connecting to the Kubernetes API: {0}")]
-    Client(String),
+    Client(#[source] clusteraudit_io::kubeclient::KubeClientError),
     #[error("the Kubernetes API failed {what}: {source}")]
     Kube {
         what: &'static str,

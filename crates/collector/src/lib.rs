@@ -86,7 +86,7 @@ pub enum CollectorError {
         source: std::io::Error,
     },
     #[error("the Kubernetes client for authorization: {0}")]
-    Kube(String),
+    Kube(#[source] clusteraudit_io::kubeclient::KubeClientError),
 }
 
 /// What the request handlers share.

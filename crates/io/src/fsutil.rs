@@ -1,6 +1,32 @@
-//! Files replaced whole: a reader sees the old content or the new, never half of either.
+//! Files: the one error every role reports a failed file operation with, and files replaced whole
+//! (a reader sees the old content or the new, never half of either).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A file operation that failed: what was being done, to which path, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {path}: {source}")]
+pub struct FileError {
+    pub what: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// For `map_err`: `std::fs::read(&path).map_err(file_error("reading", &path))?`, where the caller's
+/// error type converts from [`FileError`].
+pub fn file_error<'p, E: From<FileError>>(
+    what: &'static str,
+    path: &'p Path,
+) -> impl FnOnce(std::io::Error) -> E + 'p {
+    move |source| {
+        E::from(FileError {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
 
 /// Writes `bytes` to a temporary file in `scratch` (on the same filesystem as `path`), syncs it,
 /// renames it over `path` and syncs the directory, so the new content also survives a crash.

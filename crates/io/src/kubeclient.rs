@@ -1,19 +1,48 @@
 //! A Kubernetes client from an explicit kubeconfig, or from the environment (in-cluster service
 //! account, then $KUBECONFIG / ~/.kube/config), as every role of the binary needs one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, String> {
+#[derive(Debug, thiserror::Error)]
+pub enum KubeClientError {
+    #[error("reading the kubeconfig {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("using the kubeconfig {path}: {source}")]
+    Use {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("finding a kubeconfig or in-cluster service account: {0}")]
+    Infer(#[source] kube::config::InferConfigError),
+    #[error("building the client: {0}")]
+    Build(#[source] kube::Error),
+}
+
+pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, KubeClientError> {
     crate::tls::install_crypto_provider();
     let config = match kubeconfig {
         Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|err| format!("reading {}: {err}", path.display()))?;
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                KubeClientError::Read {
+                    path: path.into(),
+                    source,
+                }
+            })?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
                 .await
-                .map_err(|err| format!("using {}: {err}", path.display()))?
+                .map_err(|source| KubeClientError::Use {
+                    path: path.into(),
+                    source,
+                })?
         }
-        None => kube::Config::infer().await.map_err(|err| err.to_string())?,
+        None => kube::Config::infer()
+            .await
+            .map_err(KubeClientError::Infer)?,
     };
-    kube::Client::try_from(config).map_err(|err| err.to_string())
+    kube::Client::try_from(config).map_err(KubeClientError::Build)
 }

@@ -4,3 +4,5 @@ pub mod fsutil;
 pub mod kubeclient;
 pub mod metrics;
 pub mod tls;
+
+pub use fsutil::{FileError, file_error};

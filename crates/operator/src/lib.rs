@@ -74,7 +74,7 @@ pub struct OperatorArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
     #[error("connecting to the Kubernetes API: {0}")]
-    Client(String),
+    Client(#[source] clusteraudit_io::kubeclient::KubeClientError),
     #[error("reading {path}: {source}")]
     Read {
         path: PathBuf,
