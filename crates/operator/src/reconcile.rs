@@ -591,6 +591,15 @@ mod tests {
         assert!(yaml.contains("audit.k8s.io/v1") && hash.len() == 64);
     }
 
+    /// A request that never left, as a failure to reach the collector.
+    fn unreachable() -> reqwest::Error {
+        clusteraudit_io::tls::install_crypto_provider();
+        reqwest::Client::new()
+            .get("no scheme")
+            .build()
+            .expect_err("not a URL")
+    }
+
     #[test]
     fn sink_errors_map_to_reasons_people_can_act_on() {
         assert_eq!(
@@ -600,7 +609,7 @@ mod tests {
         assert_eq!(
             sink_reason(&SinkError::Unreachable {
                 url: "u".into(),
-                message: "m".into()
+                source: unreachable()
             }),
             "CollectorUnavailable"
         );

@@ -31,8 +31,12 @@ pub enum SinkError {
         status: u16,
         message: String,
     },
-    #[error("the collector at {url} cannot be reached: {message}")]
-    Unreachable { url: String, message: String },
+    #[error("the collector at {url} cannot be reached: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
 }
 
 impl SinkError {
@@ -80,10 +84,13 @@ impl SinkClient {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.map_err(|err| SinkError::Unreachable {
-            url: self.url.clone(),
-            message: err.to_string(),
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|source| SinkError::Unreachable {
+                url: self.url.clone(),
+                source,
+            })?;
         let status = response.status();
         let body = response.json().await.unwrap_or(Value::Null);
         Ok((status, body))
