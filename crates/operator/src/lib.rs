@@ -4,7 +4,6 @@
 //! guard, and reports it all in status, conditions and Events.
 
 pub mod conditions;
-pub mod guard;
 pub mod metrics;
 pub mod plan;
 pub mod reconcile;

@@ -1,6 +1,7 @@
 //! One reconcile of the `ClusterAudit`: gather what the plan needs (the rendered policy, the
-//! sink, the webhook token, the nodes' reports), write what it decides (the revision Secret, the
-//! status by server-side apply, Events), and clean up after it.
+//! sink, the webhook token, the nodes' reports, and the revision Secret it may release), then
+//! carry out the actions it decides (Events, deleting the sink, the status by server-side apply,
+//! collecting old revisions), in order.
 
 use std::{
     path::PathBuf,
@@ -21,15 +22,14 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     runtime::{
         controller::Action,
-        events::{Event, EventType, Recorder},
+        events::{Event as KubeEvent, EventType, Recorder},
     },
 };
 use serde_json::json;
 
 use super::{
-    guard::GuardConfig,
     metrics::Metrics,
-    plan::{self, Desired, Inputs, Sink},
+    plan::{self, Desired, Event, Inputs, Lifecycle, Sink, Tally, guard::GuardConfig},
     sink::{SinkClient, SinkError},
 };
 use clusteraudit_core::{
@@ -39,7 +39,7 @@ use clusteraudit_core::{
             self, NODE_REPORT_LABEL, REVISION_LABEL, WEBHOOK_TOKEN_KEY, WEBHOOK_TOKEN_SECRET,
             node_report_from_lease,
         },
-        revision::{self, ORIGINAL, WebhookTarget},
+        revision::{self, WebhookTarget},
     },
 };
 
@@ -54,9 +54,6 @@ pub const FINALIZER: &str = "clusteraudit.io/sink-cleanup";
 /// The field manager owning the finalizer: apart from the one writing status, so that applying
 /// one never drops the other.
 const FINALIZER_MANAGER: &str = "clusteraudit-finalizer";
-/// How many revision Secrets beyond those in use are kept (to see what changed, and to roll back
-/// by hand).
-const KEPT_REVISIONS: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -143,15 +140,16 @@ impl Context {
         ))
     }
 
-    async fn publish(&self, audit: &ClusterAudit, warning: bool, reason: &str, note: String) {
-        let event = Event {
-            type_: if warning {
+    async fn publish(&self, audit: &ClusterAudit, event: Event) {
+        let reason = event.reason;
+        let event = KubeEvent {
+            type_: if event.warning {
                 EventType::Warning
             } else {
                 EventType::Normal
             },
             reason: reason.to_string(),
-            note: Some(note),
+            note: Some(event.note),
             action: "Reconcile".into(),
             secondary: None,
         };
@@ -194,10 +192,15 @@ async fn reconcile_inner(
         return Ok(Action::await_change());
     }
     let audits: Api<ClusterAudit> = Api::all(context.client.clone());
-    if audit.metadata.deletion_timestamp.is_some() {
-        return finalize(audit, context, &audits).await;
+    let lifecycle = plan::lifecycle(Lifecycle {
+        deleting: audit.metadata.deletion_timestamp.is_some(),
+        has_finalizer: audit.finalizers().iter().any(|f| f == FINALIZER),
+        delete_on_disable: audit.spec.sink.delete_on_disable,
+        sink: audit.status.as_ref().and_then(|s| s.sink.as_ref()),
+    });
+    if let Some(done) = execute(audit, context, &audits, lifecycle).await? {
+        return Ok(done);
     }
-    ensure_finalizer(audit, &audits).await?;
 
     let now = SystemTime::now();
     let previous = audit.status.clone().unwrap_or_default();
@@ -212,9 +215,9 @@ async fn reconcile_inner(
         .collect();
 
     let spec = &audit.spec;
-    let (desired, sink, revision) = match validate(spec) {
-        Err(message) => (Desired::Invalid { message }, Sink::NotChecked, None),
-        Ok(_) if !spec.enabled => (Desired::Off, Sink::NotChecked, None),
+    let (desired, sink) = match validate(spec) {
+        Err(message) => (Desired::Invalid { message }, Sink::NotChecked),
+        Ok(_) if !spec.enabled => (Desired::Off, Sink::NotChecked),
         Ok((policy_yaml, policy_hash)) => {
             let sink = match context
                 .sink_client()?
@@ -246,71 +249,88 @@ async fn reconcile_inner(
             ensure_revision_secret(audit, context, &revision).await?;
             (
                 Desired::Revision {
-                    name: revision.name.clone(),
+                    name: revision.name,
                     policy_hash,
                 },
                 sink,
-                Some(revision),
             )
         }
     };
-    let guard = guard_config(spec);
-    let plan = plan::plan(Inputs {
+    let actions = plan::plan(Inputs {
         now,
         generation: audit.metadata.generation,
         previous: &previous,
         desired,
         sink,
-        guard,
+        delete_on_disable: spec.sink.delete_on_disable,
+        guard: guard_config(spec),
         reports: &reports,
         force_rollout: audit
             .annotations()
             .get(FORCE_ROLLOUT_ANNOTATION)
             .map(String::as_str),
     });
-    let mut status = plan.status;
-    for event in &plan.events {
-        context
-            .publish(audit, event.warning, event.reason, event.note.clone())
-            .await;
+    let done = execute(audit, context, &audits, actions).await?;
+    Ok(done.expect("a plan ends with when to look again"))
+}
+
+/// Carries out `actions` in order, stopping at the first that fails. Returns what the controller
+/// does next once an action ends the reconcile, None when none did.
+async fn execute(
+    audit: &ClusterAudit,
+    context: &Context,
+    audits: &Api<ClusterAudit>,
+    actions: Vec<plan::Action>,
+) -> Result<Option<Action>, ReconcileError> {
+    for action in actions {
+        match action {
+            plan::Action::SetFinalizer(present) => apply_finalizer(audits, present).await?,
+            plan::Action::Publish(event) => context.publish(audit, event).await,
+            plan::Action::Count(Tally::RolloutStarted) => {
+                context.metrics.rollouts.inc();
+            }
+            plan::Action::Count(Tally::Throttled) => {
+                context.metrics.throttled.inc();
+            }
+            plan::Action::DeleteSink { sink, announce } => {
+                let deleted = context.sink_client()?.delete_created(&sink).await?;
+                if announce {
+                    let note = format!("{deleted} (deleteOnDisable)");
+                    context
+                        .publish(
+                            audit,
+                            Event {
+                                warning: false,
+                                reason: "SinkDeleted",
+                                note,
+                            },
+                        )
+                        .await;
+                }
+            }
+            plan::Action::WriteStatus(status) => {
+                let patch = json!({
+                    "apiVersion": ClusterAudit::api_version(&()),
+                    "kind": ClusterAudit::kind(&()),
+                    "status": status,
+                });
+                audits
+                    .patch_status(
+                        SINGLETON_NAME,
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(&patch),
+                    )
+                    .await
+                    .map_err(kube("writing the status"))?;
+            }
+            plan::Action::CollectRevisions { in_use, spare } => {
+                collect_old_revisions(context, &in_use, spare).await?;
+            }
+            plan::Action::RequeueAfter(after) => return Ok(Some(Action::requeue(after))),
+            plan::Action::AwaitChange => return Ok(Some(Action::await_change())),
+        }
     }
-    if plan.released {
-        context.metrics.rollouts.inc();
-    }
-    if plan.throttled {
-        context.metrics.throttled.inc();
-    }
-    if spec.sink.delete_on_disable
-        && plan::disabled_everywhere(&status)
-        && let Some(sink) = &status.sink
-        && (sink.created.logset || sink.created.topic)
-    {
-        let deleted = context.sink_client()?.delete_created(sink).await?;
-        context
-            .publish(
-                audit,
-                false,
-                "SinkDeleted",
-                format!("{deleted} (deleteOnDisable)"),
-            )
-            .await;
-        status.sink = None;
-    }
-    let patch = json!({
-        "apiVersion": ClusterAudit::api_version(&()),
-        "kind": ClusterAudit::kind(&()),
-        "status": status,
-    });
-    audits
-        .patch_status(
-            SINGLETON_NAME,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(kube("writing the status"))?;
-    collect_old_revisions(context, &status, revision.as_ref().map(|r| r.name.as_str())).await?;
-    Ok(Action::requeue(plan.requeue_after))
+    Ok(None)
 }
 
 /// What CEL cannot check: the rules' meaning (a rule for both resources and non-resource URLs,
@@ -475,11 +495,11 @@ async fn ensure_revision_secret(
     Ok(())
 }
 
-/// Deletes revision Secrets nothing refers to, beyond the few newest.
+/// Deletes the revision Secrets not in use, beyond the `spare` newest of them.
 async fn collect_old_revisions(
     context: &Context,
-    status: &clusteraudit_core::api::ClusterAuditStatus,
-    just_built: Option<&str>,
+    in_use: &[String],
+    spare: usize,
 ) -> Result<(), ReconcileError> {
     let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &context.namespace);
     let mut list = secrets
@@ -487,25 +507,16 @@ async fn collect_old_revisions(
         .await
         .map_err(kube("listing revision Secrets"))?
         .items;
-    let mut in_use: Vec<&str> = just_built.into_iter().collect();
-    if let Some(revision) = &status.revision {
-        in_use.extend(revision.latest.as_deref());
-        in_use.extend(revision.desired.as_deref());
-        for node in &revision.nodes {
-            in_use.extend(node.current.as_deref());
-            in_use.extend(node.target.as_deref());
-        }
-    }
     list.sort_by(|a, b| {
         b.metadata
             .creation_timestamp
             .cmp(&a.metadata.creation_timestamp)
     });
     let unused = list.iter().filter(|secret| {
-        let name = secret.labels().get(REVISION_LABEL).map(String::as_str);
-        name.is_some_and(|n| !in_use.contains(&n) && n != ORIGINAL)
+        let name = secret.labels().get(REVISION_LABEL);
+        name.is_some_and(|n| !in_use.contains(n))
     });
-    for secret in unused.skip(KEPT_REVISIONS) {
+    for secret in unused.skip(spare) {
         match secrets
             .delete(&secret.name_any(), &DeleteParams::default())
             .await
@@ -516,20 +527,6 @@ async fn collect_old_revisions(
         }
     }
     Ok(())
-}
-
-/// The finalizer exists only while there is something outside the cluster to clean up: a sink
-/// the operator created, with deleteOnDisable.
-async fn ensure_finalizer(
-    audit: &ClusterAudit,
-    audits: &Api<ClusterAudit>,
-) -> Result<(), ReconcileError> {
-    let has = audit.finalizers().iter().any(|f| f == FINALIZER);
-    let wants = audit.spec.sink.delete_on_disable;
-    if has == wants {
-        return Ok(());
-    }
-    apply_finalizer(audits, wants).await
 }
 
 /// The operator's finalizer by server-side apply: finalizers are a set, so applying the
@@ -550,25 +547,6 @@ async fn apply_finalizer(audits: &Api<ClusterAudit>, present: bool) -> Result<()
         .await
         .map_err(kube("updating the finalizer"))?;
     Ok(())
-}
-
-/// The ClusterAudit is going away: the agents restore the original manifests on their own (the
-/// object is gone); the operator deletes the sink it created, then lets the object go.
-async fn finalize(
-    audit: &ClusterAudit,
-    context: &Context,
-    audits: &Api<ClusterAudit>,
-) -> Result<Action, ReconcileError> {
-    if !audit.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(Action::await_change());
-    }
-    if let Some(sink) = audit.status.as_ref().and_then(|s| s.sink.as_ref())
-        && (sink.created.logset || sink.created.topic)
-    {
-        context.sink_client()?.delete_created(sink).await?;
-    }
-    apply_finalizer(audits, false).await?;
-    Ok(Action::await_change())
 }
 
 #[cfg(test)]

@@ -1,0 +1,147 @@
+//! The policy: whether the spec could be rendered, and which revision it asks the nodes to run.
+//! A new ask restarts the settle time, since edits made close together are one change.
+
+use super::{Desired, Draft};
+use crate::conditions::{Observed, POLICY_RENDERED, READY};
+use clusteraudit_core::rollout::revision::ORIGINAL;
+
+/// Returns the revision the nodes should run ([`ORIGINAL`] when auditing is off), or None for a
+/// spec that cannot be rolled out, which leaves everything but its conditions as it was.
+pub(super) fn plan(draft: &mut Draft<'_>, desired: Desired) -> Option<String> {
+    let (desired_name, policy_hash) = match desired {
+        Desired::Invalid { message } => {
+            if !draft.previously(READY, "InvalidSpec") {
+                draft.event(true, "InvalidSpec", message.clone());
+            }
+            for type_ in [READY, POLICY_RENDERED] {
+                draft.set(Observed {
+                    type_,
+                    status: false,
+                    reason: "InvalidSpec",
+                    message: message.clone(),
+                });
+            }
+            return None;
+        }
+        Desired::Revision { name, policy_hash } => (name, Some(policy_hash)),
+        Desired::Off => (ORIGINAL.to_string(), None),
+    };
+    draft.set(Observed {
+        type_: POLICY_RENDERED,
+        status: true,
+        reason: if policy_hash.is_some() {
+            "Rendered"
+        } else {
+            "AuditingDisabled"
+        },
+        message: match &policy_hash {
+            Some(hash) => format!(
+                "policy {} rendered as revision {desired_name}",
+                &hash[..12.min(hash.len())]
+            ),
+            None => "auditing is off; no policy is rendered".into(),
+        },
+    });
+    draft.status.policy_hash = policy_hash;
+
+    let revision = draft.status.revision.get_or_insert_default();
+    if revision.desired.as_deref() != Some(desired_name.as_str()) {
+        revision.desired = Some(desired_name.clone());
+        draft.status.guard.get_or_insert_default().desired_since = Some(draft.now_time.clone());
+        if desired_name != ORIGINAL {
+            draft.event(
+                false,
+                "RevisionCreated",
+                format!("the spec asks for revision {desired_name}"),
+            );
+        }
+    }
+    Some(desired_name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{super::testing::*, *};
+    use clusteraudit_core::api::ClusterAuditStatus;
+
+    #[test]
+    fn a_revision_is_rendered_and_asked_for_once() {
+        let previous = ClusterAuditStatus::default();
+        let mut draft = Draft::new(at(0), Some(1), &previous);
+        assert_eq!(plan(&mut draft, rev("rev-1")).as_deref(), Some("rev-1"));
+        assert_eq!(
+            condition(&draft.status, POLICY_RENDERED),
+            ("True", "Rendered")
+        );
+        let rendered = &draft.status.conditions[0];
+        assert_eq!(
+            rendered.message,
+            "policy 0123456789ab rendered as revision rev-1"
+        );
+        assert_eq!(published(&draft.actions), ["RevisionCreated"]);
+        let guard = draft.status.guard.as_ref().unwrap();
+        assert_eq!(guard.desired_since, Some(draft.now_time.clone()));
+
+        // Asked for again later: no new Event, and the settle time keeps running from the ask.
+        let previous = draft.status.clone();
+        let mut again = Draft::new(at(20), Some(1), &previous);
+        plan(&mut again, rev("rev-1"));
+        assert!(again.actions.is_empty());
+        assert_eq!(again.status.guard, previous.guard);
+    }
+
+    #[test]
+    fn turning_auditing_off_renders_nothing_and_asks_for_the_original_manifests() {
+        let (previous, _) = rolled_out("rev-1", 0, &["a"]);
+        let mut draft = Draft::new(at(400), Some(2), &previous);
+        assert_eq!(plan(&mut draft, Desired::Off).as_deref(), Some(ORIGINAL));
+        assert_eq!(
+            condition(&draft.status, POLICY_RENDERED),
+            ("True", "AuditingDisabled")
+        );
+        assert_eq!(draft.status.policy_hash, None);
+        let revision = draft.status.revision.as_ref().unwrap();
+        assert_eq!(revision.desired.as_deref(), Some(ORIGINAL));
+        assert_eq!(revision.latest.as_deref(), Some("rev-1"));
+        assert!(
+            draft.actions.is_empty(),
+            "no RevisionCreated for the original manifests"
+        );
+        let guard = draft.status.guard.as_ref().unwrap();
+        assert_eq!(guard.desired_since, Some(draft.now_time.clone()));
+    }
+
+    #[test]
+    fn an_invalid_spec_changes_nothing_but_its_conditions() {
+        let (status, reports) = rolled_out("rev-1", 0, &["a"]);
+        let invalid = run(
+            at(500),
+            &status,
+            Desired::Invalid {
+                message: "spec.policy.rules[0].nonResourceURLs: a rule cannot apply to both".into(),
+            },
+            &reports,
+        );
+        assert!(!invalid.released && !invalid.throttled);
+        assert_eq!(condition(&invalid, READY), ("False", "InvalidSpec"));
+        assert_eq!(
+            condition(&invalid, POLICY_RENDERED),
+            ("False", "InvalidSpec")
+        );
+        assert_eq!(invalid.status.revision, status.revision);
+        assert_eq!(invalid.status.guard, status.guard);
+        assert_eq!(reasons(&invalid), ["InvalidSpec"]);
+        let again = run(
+            at(600),
+            &invalid.status,
+            Desired::Invalid {
+                message: "same".into(),
+            },
+            &reports,
+        );
+        assert!(
+            again.events.is_empty(),
+            "no Event storm for a spec still invalid"
+        );
+    }
+}
