@@ -598,15 +598,13 @@ async fn read_request(
 }
 
 pub fn now_micros() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as i64
+    jiff::Timestamp::now().as_microsecond()
 }
 
 /// RFC 3339, or a duration before now (`24h`, `15m`).
 pub fn parse_time(text: &str, now: i64) -> Result<i64, String> {
-    if let Ok(at) =
-        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-    {
-        return Ok((at.unix_timestamp_nanos() / 1_000) as i64);
+    if let Ok(at) = text.parse::<jiff::Timestamp>() {
+        return Ok(at.as_microsecond());
     }
     humantime::parse_duration(text)
         .map(|ago| now - ago.as_micros() as i64)

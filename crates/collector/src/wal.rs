@@ -11,6 +11,7 @@
 //! writer never waits for it, so a slow index commit never delays an acknowledgement, and records
 //! waiting to be indexed cost disk, not memory.
 
+use clusteraudit_io::FileError;
 use std::{
     fs::{File, OpenOptions},
     io::{BufReader, Read, Write},
@@ -33,13 +34,8 @@ pub const MAX_RECORD_BYTES: usize = 256 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
-    #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("the write-ahead log has stopped")]
     Stopped,
     #[error("a record of {0} bytes is over the limit")]
@@ -47,11 +43,7 @@ pub enum WalError {
 }
 
 fn io<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> WalError + 'p {
-    move |source| WalError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
+    clusteraudit_io::file_error(what, path)
 }
 
 struct Append {
@@ -354,11 +346,11 @@ impl WalReader {
                 None => self.file = None,
             }
         }
-        Err(WalError::Io {
+        Err(WalError::File(FileError {
             what: "reading",
             path: segment_path(&self.dir, self.position),
             source: std::io::Error::other("the log ends before its durable position"),
-        })
+        }))
     }
 }
 

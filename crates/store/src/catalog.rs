@@ -1,5 +1,6 @@
 //! Logsets, topics and the webhook's route, in one small JSON file replaced atomically.
 
+use clusteraudit_io::FileError;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -41,9 +42,7 @@ pub struct Catalog {
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
 
 fn now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    jiff::Timestamp::now().to_string()
 }
 
 fn new_id(prefix: &str) -> String {
@@ -72,11 +71,11 @@ impl Catalog {
             })?,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Contents::default(),
             Err(source) => {
-                return Err(StoreError::Io {
+                return Err(StoreError::File(FileError {
                     what: "reading",
                     path: path.into(),
                     source,
-                });
+                }));
             }
         };
         let mut catalog = Catalog {
@@ -96,11 +95,11 @@ impl Catalog {
         let bytes = serde_json::to_vec_pretty(&self.contents).expect("the catalog serializes");
         let dir = self.path.parent().unwrap_or(Path::new("."));
         clusteraudit_io::fsutil::write_atomically(dir, &self.path, &bytes).map_err(|source| {
-            StoreError::Io {
+            StoreError::File(FileError {
                 what: "replacing",
                 path: self.path.clone(),
                 source,
-            }
+            })
         })
     }
 

@@ -1,6 +1,7 @@
 //! One time window of one topic: a tantivy index of the filter fields, with the raw event kept
 //! in its compressed document store.
 
+use clusteraudit_io::FileError;
 use std::path::{Path, PathBuf};
 
 use tantivy::{
@@ -98,9 +99,8 @@ pub fn event_time(event: &Event) -> Option<i64> {
         .stage_timestamp
         .as_deref()
         .or(event.request_received_timestamp.as_deref())?;
-    let parsed =
-        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
-    Some((parsed.unix_timestamp_nanos() / 1_000) as i64)
+    let parsed: jiff::Timestamp = text.parse().ok()?;
+    Some(parsed.as_microsecond())
 }
 
 pub fn document(fields: &Fields, event: &Event, time: i64, raw: &[u8]) -> TantivyDocument {
@@ -179,10 +179,12 @@ const WRITER_MEMORY: usize = 48 * 1024 * 1024;
 
 impl Window {
     pub fn open(path: &Path, schema: &Schema) -> Result<Window, StoreError> {
-        std::fs::create_dir_all(path).map_err(|source| StoreError::Io {
-            what: "creating",
-            path: path.into(),
-            source,
+        std::fs::create_dir_all(path).map_err(|source| {
+            StoreError::File(FileError {
+                what: "creating",
+                path: path.into(),
+                source,
+            })
         })?;
         let directory = tantivy::directory::MmapDirectory::open(path)
             .map_err(|err| StoreError::index(path, err))?;

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod index;
 pub mod query;
 
+use clusteraudit_io::FileError;
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -29,15 +30,14 @@ use clusteraudit_core::{audit::Event, query::Query};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("the index at {path}: {source}")]
+    Index {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: tantivy::TantivyError,
     },
-    #[error("the index at {path}: {message}")]
-    Index { path: PathBuf, message: String },
     #[error("no logset {0:?}")]
     LogsetNotFound(String),
     #[error("no topic {0:?}")]
@@ -53,10 +53,10 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn index(path: &Path, err: impl std::fmt::Display) -> Self {
+    pub(crate) fn index(path: &Path, source: impl Into<tantivy::TantivyError>) -> Self {
         StoreError::Index {
             path: path.into(),
-            message: err.to_string(),
+            source: source.into(),
         }
     }
 }
@@ -68,25 +68,23 @@ fn day_of(time: i64) -> i64 {
 }
 
 fn day_dir_name(day: i64) -> String {
-    let date = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(day);
-    format!(
-        "{:04}{:02}{:02}",
-        date.year(),
-        u8::from(date.month()),
-        date.day()
-    )
+    let date = jiff::Timestamp::from_second(day * 86_400)
+        .expect("a day of a parsed event time is within jiff's range")
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date();
+    format!("{:04}{:02}{:02}", date.year(), date.month(), date.day())
 }
 
 fn parse_day_dir(name: &str) -> Option<i64> {
     if name.len() != 8 {
         return None;
     }
-    let year: i32 = name[..4].parse().ok()?;
-    let month: u8 = name[4..6].parse().ok()?;
-    let day: u8 = name[6..].parse().ok()?;
-    let date =
-        time::Date::from_calendar_date(year, time::Month::try_from(month).ok()?, day).ok()?;
-    Some((date - time::Date::from_calendar_date(1970, time::Month::January, 1).ok()?).whole_days())
+    let year: i16 = name[..4].parse().ok()?;
+    let month: i8 = name[4..6].parse().ok()?;
+    let day: i8 = name[6..].parse().ok()?;
+    let date = jiff::civil::Date::new(year, month, day).ok()?;
+    let days = jiff::civil::date(1970, 1, 1).until(date).ok()?.get_days();
+    Some(i64::from(days))
 }
 
 /// A page of search results, newest first.
@@ -174,10 +172,12 @@ pub struct Store {
 
 impl Store {
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(root.join("topics")).map_err(|source| StoreError::Io {
-            what: "creating",
-            path: root.into(),
-            source,
+        std::fs::create_dir_all(root.join("topics")).map_err(|source| {
+            StoreError::File(FileError {
+                what: "creating",
+                path: root.into(),
+                source,
+            })
         })?;
         let (schema, fields) = index::schema();
         let catalog = Catalog::open(&root.join("catalog.json"))?;
@@ -607,10 +607,12 @@ impl Store {
                 if day <= today - retention as i64 {
                     self.windows().remove(&(topic.clone(), day));
                     let path = entry.path();
-                    std::fs::remove_dir_all(&path).map_err(|source| StoreError::Io {
-                        what: "deleting",
-                        path: path.clone(),
-                        source,
+                    std::fs::remove_dir_all(&path).map_err(|source| {
+                        StoreError::File(FileError {
+                            what: "deleting",
+                            path: path.clone(),
+                            source,
+                        })
                     })?;
                     deleted.push(path);
                 }
@@ -626,11 +628,11 @@ impl Store {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StoreError::Io {
+            Err(source) => Err(StoreError::File(FileError {
                 what: "deleting",
                 path: dir,
                 source,
-            }),
+            })),
         }
     }
 }
