@@ -9,10 +9,7 @@ use serde_json::{Value, json};
 const WEBHOOK_TOKEN: &str = "webhook-token-for-the-page";
 
 fn event(id: &str, user: &str, verb: &str, object: Value, code: u16, seconds_ago: i64) -> Value {
-    let at = time::OffsetDateTime::now_utc() - time::Duration::seconds(seconds_ago);
-    let stamp = at
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap();
+    let stamp = (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(seconds_ago)).to_string();
     json!({
         "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
         "auditID": id, "stage": "ResponseComplete",
