@@ -3,5 +3,6 @@
 
 pub mod node;
 pub mod run;
+pub mod step;
 
 pub use run::{AgentArgs, AgentError, run};

@@ -6,16 +6,20 @@
 //! ready. If it is not ready within the health timeout, the last known good manifest goes back
 //! and the failure is reported; the same revision is never retried by itself. Progress is kept
 //! in a state file, so an agent restarted midway resumes without restarting kube-apiserver again.
+//!
+//! What to do next is decided in [`crate::step`]; this carries it out on the node.
 
 use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use serde::{Deserialize, Serialize};
-
 use clusteraudit_core::rollout::manifest::{ManifestError, apply_audit};
 use clusteraudit_core::rollout::revision::Revision;
+use clusteraudit_io::{FileError, file_error};
+
+pub use crate::step::NodeState;
+use crate::step::{Action, Facts, Goal, Outcome, Rollout};
 
 /// Where things are on this node.
 #[derive(Clone, Debug)]
@@ -30,13 +34,10 @@ pub struct NodePaths {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("building the readiness client: {0}")]
+    ReadinessClient(#[source] reqwest::Error),
     #[error("the manifest cannot be edited: {0}")]
     Manifest(#[from] ManifestError),
     #[error("the state file {path} is damaged: {message}")]
@@ -56,26 +57,6 @@ pub enum NodeError {
     NotRestored(Duration),
 }
 
-fn io<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> NodeError + 'p {
-    move |source| NodeError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// What the agent remembers on the node.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeState {
-    /// The revision the running kube-apiserver was last seen ready with.
-    pub current: Option<String>,
-    /// A revision being applied: the manifest may already name it.
-    pub applying: Option<String>,
-    pub last_failed: Option<String>,
-    pub reason: Option<String>,
-}
-
 pub struct Node {
     paths: NodePaths,
     http: reqwest::Client,
@@ -88,18 +69,15 @@ const STATE: &str = "state.json";
 impl Node {
     pub fn new(paths: NodePaths) -> Result<Node, NodeError> {
         clusteraudit_io::tls::install_crypto_provider();
-        std::fs::create_dir_all(&paths.state_dir).map_err(io("creating", &paths.state_dir))?;
+        std::fs::create_dir_all(&paths.state_dir)
+            .map_err(file_error::<NodeError>("creating", &paths.state_dir))?;
         // Like the kubelet's probes, readiness is asked of the local endpoint without checking
         // its certificate: the answer matters, not who gives it.
         let http = reqwest::Client::builder()
             .tls_danger_accept_invalid_certs(true)
             .timeout(Duration::from_secs(2))
             .build()
-            .map_err(|err| NodeError::Io {
-                what: "building the readiness client for",
-                path: paths.state_dir.clone(),
-                source: std::io::Error::other(err),
-            })?;
+            .map_err(NodeError::ReadinessClient)?;
         Ok(Node { paths, http })
     }
 
@@ -111,33 +89,29 @@ impl Node {
                 message: err.to_string(),
             }),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(NodeState::default()),
-            Err(source) => Err(NodeError::Io {
+            Err(source) => Err(FileError {
                 what: "reading",
                 path,
                 source,
-            }),
+            }
+            .into()),
         }
     }
 
     fn save_state(&self, state: &NodeState) -> Result<(), NodeError> {
         let bytes = serde_json::to_vec_pretty(state).expect("the state serializes");
-        write_atomically(
-            &self.paths.state_dir,
-            &self.paths.state_dir.join(STATE),
-            &bytes,
-        )
+        self.replace(&self.paths.state_dir.join(STATE), &bytes)
     }
 
-    /// The manifest found before auditing, saved the first time the agent touches it.
-    fn original(&self) -> Result<Vec<u8>, NodeError> {
-        let saved = self.paths.state_dir.join(ORIGINAL);
-        if let Ok(bytes) = std::fs::read(&saved) {
-            return Ok(bytes);
-        }
-        let bytes =
-            std::fs::read(&self.paths.manifest).map_err(io("reading", &self.paths.manifest))?;
-        write_atomically(&self.paths.state_dir, &saved, &bytes)?;
-        Ok(bytes)
+    fn read(&self, path: &Path) -> Result<Vec<u8>, NodeError> {
+        std::fs::read(path).map_err(file_error("reading", path))
+    }
+
+    /// Replaces a file whole, with the temporary file in the agent's own directory, never the
+    /// manifest directory.
+    fn replace(&self, path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
+        clusteraudit_io::fsutil::write_atomically(&self.paths.state_dir, path, bytes)
+            .map_err(file_error("replacing", path))
     }
 
     /// Brings this node to `revision`, or back to where it was if the revision does not come up.
@@ -146,108 +120,148 @@ impl Node {
         revision: &Revision,
         health_timeout: Duration,
     ) -> Result<NodeState, NodeError> {
-        let mut state = self.state()?;
-        if state.current.as_deref() == Some(&revision.name) && state.applying.is_none() {
-            return Ok(state);
-        }
-        if state.last_failed.as_deref() == Some(&revision.name) {
-            return Err(NodeError::KnownBad(revision.name.clone()));
-        }
-        self.original()?;
-        let current =
-            std::fs::read(&self.paths.manifest).map_err(io("reading", &self.paths.manifest))?;
+        let state = self.state()?;
+        let current = self.read(&self.paths.manifest)?;
         let settings = revision.audit_settings(&self.paths.state_dir.display().to_string());
         let desired = apply_audit(&String::from_utf8_lossy(&current), &settings)?;
-
-        if state.applying.as_deref() != Some(&revision.name) || current != desired.as_bytes() {
-            // The files first, so the manifest never names a file that is not there yet.
-            let dir = PathBuf::from(&settings.dir);
-            std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
-            for (name, content) in &revision.files {
-                write_atomically(&self.paths.state_dir, &dir.join(name), content.as_bytes())?;
-            }
-            if state.applying.is_none() {
-                write_atomically(
-                    &self.paths.state_dir,
-                    &self.paths.state_dir.join(LAST_GOOD),
-                    &current,
-                )?;
-            }
-            state.applying = Some(revision.name.clone());
-            self.save_state(&state)?;
-            if current != desired.as_bytes() {
-                write_atomically(
-                    &self.paths.state_dir,
-                    &self.paths.manifest,
-                    desired.as_bytes(),
-                )?;
+        let mut facts = Facts {
+            state,
+            original_saved: self.audited(),
+            manifest_matches: current == desired.as_bytes(),
+        };
+        let mut rollout = Rollout::new(Goal::Revision(revision.name.clone()), health_timeout);
+        let mut ready = None;
+        loop {
+            match rollout.step(&facts, ready.take(), Instant::now()) {
+                Action::SaveOriginal => {
+                    self.replace(&self.paths.state_dir.join(ORIGINAL), &current)?;
+                    facts.original_saved = true;
+                }
+                Action::Apply {
+                    last_good,
+                    manifest,
+                    state,
+                } => {
+                    let dir = PathBuf::from(&settings.dir);
+                    std::fs::create_dir_all(&dir)
+                        .map_err(file_error::<NodeError>("creating", &dir))?;
+                    for (name, content) in &revision.files {
+                        self.replace(&dir.join(name), content.as_bytes())?;
+                    }
+                    if last_good {
+                        self.replace(&self.paths.state_dir.join(LAST_GOOD), &current)?;
+                    }
+                    self.save_state(&state)?;
+                    facts.state = state;
+                    if manifest {
+                        self.replace(&self.paths.manifest, desired.as_bytes())?;
+                    }
+                    facts.manifest_matches = true;
+                }
+                Action::CheckHealth { .. } => ready = Some(self.ready().await),
+                Action::WaitUntil(at) => tokio::time::sleep_until(at.into()).await,
+                Action::FallBack { reason } => {
+                    tracing::warn!(revision = %revision.name, %reason, "putting the last known good manifest back");
+                    let bytes = self.read(&self.paths.state_dir.join(LAST_GOOD))?;
+                    self.replace(&self.paths.manifest, &bytes)?;
+                    facts.manifest_matches = false;
+                }
+                Action::Restore | Action::Forget => {
+                    unreachable!("applying a revision never restores the original")
+                }
+                Action::Finish { save, outcome } => {
+                    if let Some(state) = save {
+                        self.save_state(&state)?;
+                        facts.state = state;
+                    }
+                    return match outcome {
+                        Outcome::Current { waited } => {
+                            if let Some(waited) = waited {
+                                tracing::info!(
+                                    revision = %revision.name,
+                                    manifest_written_to_ready_ms = waited.as_millis() as u64,
+                                    "the kube-apiserver is ready with the revision"
+                                );
+                            }
+                            Ok(facts.state)
+                        }
+                        Outcome::KnownBad => Err(NodeError::KnownBad(revision.name.clone())),
+                        Outcome::FellBack { restored, .. } => Err(NodeError::FellBack {
+                            revision: revision.name.clone(),
+                            timeout: health_timeout,
+                            restored: if restored {
+                                "ready again"
+                            } else {
+                                "not ready yet"
+                            }
+                            .into(),
+                        }),
+                        Outcome::Restored | Outcome::NotRestored => {
+                            unreachable!("applying a revision never restores the original")
+                        }
+                    };
+                }
             }
         }
-        // Resuming after a crash lands here too: the manifest already names the revision.
-        let waiting = Instant::now();
-        if self.wait_restarted_and_ready(health_timeout).await {
-            tracing::info!(
-                revision = %revision.name,
-                manifest_written_to_ready_ms = waiting.elapsed().as_millis() as u64,
-                "the kube-apiserver is ready with the revision"
-            );
-            state.current = Some(revision.name.clone());
-            state.applying = None;
-            self.save_state(&state)?;
-            return Ok(state);
-        }
-        let good = self.paths.state_dir.join(LAST_GOOD);
-        let bytes = std::fs::read(&good).map_err(io("reading", &good))?;
-        write_atomically(&self.paths.state_dir, &self.paths.manifest, &bytes)?;
-        let restored = self.wait_restarted_and_ready(health_timeout).await;
-        state.applying = None;
-        state.last_failed = Some(revision.name.clone());
-        state.reason = Some(format!("not ready within {health_timeout:?}"));
-        self.save_state(&state)?;
-        Err(NodeError::FellBack {
-            revision: revision.name.clone(),
-            timeout: health_timeout,
-            restored: if restored {
-                "ready again"
-            } else {
-                "not ready yet"
-            }
-            .into(),
-        })
     }
 
     /// Turns auditing off: the manifest found before auditing goes back, byte for byte.
     pub async fn restore_original(&self, health_timeout: Duration) -> Result<(), NodeError> {
-        let saved = self.paths.state_dir.join(ORIGINAL);
-        let Ok(original) = std::fs::read(&saved) else {
-            return Ok(());
+        let original = std::fs::read(self.paths.state_dir.join(ORIGINAL)).ok();
+        let manifest_matches = match &original {
+            Some(original) => self.read(&self.paths.manifest)? == *original,
+            None => false,
         };
-        let current =
-            std::fs::read(&self.paths.manifest).map_err(io("reading", &self.paths.manifest))?;
-        if current != original {
-            write_atomically(&self.paths.state_dir, &self.paths.manifest, &original)?;
-            if !self.wait_restarted_and_ready(health_timeout).await {
-                return Err(NodeError::NotRestored(health_timeout));
-            }
-        }
-        self.save_state(&NodeState::default())?;
-        // The next time auditing is switched on, the manifest found then is the original: it
-        // may have been upgraded in between.
-        for file in [ORIGINAL, LAST_GOOD] {
-            let path = self.paths.state_dir.join(file);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(NodeError::Io {
-                        what: "removing",
-                        path,
-                        source,
-                    });
+        let mut facts = Facts {
+            state: NodeState::default(),
+            original_saved: original.is_some(),
+            manifest_matches,
+        };
+        let mut rollout = Rollout::new(Goal::Original, health_timeout);
+        let mut ready = None;
+        loop {
+            match rollout.step(&facts, ready.take(), Instant::now()) {
+                Action::Restore => {
+                    let original = original.as_deref().expect("restoring needs the original");
+                    self.replace(&self.paths.manifest, original)?;
+                    facts.manifest_matches = true;
+                }
+                Action::CheckHealth { .. } => ready = Some(self.ready().await),
+                Action::WaitUntil(at) => tokio::time::sleep_until(at.into()).await,
+                Action::Forget => {
+                    self.save_state(&NodeState::default())?;
+                    for file in [ORIGINAL, LAST_GOOD] {
+                        let path = self.paths.state_dir.join(file);
+                        match std::fs::remove_file(&path) {
+                            Ok(()) => {}
+                            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(source) => {
+                                return Err(FileError {
+                                    what: "removing",
+                                    path,
+                                    source,
+                                }
+                                .into());
+                            }
+                        }
+                    }
+                    facts = Facts::default();
+                }
+                Action::Finish { save, outcome } => {
+                    if let Some(state) = save {
+                        self.save_state(&state)?;
+                    }
+                    return match outcome {
+                        Outcome::Restored => Ok(()),
+                        Outcome::NotRestored => Err(NodeError::NotRestored(health_timeout)),
+                        other => unreachable!("restoring the original ends {other:?}"),
+                    };
+                }
+                Action::SaveOriginal | Action::Apply { .. } | Action::FallBack { .. } => {
+                    unreachable!("restoring the original applies no revision")
                 }
             }
         }
-        Ok(())
     }
 
     /// Whether the agent has changed this node's manifest (and so has an original to restore).
@@ -255,34 +269,12 @@ impl Node {
         self.paths.state_dir.join(ORIGINAL).exists()
     }
 
-    /// Waits until the kube-apiserver has gone away (the kubelet restarting it) and is ready
-    /// again; or, if it never goes away (nothing changed for the kubelet), until it is ready.
-    async fn wait_restarted_and_ready(&self, timeout: Duration) -> bool {
-        let started = Instant::now();
-        let mut went_away = false;
-        // The kubelet notices a manifest change within seconds; if the kube-apiserver is still
-        // answering after this long, nothing is restarting it.
-        let restart_grace = Duration::from_secs(20).min(timeout);
-        while started.elapsed() < timeout {
-            let ready = self
-                .http
-                .get(&self.paths.readyz_url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if !ready {
-                went_away = true;
-            } else if went_away || started.elapsed() >= restart_grace {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
+    /// One readiness question to this node's kube-apiserver.
+    async fn ready(&self) -> bool {
+        self.http
+            .get(&self.paths.readyz_url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
     }
-}
-
-/// Replaces a file whole, with the temporary file in `scratch` (the agent's own directory, never
-/// the manifest directory).
-fn write_atomically(scratch: &Path, path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
-    clusteraudit_io::fsutil::write_atomically(scratch, path, bytes).map_err(io("replacing", path))
 }

@@ -20,6 +20,7 @@ use kube::{
 use kube_lease_manager::LeaseManagerBuilder;
 
 use crate::node::{Node, NodeError, NodePaths, NodeState};
+use crate::step::{self, Pass, Refused};
 use clusteraudit_core::{
     api::{ClusterAudit, SINGLETON_NAME},
     rollout::{
@@ -27,7 +28,7 @@ use clusteraudit_core::{
             self, NODE_REPORT_LABEL, NodeReport, ROLLOUT_LEASE, node_report_from_lease,
             node_report_lease,
         },
-        revision::{ORIGINAL, Revision},
+        revision::Revision,
     },
 };
 
@@ -73,6 +74,8 @@ pub enum AgentError {
     RevisionMissing(String),
     #[error(transparent)]
     Revision(#[from] objects::ObjectError),
+    #[error(transparent)]
+    Refused(#[from] Refused),
     #[error(transparent)]
     Node(#[from] NodeError),
 }
@@ -144,62 +147,40 @@ impl Agent {
             .get_opt(SINGLETON_NAME)
             .await
             .map_err(kube("reading the ClusterAudit"))?;
-        let health_timeout = audit
-            .as_ref()
-            .and_then(|a| a.spec.rollout.health_timeout.to_duration().ok())
-            .unwrap_or(Duration::from_secs(180));
-        // A deleted ClusterAudit means auditing off; a status without a released target means
-        // nothing to do yet.
-        let target = match &audit {
-            None => Some(ORIGINAL.to_string()),
-            Some(audit) => audit
-                .status
-                .as_ref()
-                .and_then(|s| s.revision.as_ref())
-                .and_then(|r| r.latest.clone()),
-        };
-
-        // A pass interrupted midway (the agent restarted) finishes first: the manifest may
-        // already name the revision, and finishing restarts nothing again.
-        if let Some(applying) = state.applying.clone() {
-            tracing::info!(revision = %applying, "resuming an interrupted rollout on this node");
-            let revision = self.fetch_revision(&applying).await?;
-            return self.apply(revision, health_timeout).await;
-        }
-        let Some(target) = target else {
-            return Ok(());
-        };
-        if target == ORIGINAL {
-            if !self.node.audited() {
-                return Ok(());
+        let health_timeout = step::health_timeout(audit.as_ref());
+        match step::pass(&state, &step::target(audit.as_ref()), self.node.audited()) {
+            Pass::Nothing => Ok(()),
+            Pass::Resume(applying) => {
+                tracing::info!(revision = %applying, "resuming an interrupted rollout on this node");
+                let revision = self.fetch_revision(&applying).await?;
+                self.apply(revision, health_timeout).await
             }
-            let node = &self.node;
-            let restored = self
-                .with_rollout_lease(health_timeout, None, async {
-                    tracing::info!("restoring the original manifest");
-                    node.restore_original(health_timeout).await
-                })
-                .await?;
-            if let Some(result) = restored {
-                result?;
-                tracing::info!("the original manifest is back and kube-apiserver is ready");
+            Pass::Restore => {
+                let node = &self.node;
+                let restored = self
+                    .with_rollout_lease(health_timeout, None, async {
+                        tracing::info!("restoring the original manifest");
+                        node.restore_original(health_timeout).await
+                    })
+                    .await?;
+                if let Some(result) = restored {
+                    result?;
+                    tracing::info!("the original manifest is back and kube-apiserver is ready");
+                }
+                let state = self.node.state()?;
+                self.report(&state).await
             }
-            let state = self.node.state()?;
-            return self.report(&state).await;
+            Pass::Apply(target) => {
+                // Checked again holding the Lease; checking first spares taking the Lease on
+                // every pass while a rollout stands stopped.
+                if let Some(failed) = self.failed_elsewhere(&target).await? {
+                    tracing::info!(revision = %target, node = %failed, "not applying: it fell back on another node");
+                    return Ok(());
+                }
+                let revision = self.fetch_revision(&target).await?;
+                self.apply(revision, health_timeout).await
+            }
         }
-        if state.current.as_deref() == Some(&target)
-            || state.last_failed.as_deref() == Some(&target)
-        {
-            return Ok(());
-        }
-        // Checked again holding the Lease; checking first spares taking the Lease on every pass
-        // while a rollout stands stopped.
-        if let Some(failed) = self.failed_elsewhere(&target).await? {
-            tracing::info!(revision = %target, node = %failed, "not applying: it fell back on another node");
-            return Ok(());
-        }
-        let revision = self.fetch_revision(&target).await?;
-        self.apply(revision, health_timeout).await
     }
 
     /// Applies under the rollout Lease and reports the outcome before letting the Lease go, so
@@ -268,9 +249,7 @@ impl Agent {
         &self,
         health_timeout: Duration,
     ) -> Result<Option<kube_lease_manager::LeaseManager>, AgentError> {
-        // Long enough to cover an apply and a fall back even when this node's own kube-apiserver,
-        // restarting, cannot renew it.
-        let seconds = (health_timeout.as_secs() * 2 + 60).max(60);
+        let seconds = step::rollout_lease_seconds(health_timeout);
         let manager = LeaseManagerBuilder::new(self.client.clone(), ROLLOUT_LEASE)
             .with_namespace(&self.args.namespace)
             .with_identity(&self.args.node_name)
@@ -313,16 +292,12 @@ impl Agent {
             .list(&ListParams::default().labels(NODE_REPORT_LABEL))
             .await
             .map_err(kube("listing node reports"))?;
-        Ok(reports
+        let reports: Vec<NodeReport> = reports
             .items
             .iter()
             .filter_map(node_report_from_lease)
-            .find(|r| {
-                r.node != self.args.node_name
-                    && r.last_failed.as_deref() == Some(revision)
-                    && r.current != revision
-            })
-            .map(|r| r.node))
+            .collect();
+        Ok(step::failed_elsewhere(&reports, &self.args.node_name, revision).map(str::to_string))
     }
 
     async fn fetch_revision(&self, name: &str) -> Result<Revision, AgentError> {
@@ -332,20 +307,13 @@ impl Agent {
             .await
             .map_err(kube("reading a revision Secret"))?
             .ok_or_else(|| AgentError::RevisionMissing(name.to_string()))?;
-        Ok(objects::revision_from_secret(&secret, name)?)
+        let revision = objects::revision_from_secret(&secret, name)?;
+        step::verify(name, &revision)?;
+        Ok(revision)
     }
 
     fn report_of(&self, state: &NodeState) -> NodeReport {
-        NodeReport {
-            node: self.args.node_name.clone(),
-            current: state
-                .current
-                .clone()
-                .unwrap_or_else(|| ORIGINAL.to_string()),
-            applying: state.applying.clone(),
-            last_failed: state.last_failed.clone(),
-            reason: state.reason.clone(),
-        }
+        step::report(&self.args.node_name, state)
     }
 
     /// Writes the node's report when it changed.
