@@ -1,7 +1,8 @@
 //! Turning a request into the audit event the kube-apiserver would write for it.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
+use jiff::Timestamp;
 use rand::Rng;
 use serde_json::{Map, Value, json};
 
@@ -203,7 +204,7 @@ impl EventGenerator {
     }
 
     /// Turns a request into its event, stamped as answered at `now`.
-    pub(super) fn finish(&mut self, mut req: Req, now: SystemTime) -> Event {
+    pub(super) fn finish(&mut self, mut req: Req, now: Timestamp) -> Event {
         let user = self.user(req.actor);
         let user_agent = self.user_agent(req.actor);
         let source_ip = self.source_ip(req.actor);
@@ -403,10 +404,8 @@ impl EventGenerator {
             response_status,
             request_object,
             response_object: None,
-            request_received_timestamp: Some(
-                humantime::format_rfc3339_micros(received).to_string(),
-            ),
-            stage_timestamp: Some(humantime::format_rfc3339_micros(now).to_string()),
+            request_received_timestamp: Some(format!("{received:.6}")),
+            stage_timestamp: Some(format!("{now:.6}")),
             annotations: Some(annotations),
         }
     }

@@ -5,7 +5,6 @@ mod request;
 mod scenarios;
 
 use std::hash::{Hash, Hasher};
-use std::time::SystemTime;
 
 use rand::distr::Distribution;
 use rand::distr::weighted::WeightedIndex;
@@ -218,7 +217,7 @@ impl EventGenerator {
     /// The next event, stamped with the current time.
     pub fn next_event(&mut self) -> Event {
         let req = self.draft();
-        self.finish(req, SystemTime::now())
+        self.finish(req, jiff::Timestamp::now())
     }
 
     /// `size` events as an `audit.k8s.io/v1` EventList.
@@ -344,8 +343,7 @@ impl EventGenerator {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
+    use jiff::{SignedDuration, Timestamp};
     use rustc_hash::{FxHashMap, FxHashSet};
     use serde_json::{Value, json};
 
@@ -617,9 +615,9 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339_micros_at_the_wall_clock() {
-        let before = SystemTime::now();
+        let before = Timestamp::now();
         let events = sample(17, 2_000);
-        let after = SystemTime::now();
+        let after = Timestamp::now();
         for e in &events {
             let stage = e.stage_timestamp.as_deref().unwrap();
             let received = e.request_received_timestamp.as_deref().unwrap();
@@ -627,15 +625,13 @@ mod tests {
                 assert_eq!(t.len(), "2026-11-26T15:04:05.123456Z".len(), "{t}");
                 assert!(t.ends_with('Z') && t.as_bytes()[19] == b'.', "{t}");
             }
-            let stage = humantime::parse_rfc3339(stage).unwrap();
-            let received = humantime::parse_rfc3339(received).unwrap();
+            let stage: Timestamp = stage.parse().unwrap();
+            let received: Timestamp = received.parse().unwrap();
             assert!(received <= stage);
-            assert!(
-                stage + Duration::from_micros(1) >= before
-                    && stage <= after + Duration::from_micros(1)
-            );
+            let micro = SignedDuration::from_micros(1);
+            assert!(stage + micro >= before && stage <= after + micro);
             if e.verb == "watch" && e.stage == Stage::ResponseComplete {
-                assert!(stage.duration_since(received).unwrap() >= Duration::from_secs(300));
+                assert!(stage.duration_since(received) >= SignedDuration::from_secs(300));
             }
         }
     }

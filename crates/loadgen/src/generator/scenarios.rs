@@ -1,7 +1,5 @@
 //! What each scenario asks the kube-apiserver for.
 
-use std::time::SystemTime;
-
 use rand::Rng;
 use serde_json::json;
 
@@ -600,7 +598,7 @@ impl EventGenerator {
                     let mut req = Req::new(actor, "patch", &DEPLOYMENTS, ns, deploy)
                         .query("fieldManager=kubectl-rollout");
                     req.level = Level::Request;
-                    let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+                    let at = format!("{:.0}", jiff::Timestamp::now());
                     req.request_object = Some(json!({"spec":{"template":{"metadata":{
                         "annotations":{"kubectl.kubernetes.io/restartedAt": at}}}}}));
                     req
