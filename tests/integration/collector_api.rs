@@ -4,7 +4,7 @@
 
 use std::{path::Path, time::Duration};
 
-use clusteraudit_testkit::{free_port, process::ManagedProcess};
+use clusteraudit_testkit::{eventually, free_port, process::ManagedProcess};
 use serde_json::{Value, json};
 
 use crate::support::{DevCollector as Collector, start_dev_collector as start};
@@ -60,15 +60,19 @@ impl Collector {
         events
     }
 
+    /// The events matching `q` once there are at least `count`, or those found after a minute:
+    /// the caller's assertions on them say more than a timeout would.
     async fn wait_count(&self, topic: &str, q: &str, count: usize) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
+        eventually(q, Duration::from_secs(60), async || {
             let events = self.search_all(topic, q, 1000).await;
-            if events.len() >= count || tokio::time::Instant::now() > deadline {
-                return events;
+            if events.len() >= count {
+                Ok(events)
+            } else {
+                Err(events)
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
+        .unwrap_or_else(|timed_out| timed_out.last)
     }
 }
 
@@ -488,24 +492,45 @@ async fn nothing_acknowledged_is_lost_when_the_collector_is_killed_under_load() 
             .map(|t| t.lines().count())
             .unwrap_or(0)
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while acked_lines() < 20_000 {
-        assert!(
-            tokio::time::Instant::now() < deadline && loadgen.is_running(),
-            "the load generator did not get going: {}",
+    let going = eventually(
+        "20000 acknowledged events",
+        Duration::from_secs(120),
+        async || match acked_lines() {
+            20_000.. => Ok(true),
+            _ if !loadgen.is_running() => Ok(false),
+            acked => Err(acked),
+        },
+    )
+    .await;
+    match going {
+        Ok(true) => {}
+        Ok(false) => panic!(
+            "the load generator did not get going: it exited: {}",
             loadgen.log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        ),
+        Err(timed_out) => panic!(
+            "the load generator did not get going: {timed_out}: {}",
+            loadgen.log_tail(20)
+        ),
     }
     // In the middle of the load: batches in flight, some synced and not yet answered, the
     // indexer between commits.
     let Collector { mut process, .. } = collector;
     process.kill_now();
-    // Nothing answers now; the load generator gives up on its own.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while loadgen.is_running() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Nothing answers now; the load generator gives up on its own, and is stopped if it has not
+    // within two minutes: what it acknowledged before is what counts.
+    let _ = eventually(
+        "the load generator to give up",
+        Duration::from_secs(120),
+        async || {
+            if loadgen.is_running() {
+                Err(())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
     loadgen.stop(Duration::from_secs(5));
     let acked: std::collections::BTreeSet<String> = std::fs::read_to_string(&acked_file)
         .unwrap()

@@ -14,7 +14,7 @@ use clusteraudit_core::{
     rollout::objects::{NODE_REPORT_LABEL, node_report_from_lease},
 };
 use clusteraudit_testkit::{
-    ControlPlane, ControlPlaneOptions, KubeletEvent, collector_rbac, free_port,
+    ControlPlane, ControlPlaneOptions, KubeletEvent, collector_rbac, eventually, free_port,
     process::ManagedProcess,
 };
 use k8s_openapi::api::{
@@ -252,27 +252,34 @@ impl Harness {
                 document[key] = value.clone();
             }
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            for client in &self.clients {
-                match Api::<ClusterAudit>::all(client.clone())
-                    .patch(
-                        "cluster",
-                        &PatchParams::apply("rollout-test").force(),
-                        &Patch::Apply(&document),
-                    )
-                    .await
-                {
-                    Ok(_) => return,
-                    Err(kube::Error::Api(status)) if status.code < 500 && status.code != 429 => {
-                        panic!("refused: {status:?}")
+        eventually(
+            "a kube-apiserver taking the ClusterAudit",
+            Duration::from_secs(120),
+            async || {
+                let mut errors = Vec::new();
+                for client in &self.clients {
+                    match Api::<ClusterAudit>::all(client.clone())
+                        .patch(
+                            "cluster",
+                            &PatchParams::apply("rollout-test").force(),
+                            &Patch::Apply(&document),
+                        )
+                        .await
+                    {
+                        Ok(_) => return Ok(()),
+                        Err(kube::Error::Api(status))
+                            if status.code < 500 && status.code != 429 =>
+                        {
+                            panic!("refused: {status:?}")
+                        }
+                        Err(err) => errors.push(err.to_string()),
                     }
-                    Err(_) => {}
                 }
-            }
-            assert!(tokio::time::Instant::now() < deadline, "no API answers");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+                Err(errors)
+            },
+        )
+        .await
+        .unwrap_or_else(|timed_out| panic!("no API answers: {timed_out}"));
     }
 
     /// Waits until the ClusterAudit's status satisfies `done`, for the current generation.
@@ -282,26 +289,21 @@ impl Harness {
         timeout: Duration,
         done: impl Fn(&ClusterAudit) -> bool,
     ) -> ClusterAudit {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut last = None;
-        loop {
+        // The last status any kube-apiserver gave, kept while none answers.
+        let mut last_status = None;
+        eventually(what, timeout, async || {
             if let Some(audit) = self.audit().await {
                 let observed = audit.status.as_ref().and_then(|s| s.observed_generation)
                     == audit.metadata.generation;
                 if observed && done(&audit) {
-                    return audit;
+                    return Ok(audit);
                 }
-                last = Some(audit);
+                last_status = audit.status;
             }
-            if tokio::time::Instant::now() > deadline {
-                panic!(
-                    "timed out waiting for {what}; last status: {:#?}\n{}",
-                    last.and_then(|a| a.status),
-                    self.logs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+            Err(last_status.clone())
+        })
+        .await
+        .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", self.logs()))
     }
 
     fn starts(&self) -> BTreeMap<String, Vec<KubeletEvent>> {
@@ -762,19 +764,16 @@ async fn clusteraudit_rolls_out_node_by_node_with_guards_and_fallback() {
                "rollout": {"minRestartInterval": "2s", "minToggleInterval": "2s"}}),
     );
     h.apply(json!({"spec": quick})).await;
-    let deadline = tokio::time::Instant::now() + ROLLOUT;
-    let applying = loop {
-        if let Some(report) = h
-            .reports()
-            .await
-            .into_iter()
+    let applying = eventually("an agent applying the next revision", ROLLOUT, async || {
+        let reports = h.reports().await;
+        reports
+            .iter()
             .find(|r| r.applying.as_deref().is_some_and(|a| a != storm_revision))
-        {
-            break report;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{}", h.logs());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+            .cloned()
+            .ok_or(reports)
+    })
+    .await
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", h.logs()));
     let target = applying.applying.clone().unwrap();
     Harness::kill(&mut h.operator);
     Harness::kill(&mut h.agents.get_mut(&applying.node).unwrap().1);
@@ -922,11 +921,18 @@ async fn print_reconcile_latency(h: &Harness) {
             )
             .await
             .unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while count(&reconcile_histogram(h).await.0) <= seen
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let reconciled = eventually(
+            "the reconcile of an annotation change",
+            Duration::from_secs(30),
+            async || {
+                let now = count(&reconcile_histogram(h).await.0);
+                if now > seen { Ok(()) } else { Err(now) }
+            },
+        )
+        .await;
+        // A figure, not a verdict: a missed reconcile only makes it less exact, and says so.
+        if let Err(timed_out) = reconciled {
+            eprintln!("{timed_out}");
         }
     }
     let (after, sum_after) = reconcile_histogram(h).await;

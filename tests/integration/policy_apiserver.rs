@@ -13,7 +13,7 @@ use clusteraudit_core::{
     audit::{Event, GroupResources, Level, Policy, PolicyRule, Stage},
     policy::{Evaluator, RequestAttributes, render},
 };
-use clusteraudit_testkit::ControlPlane;
+use clusteraudit_testkit::{ControlPlane, eventually};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -683,25 +683,31 @@ async fn differential(
         .filter(|(_, (level, _, _))| *level != Level::None)
         .map(|(agent, _)| agent)
         .collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut by_agent: BTreeMap<String, Vec<Event>> = BTreeMap::new();
-    loop {
-        by_agent.clear();
-        for event in read_log(&log_path) {
-            if let Some(agent) = event.user_agent.clone() {
-                by_agent.entry(agent).or_default().push(event);
+    // What is still missing after a minute, the mismatches below name one by one.
+    let by_agent = eventually(
+        "every logged request's ResponseComplete",
+        Duration::from_secs(60),
+        async || {
+            let mut by_agent: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+            for event in read_log(&log_path) {
+                if let Some(agent) = event.user_agent.clone() {
+                    by_agent.entry(agent).or_default().push(event);
+                }
             }
-        }
-        let complete = wanted.iter().all(|agent| {
-            by_agent
-                .get(*agent)
-                .is_some_and(|events| events.iter().any(|e| e.stage == Stage::ResponseComplete))
-        });
-        if complete || tokio::time::Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            let complete = wanted.iter().all(|agent| {
+                by_agent
+                    .get(*agent)
+                    .is_some_and(|events| events.iter().any(|e| e.stage == Stage::ResponseComplete))
+            });
+            if complete {
+                Ok(by_agent)
+            } else {
+                Err(by_agent)
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|timed_out| timed_out.last);
 
     let mut mismatches = Vec::new();
     for (agent, (level, omit, what)) in &expected {

@@ -6,7 +6,7 @@ use std::{path::Path, time::Duration};
 use clusteraudit_testkit::pki::CertificateAuthority;
 use serde_json::{Value, json};
 
-use clusteraudit_testkit::{free_port, process::ManagedProcess};
+use clusteraudit_testkit::{TimedOut, eventually, free_port, process::ManagedProcess};
 
 /// The collector binary in its development mode (plain HTTP on loopback, no authentication).
 pub struct DevCollector {
@@ -39,24 +39,24 @@ pub async fn start_dev_collector(data: &Path, log: &Path, port: u16) -> DevColle
             .build()
             .unwrap(),
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(response) = collector
-            .http
-            .get(format!("{}/readyz", collector.url))
-            .send()
-            .await
-            && response.status().is_success()
-        {
-            return collector;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not ready: {}",
-            collector.process.log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if let Err(timed_out) = readyz(&collector.http, &collector.url).await {
+        panic!("{timed_out}: {}", collector.process.log_tail(20));
     }
+    collector
+}
+
+/// Waits a minute at most for the collector at `url` to answer `/readyz` with a success.
+async fn readyz(http: &reqwest::Client, url: &str) -> Result<(), TimedOut<String>> {
+    eventually(
+        "the collector's /readyz",
+        Duration::from_secs(60),
+        async || match http.get(format!("{url}/readyz")).send().await {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => Err(response.status().to_string()),
+            Err(err) => Err(err.to_string()),
+        },
+    )
+    .await
 }
 
 /// etcd and one control-plane node, "node-1", whose kube-apiserver the stand-in kubelet runs
@@ -148,19 +148,11 @@ pub async fn start_tls_collector(
         .build()
         .unwrap();
     let url = format!("https://127.0.0.1:{port}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(response) = http.get(format!("{url}/readyz")).send().await
-            && response.status().is_success()
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the collector never became ready: {}",
+    if let Err(timed_out) = readyz(&http, &url).await {
+        panic!(
+            "the collector never became ready: {timed_out}: {}",
             process.log_tail(30)
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let webhook_kubeconfig = json!({
         "apiVersion": "v1", "kind": "Config",
@@ -208,20 +200,23 @@ impl TlsCollector {
     ) -> Vec<Value> {
         let (_, route) = self.get("/v1/route", Some(token)).await;
         let topic = route["topicId"].as_str().expect("a route").to_string();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let path = format!(
-                "/v1/topics/{topic}/events?limit=1000&q={}",
-                urlencode(query)
-            );
+        let path = format!(
+            "/v1/topics/{topic}/events?limit=1000&q={}",
+            urlencode(query)
+        );
+        // The caller's assertions on what was found say more than a timeout would.
+        eventually(query, Duration::from_secs(60), async || {
             let (status, page) = self.get(&path, Some(token)).await;
             assert_eq!(status, 200, "{query}: {page}");
             let events = page["events"].as_array().cloned().unwrap_or_default();
-            if done(&events) || tokio::time::Instant::now() > deadline {
-                return events;
+            if done(&events) {
+                Ok(events)
+            } else {
+                Err(events)
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await
+        .unwrap_or_else(|timed_out| timed_out.last)
     }
 }
 

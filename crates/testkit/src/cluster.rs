@@ -12,9 +12,8 @@ use base64::Engine;
 use super::{
     Binaries, Kubelet, KubeletOptions, Result, TestkitError,
     etcd::Etcd,
-    free_port,
+    eventually, file_error, free_port,
     manifest::{ApiServerConfig, write_manifest_atomically},
-    poll_until,
     process::ManagedProcess,
 };
 use crate::pki::CertificateAuthority;
@@ -124,9 +123,10 @@ impl ControlPlane {
         let dir = tempfile::Builder::new()
             .prefix("clusteraudit-cp-")
             .tempdir()
-            .map_err(|err| {
-                TestkitError::io("creating a scratch directory", std::env::temp_dir(), err)
-            })?;
+            .map_err(file_error(
+                "creating a scratch directory",
+                &std::env::temp_dir(),
+            ))?;
         if std::env::var_os("CLUSTERAUDIT_KEEP_TEST_DIRS").is_some() {
             eprintln!("control plane files: {}", dir.path().display());
         }
@@ -250,15 +250,14 @@ impl ControlPlane {
         let node = self
             .node(name)
             .ok_or_else(|| TestkitError::Client(format!("no node {name}")))?;
-        let text = std::fs::read_to_string(&self.kubeconfig_path).map_err(|err| {
-            TestkitError::io("reading the kubeconfig", &self.kubeconfig_path, err)
-        })?;
+        let text = std::fs::read_to_string(&self.kubeconfig_path)
+            .map_err(file_error("reading the kubeconfig", &self.kubeconfig_path))?;
         let mut kubeconfig: serde_json::Value =
             serde_json::from_str(&text).map_err(|err| TestkitError::Client(err.to_string()))?;
         kubeconfig["clusters"][0]["cluster"]["server"] = node.endpoint().into();
         let path = self.dir.path().join(format!("{name}.kubeconfig"));
         std::fs::write(&path, kubeconfig.to_string())
-            .map_err(|err| TestkitError::io("writing a kubeconfig", &path, err))?;
+            .map_err(file_error("writing a kubeconfig", &path))?;
         Ok(path)
     }
 
@@ -335,9 +334,8 @@ impl ControlPlane {
     }
 
     async fn client_for_context(&self, context: &str) -> Result<kube::Client> {
-        let text = std::fs::read_to_string(&self.kubeconfig_path).map_err(|err| {
-            TestkitError::io("reading the kubeconfig", &self.kubeconfig_path, err)
-        })?;
+        let text = std::fs::read_to_string(&self.kubeconfig_path)
+            .map_err(file_error("reading the kubeconfig", &self.kubeconfig_path))?;
         let kubeconfig = kube::config::Kubeconfig::from_yaml(&text)
             .map_err(|err| TestkitError::Client(err.to_string()))?;
         let options = kube::config::KubeConfigOptions {
@@ -398,7 +396,7 @@ impl ControlPlane {
     pub fn apply_json(&self, name: &str, document: &serde_json::Value) -> Result<String> {
         let path = self.dir.path().join(format!("{name}.json"));
         std::fs::write(&path, document.to_string())
-            .map_err(|err| TestkitError::io("writing a manifest", &path, err))?;
+            .map_err(file_error("writing a manifest", &path))?;
         self.apply_file(&path)
     }
 
@@ -409,7 +407,7 @@ impl ControlPlane {
         let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
         let read = |file: &str| {
             let path = self.pki_dir.join(file);
-            std::fs::read(&path).map_err(|err| TestkitError::io("reading the PKI", path, err))
+            std::fs::read(&path).map_err(file_error("reading the PKI", &path))
         };
         let mut users = vec![serde_json::json!({
             "name": "admin",
@@ -446,7 +444,7 @@ impl ControlPlane {
                 reason: err.to_string(),
             })?;
         std::fs::write(&self.kubeconfig_path, text)
-            .map_err(|err| TestkitError::io("writing the kubeconfig", &self.kubeconfig_path, err))
+            .map_err(file_error("writing the kubeconfig", &self.kubeconfig_path))
     }
 }
 
@@ -465,8 +463,7 @@ pub async fn wait_apiserver_ready(
 ) -> Result<()> {
     clusteraudit_io::tls::install_crypto_provider();
     let ca_path = pki_dir.join("ca.crt");
-    let ca =
-        std::fs::read(&ca_path).map_err(|err| TestkitError::io("reading the CA", &ca_path, err))?;
+    let ca = std::fs::read(&ca_path).map_err(file_error("reading the CA", &ca_path))?;
     let ca =
         reqwest::Certificate::from_pem(&ca).map_err(|err| TestkitError::Client(err.to_string()))?;
     let http = reqwest::Client::builder()
@@ -475,27 +472,29 @@ pub async fn wait_apiserver_ready(
         .build()
         .map_err(|err| TestkitError::Client(err.to_string()))?;
     let url = format!("https://127.0.0.1:{port}/readyz");
-    let outcome = poll_until(timeout, Duration::from_millis(200), async || {
+    let outcome = eventually("the kube-apiserver's /readyz", timeout, async || {
         if let Some(process) = process.as_deref_mut()
             && let Some(status) = process.exit_status()
         {
-            return std::ops::ControlFlow::Break(Err(TestkitError::ExitedEarly {
+            return Ok(Err(TestkitError::ExitedEarly {
                 name: "kube-apiserver".into(),
                 status: status.to_string(),
                 log_tail: process.log_tail(40),
             }));
         }
         match http.get(&url).send().await {
-            Ok(response) if response.status().is_success() => std::ops::ControlFlow::Break(Ok(())),
-            _ => std::ops::ControlFlow::Continue(()),
+            Ok(response) if response.status().is_success() => Ok(Ok(())),
+            Ok(response) => Err(response.status().to_string()),
+            Err(err) => Err(err.to_string()),
         }
     })
     .await;
     match outcome {
-        Some(result) => result,
-        None => Err(TestkitError::NotReady {
+        Ok(result) => result,
+        Err(timed_out) => Err(TestkitError::NotReady {
             name: format!("kube-apiserver on port {port}"),
-            waited: timeout,
+            waited: timed_out.waited,
+            last_answer: timed_out.last,
             log_tail: process.map(|p| p.log_tail(40)).unwrap_or_default(),
         }),
     }
@@ -504,8 +503,7 @@ pub async fn wait_apiserver_ready(
 /// Mints the cluster's PKI into `dir`: ca.crt/key, apiserver.crt/key, admin.crt/key
 /// (system:masters), sa.key/pub, and tokens.csv for the ordinary test users.
 fn write_pki(dir: &Path) -> Result<Vec<TestUser>> {
-    std::fs::create_dir_all(dir)
-        .map_err(|err| TestkitError::io("creating the PKI directory", dir, err))?;
+    std::fs::create_dir_all(dir).map_err(file_error("creating the PKI directory", dir))?;
     let ca = CertificateAuthority::generate("clusteraudit-test-ca")?;
     let serving = ca.issue_server(
         "kube-apiserver",
@@ -563,8 +561,7 @@ fn write_pki(dir: &Path) -> Result<Vec<TestUser>> {
     ];
     for (name, content) in files {
         let path = dir.join(name);
-        std::fs::write(&path, content)
-            .map_err(|err| TestkitError::io("writing the PKI", &path, err))?;
+        std::fs::write(&path, content).map_err(file_error("writing the PKI", &path))?;
     }
     Ok(users)
 }
@@ -576,13 +573,12 @@ fn random_token() -> String {
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to).map_err(|err| TestkitError::io("creating a directory", to, err))?;
-    let entries = std::fs::read_dir(from).map_err(|err| TestkitError::io("listing", from, err))?;
+    std::fs::create_dir_all(to).map_err(file_error("creating a directory", to))?;
+    let entries = std::fs::read_dir(from).map_err(file_error("listing", from))?;
     for entry in entries {
-        let entry = entry.map_err(|err| TestkitError::io("listing", from, err))?;
+        let entry = entry.map_err(file_error("listing", from))?;
         let target = to.join(entry.file_name());
-        std::fs::copy(entry.path(), &target)
-            .map_err(|err| TestkitError::io("copying", &target, err))?;
+        std::fs::copy(entry.path(), &target).map_err(file_error("copying", &target))?;
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! where to look. Ctrl-C stops everything.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -16,7 +16,10 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{ControlPlane, ControlPlaneOptions, Result, TestkitError, process::ManagedProcess};
+use super::{
+    ControlPlane, ControlPlaneOptions, Result, TestkitError, eventually, file_error,
+    process::ManagedProcess,
+};
 use crate::pki::CertificateAuthority;
 use clusteraudit_core::api::{ClusterAudit, FIELD_MANAGER};
 
@@ -40,10 +43,6 @@ fn step(text: &str) {
     eprintln!("==> {text}");
 }
 
-fn io<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> TestkitError + 'p {
-    move |err| TestkitError::io(what, path, err)
-}
-
 /// kubectl as admin, or as one of the test users; a failure is an error.
 fn kubectl_ok(
     control_plane: &ControlPlane,
@@ -56,19 +55,6 @@ fn kubectl_ok(
     }
 }
 
-async fn wait_until(deadline: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let give_up = Instant::now() + deadline;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= give_up {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 pub async fn run(args: DemoArgs) -> Result<()> {
     let started = Instant::now();
     let binary = match &args.clusteraudit {
@@ -77,9 +63,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             .map_err(|err| TestkitError::Client(err.to_string()))?
             .with_file_name("clusteraudit"),
     };
-    std::fs::metadata(&binary).map_err(io("finding the clusteraudit binary", &binary))?;
+    std::fs::metadata(&binary).map_err(file_error("finding the clusteraudit binary", &binary))?;
     // A wrong path fails now, not after the control plane has started.
-    std::fs::metadata(&args.example).map_err(io("reading", &args.example))?;
+    std::fs::metadata(&args.example).map_err(file_error("reading", &args.example))?;
 
     step("starting the control plane: etcd and a kube-apiserver run from its static-pod manifest");
     let mut control_plane = ControlPlane::start_with(ControlPlaneOptions {
@@ -99,7 +85,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         ));
     }
     let dir = control_plane.dir().join("demo");
-    std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+    std::fs::create_dir_all(&dir).map_err(file_error("creating", &dir))?;
     let client = control_plane.client().await?;
 
     step("installing the ClusterAudit CRD and the RBAC of the demo's people");
@@ -165,7 +151,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     )?;
     let write = |name: &str, content: &str| -> Result<PathBuf> {
         let path = dir.join(name);
-        std::fs::write(&path, content).map_err(io("writing", &path))?;
+        std::fs::write(&path, content).map_err(file_error("writing", &path))?;
         Ok(path)
     };
     let ca_path = write("collector-ca.crt", &ca.cert_pem())?;
@@ -196,17 +182,20 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(|err| TestkitError::Client(err.to_string()))?;
-    wait_until(Duration::from_secs(60), async || {
-        http.get(format!("{url}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
+    eventually(
+        "the collector's /readyz",
+        Duration::from_secs(60),
+        async || match http.get(format!("{url}/readyz")).send().await {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => Err(response.status().to_string()),
+            Err(err) => Err(err.to_string()),
+        },
+    )
     .await
-    .then_some(())
-    .ok_or_else(|| TestkitError::NotReady {
+    .map_err(|timed_out| TestkitError::NotReady {
         name: "collector".into(),
-        waited: Duration::from_secs(60),
+        waited: timed_out.waited,
+        last_answer: timed_out.last,
         log_tail: collector.log_tail(20),
     })?;
 
@@ -238,41 +227,46 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     ));
     control_plane.apply_file(&args.example)?;
     let audits: Api<ClusterAudit> = Api::all(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(600);
     let mut last_reason = String::new();
-    loop {
+    let rollout = eventually("the rollout", Duration::from_secs(600), async || {
         // The kube-apiserver restarts during the rollout: errors are expected, briefly.
-        if let Ok(audit) = audits.get("cluster").await
-            && let Some(ready) = audit
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-        {
-            if ready.reason != last_reason {
-                eprintln!(
-                    "    Ready={} {}: {}",
-                    ready.status, ready.reason, ready.message
-                );
-                last_reason = ready.reason.clone();
-            }
-            if ready.status == "True" {
-                break;
-            }
-            if ready.reason == "InvalidSpec" || ready.reason == "RolloutFailed" {
-                return Err(TestkitError::Client(format!(
-                    "the rollout did not complete: {}",
-                    ready.message
-                )));
-            }
+        let audit = audits.get("cluster").await.map_err(|err| err.to_string())?;
+        let ready = audit
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .ok_or("no Ready condition yet")?;
+        if ready.reason != last_reason {
+            eprintln!(
+                "    Ready={} {}: {}",
+                ready.status, ready.reason, ready.message
+            );
+            last_reason = ready.reason.clone();
         }
-        if Instant::now() > deadline {
+        match (ready.status.as_str(), ready.reason.as_str()) {
+            ("True", _) => Ok(Ok(())),
+            (_, "InvalidSpec" | "RolloutFailed") => Ok(Err(ready.message.clone())),
+            _ => Err(format!(
+                "Ready={} {}: {}",
+                ready.status, ready.reason, ready.message
+            )),
+        }
+    })
+    .await;
+    match rollout {
+        Ok(Ok(())) => {}
+        Ok(Err(message)) => {
             return Err(TestkitError::Client(format!(
-                "no rollout after 10 minutes; operator log:\n{}\nagent log:\n{}",
+                "the rollout did not complete: {message}"
+            )));
+        }
+        Err(timed_out) => {
+            return Err(TestkitError::Client(format!(
+                "{timed_out}\noperator log:\n{}\nagent log:\n{}",
                 operator.log_tail(20),
                 agent.log_tail(20)
             )));
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
     step("acting on the cluster as alice, bob and mallory");
@@ -337,36 +331,45 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
     step("waiting until the deletion is searchable");
     let search = format!("{url}/v1/route");
-    let found = wait_until(Duration::from_secs(60), async || {
-        let Ok(route) = http.get(&search).bearer_auth(&alice_token).send().await else {
-            return false;
-        };
-        let Ok(route) = route.json::<serde_json::Value>().await else {
-            return false;
-        };
-        let topic = route["topicId"].as_str().unwrap_or_default().to_string();
-        let Ok(page) = http
-            .get(format!(
-                "{url}/v1/topics/{topic}/events?q={}",
-                percent_encoding::utf8_percent_encode(
-                    "verb:delete and resource:deployments",
-                    percent_encoding::NON_ALPHANUMERIC
-                )
-            ))
-            .bearer_auth(&alice_token)
-            .send()
-            .await
-        else {
-            return false;
-        };
-        page.json::<serde_json::Value>()
-            .await
-            .is_ok_and(|p| p["events"].as_array().is_some_and(|e| !e.is_empty()))
-    })
+    let found = eventually(
+        "the deletion in search",
+        Duration::from_secs(60),
+        async || {
+            let route = http
+                .get(&search)
+                .bearer_auth(&alice_token)
+                .send()
+                .await
+                .map_err(|err| err.to_string())?
+                .json::<serde_json::Value>()
+                .await
+                .map_err(|err| err.to_string())?;
+            let topic = route["topicId"].as_str().unwrap_or_default().to_string();
+            let page = http
+                .get(format!(
+                    "{url}/v1/topics/{topic}/events?q={}",
+                    percent_encoding::utf8_percent_encode(
+                        "verb:delete and resource:deployments",
+                        percent_encoding::NON_ALPHANUMERIC
+                    )
+                ))
+                .bearer_auth(&alice_token)
+                .send()
+                .await
+                .map_err(|err| err.to_string())?
+                .json::<serde_json::Value>()
+                .await
+                .map_err(|err| err.to_string())?;
+            match page["events"].as_array() {
+                Some(events) if !events.is_empty() => Ok(()),
+                _ => Err(page.to_string()),
+            }
+        },
+    )
     .await;
-    if !found {
+    if let Err(timed_out) = found {
         eprintln!(
-            "    (not searchable yet; the collector log is {})",
+            "    (not searchable yet: {timed_out}; the collector log is {})",
             dir.join("collector.log").display()
         );
     }

@@ -2,7 +2,9 @@
 
 use std::{path::Path, time::Duration};
 
-use super::{Binaries, Result, TestkitError, free_port, poll_until, process::ManagedProcess};
+use super::{
+    Binaries, Result, TestkitError, eventually, file_error, free_port, process::ManagedProcess,
+};
 
 pub struct Etcd {
     process: ManagedProcess,
@@ -14,7 +16,7 @@ impl Etcd {
     pub async fn start(binaries: &Binaries, dir: &Path) -> Result<Etcd> {
         let data_dir = dir.join("etcd-data");
         std::fs::create_dir_all(&data_dir)
-            .map_err(|err| TestkitError::io("creating the etcd data directory", &data_dir, err))?;
+            .map_err(file_error("creating the etcd data directory", &data_dir))?;
         let client_url = format!("http://127.0.0.1:{}", free_port()?);
         let peer_url = format!("http://127.0.0.1:{}", free_port()?);
         let args = vec![
@@ -35,35 +37,31 @@ impl Etcd {
             ManagedProcess::spawn("etcd", &binaries.etcd(), &args, &dir.join("etcd.log"))?;
         let health_url = format!("{client_url}/health");
         let http = reqwest::Client::new();
-        let outcome = poll_until(
-            Duration::from_secs(60),
-            Duration::from_millis(100),
-            async || {
-                if let Some(status) = process.exit_status() {
-                    return std::ops::ControlFlow::Break(Err(TestkitError::ExitedEarly {
-                        name: "etcd".into(),
-                        status: status.to_string(),
-                        log_tail: process.log_tail(30),
-                    }));
-                }
-                match http.get(&health_url).send().await {
-                    Ok(response) if response.status().is_success() => {
-                        std::ops::ControlFlow::Break(Ok(()))
-                    }
-                    _ => std::ops::ControlFlow::Continue(()),
-                }
-            },
-        )
+        let ready = eventually("etcd's /health", Duration::from_secs(60), async || {
+            if let Some(status) = process.exit_status() {
+                return Ok(Err(TestkitError::ExitedEarly {
+                    name: "etcd".into(),
+                    status: status.to_string(),
+                    log_tail: process.log_tail(30),
+                }));
+            }
+            match http.get(&health_url).send().await {
+                Ok(response) if response.status().is_success() => Ok(Ok(())),
+                Ok(response) => Err(response.status().to_string()),
+                Err(err) => Err(err.to_string()),
+            }
+        })
         .await;
-        match outcome {
-            Some(Ok(())) => Ok(Etcd {
+        match ready {
+            Ok(Ok(())) => Ok(Etcd {
                 process,
                 client_url,
             }),
-            Some(Err(err)) => Err(err),
-            None => Err(TestkitError::NotReady {
+            Ok(Err(err)) => Err(err),
+            Err(timed_out) => Err(TestkitError::NotReady {
                 name: "etcd".into(),
-                waited: Duration::from_secs(60),
+                waited: timed_out.waited,
+                last_answer: timed_out.last,
                 log_tail: process.log_tail(30),
             }),
         }

@@ -28,7 +28,7 @@ use std::{
 use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use sha2::{Digest, Sha256};
 
-use super::{Result, TestkitError, process::ManagedProcess};
+use super::{Result, TestkitError, eventually, file_error, process::ManagedProcess};
 
 #[derive(Clone, Debug)]
 pub struct KubeletOptions {
@@ -162,7 +162,7 @@ impl Kubelet {
     pub fn start(options: KubeletOptions) -> Result<Kubelet> {
         for dir in [&options.manifest_dir, &options.log_dir] {
             std::fs::create_dir_all(dir)
-                .map_err(|err| TestkitError::io("creating a kubelet directory", dir, err))?;
+                .map_err(file_error("creating a kubelet directory", dir))?;
         }
         clusteraudit_io::tls::install_crypto_provider();
         let shared = Arc::new(Mutex::new(Shared::default()));
@@ -211,14 +211,12 @@ impl Kubelet {
     /// Waits until the manifest directory has been read and acted on `count` more times.
     pub async fn wait_syncs(&self, count: u64, timeout: Duration) -> bool {
         let target = self.syncs() + count;
-        let give_up = Instant::now() + timeout;
-        while self.syncs() < target {
-            if Instant::now() >= give_up {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        true
+        eventually("the kubelet's syncs", timeout, async || {
+            let syncs = self.syncs();
+            if syncs >= target { Ok(()) } else { Err(syncs) }
+        })
+        .await
+        .is_ok()
     }
 
     pub fn pod_status(&self, pod: &str) -> Option<PodStatus> {
@@ -232,19 +230,16 @@ impl Kubelet {
         mut done: impl FnMut(Option<&PodStatus>, &[KubeletEvent]) -> bool,
         pod: &str,
     ) -> bool {
-        let give_up = Instant::now() + timeout;
-        loop {
-            {
-                let shared = self.lock();
-                if done(shared.pods.get(pod), &shared.events) {
-                    return true;
-                }
+        eventually(pod, timeout, async || {
+            let shared = self.lock();
+            if done(shared.pods.get(pod), &shared.events) {
+                Ok(())
+            } else {
+                Err(())
             }
-            if Instant::now() >= give_up {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
+        .is_ok()
     }
 
     /// Stops every container and the supervisor; returns once all are gone.

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cluster;
 pub mod demo;
 pub mod etcd;
+pub mod eventually;
 pub mod kubelet;
 pub mod manifest;
 pub mod pki;
@@ -17,19 +18,15 @@ use std::{path::PathBuf, time::Duration};
 
 pub use binaries::Binaries;
 pub use cluster::{ControlPlane, ControlPlaneOptions, StaticPodNode, TestUser, collector_rbac};
+pub use eventually::{TimedOut, eventually, eventually_blocking};
 pub use kubelet::{Kubelet, KubeletEvent, KubeletOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestkitError {
     #[error("the control-plane binaries are not available: {0}")]
     BinariesUnavailable(String),
-    #[error("{what} ({path}): {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] clusteraudit_io::FileError),
     #[error("minting certificates: {0}")]
     Pki(#[from] crate::pki::PkiError),
     #[error("no free loopback port: {0}")]
@@ -46,10 +43,13 @@ pub enum TestkitError {
         status: String,
         log_tail: String,
     },
-    #[error("{name} was not ready after {waited:?}; its log ends with:\n{log_tail}")]
+    #[error(
+        "{name} was not ready after {waited:.1?} (last answer: {last_answer}); its log ends with:\n{log_tail}"
+    )]
     NotReady {
         name: String,
         waited: Duration,
+        last_answer: String,
         log_tail: String,
     },
     #[error("building a kube client: {0}")]
@@ -60,17 +60,15 @@ pub enum TestkitError {
     Encode { what: &'static str, reason: String },
 }
 
-impl TestkitError {
-    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            what,
-            path: path.into(),
-            source,
-        }
-    }
-}
-
 pub type Result<T, E = TestkitError> = std::result::Result<T, E>;
+
+/// [`clusteraudit_io::file_error`] fixed to this crate's error, so that `?` needs no annotation.
+pub(crate) fn file_error<'p>(
+    what: &'static str,
+    path: &'p std::path::Path,
+) -> impl FnOnce(std::io::Error) -> TestkitError + 'p {
+    clusteraudit_io::file_error(what, path)
+}
 
 /// A loopback port nobody listens on right now. Ports handed out before are never handed out
 /// again by this process, so concurrent starts in one test binary do not collide.
@@ -90,22 +88,4 @@ pub fn free_port() -> Result<u16> {
     Err(TestkitError::NoFreePort(std::io::Error::other(
         "the kernel kept offering ports already handed out",
     )))
-}
-
-/// Polls `check` until it says done, the deadline passes, or it fails for good.
-pub(crate) async fn poll_until<T>(
-    deadline: Duration,
-    interval: Duration,
-    mut check: impl AsyncFnMut() -> std::ops::ControlFlow<Result<T>, ()>,
-) -> Option<Result<T>> {
-    let give_up = tokio::time::Instant::now() + deadline;
-    loop {
-        if let std::ops::ControlFlow::Break(done) = check().await {
-            return Some(done);
-        }
-        if tokio::time::Instant::now() >= give_up {
-            return None;
-        }
-        tokio::time::sleep(interval).await;
-    }
 }

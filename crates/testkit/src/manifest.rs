@@ -12,7 +12,7 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 
-use super::{Result, TestkitError};
+use super::{Result, TestkitError, file_error};
 
 /// Everything a kube-apiserver of the test control plane needs to know.
 #[derive(Clone, Debug)]
@@ -133,8 +133,7 @@ pub fn write_manifest_atomically(path: &Path, pod: &Pod) -> Result<()> {
 
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .map_err(|err| TestkitError::io("creating a directory", dir, err))?;
+    std::fs::create_dir_all(dir).map_err(file_error("creating a directory", dir))?;
     clusteraudit_io::fsutil::write_atomically(dir, path, bytes)
-        .map_err(|err| TestkitError::io("replacing", path, err))
+        .map_err(file_error("replacing", path))
 }

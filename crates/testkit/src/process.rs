@@ -6,7 +6,7 @@ use std::{
     io::{Read, Seek, SeekFrom},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use nix::{
@@ -14,7 +14,7 @@ use nix::{
     unistd::Pid,
 };
 
-use super::{Result, TestkitError};
+use super::{Result, TestkitError, eventually_blocking, file_error};
 
 pub struct ManagedProcess {
     name: String,
@@ -36,10 +36,10 @@ impl ManagedProcess {
             .create(true)
             .append(true)
             .open(log_path)
-            .map_err(|err| TestkitError::io("opening a process log", log_path, err))?;
+            .map_err(file_error("opening a process log", log_path))?;
         let log_err = log
             .try_clone()
-            .map_err(|err| TestkitError::io("opening a process log", log_path, err))?;
+            .map_err(file_error("opening a process log", log_path))?;
         let mut command = Command::new(program);
         command
             .args(args)
@@ -105,12 +105,10 @@ impl ManagedProcess {
             return Some(status);
         }
         let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        let give_up = Instant::now() + grace;
-        while Instant::now() < give_up {
-            if let Some(status) = self.exit_status() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Ok(status) = eventually_blocking("an exit after SIGTERM", grace, || {
+            self.exit_status().ok_or(())
+        }) {
+            return Some(status);
         }
         let _ = self.child.kill();
         self.exit = self.child.wait().ok();
