@@ -91,7 +91,8 @@ pub enum Action {
         sink: SinkStatus,
         announce: bool,
     },
-    WriteStatus(ClusterAuditStatus),
+    // Boxed: the status is far larger than every other action.
+    WriteStatus(Box<ClusterAuditStatus>),
     /// Deletes the revision Secrets not named in `in_use`, but for the `spare` newest of them.
     CollectRevisions {
         in_use: Vec<String>,
@@ -219,7 +220,7 @@ pub fn plan(inputs: Inputs<'_>) -> Vec<Action> {
     } = draft;
     actions.extend(sink::cleanup(&mut status, delete_on_disable));
     let collect = release::collect(&status, desired_name.as_deref());
-    actions.push(Action::WriteStatus(status));
+    actions.push(Action::WriteStatus(Box::new(status)));
     actions.push(collect);
     actions.push(Action::RequeueAfter(requeue_after));
     actions
@@ -257,7 +258,7 @@ mod testing {
                 Action::Count(Tally::RolloutStarted) => released = true,
                 Action::Count(Tally::Throttled) => throttled = true,
                 Action::DeleteSink { sink, .. } => deleted_sink = Some(sink.clone()),
-                Action::WriteStatus(s) => status = Some(s.clone()),
+                Action::WriteStatus(s) => status = Some(ClusterAuditStatus::clone(s)),
                 Action::CollectRevisions { in_use: names, .. } => in_use = Some(names.clone()),
                 Action::RequeueAfter(after) => requeue_after = Some(*after),
                 Action::SetFinalizer(_) | Action::AwaitChange => {
