@@ -6,7 +6,7 @@ use std::{path::Path, time::Duration};
 use clusteraudit_testkit::pki::CertificateAuthority;
 use serde_json::{Value, json};
 
-use clusteraudit_testkit::{TimedOut, eventually, free_port, process::ManagedProcess};
+use clusteraudit_testkit::{eventually, free_port, process::ManagedProcess};
 
 /// The collector binary in its development mode (plain HTTP on loopback, no authentication).
 pub struct DevCollector {
@@ -39,24 +39,10 @@ pub async fn start_dev_collector(data: &Path, log: &Path, port: u16) -> DevColle
             .build()
             .unwrap(),
     };
-    if let Err(timed_out) = readyz(&collector.http, &collector.url).await {
+    if let Err(timed_out) = clusteraudit_testkit::readyz(&collector.http, &collector.url).await {
         panic!("{timed_out}: {}", collector.process.log_tail(20));
     }
     collector
-}
-
-/// Waits a minute at most for the collector at `url` to answer `/readyz` with a success.
-async fn readyz(http: &reqwest::Client, url: &str) -> Result<(), TimedOut<String>> {
-    eventually(
-        "the collector's /readyz",
-        Duration::from_secs(60),
-        async || match http.get(format!("{url}/readyz")).send().await {
-            Ok(response) if response.status().is_success() => Ok(()),
-            Ok(response) => Err(response.status().to_string()),
-            Err(err) => Err(err.to_string()),
-        },
-    )
-    .await
 }
 
 /// etcd and one control-plane node, "node-1", whose kube-apiserver the stand-in kubelet runs
@@ -148,7 +134,7 @@ pub async fn start_tls_collector(
         .build()
         .unwrap();
     let url = format!("https://127.0.0.1:{port}");
-    if let Err(timed_out) = readyz(&http, &url).await {
+    if let Err(timed_out) = clusteraudit_testkit::readyz(&http, &url).await {
         panic!(
             "the collector never became ready: {timed_out}: {}",
             process.log_tail(30)

@@ -182,22 +182,14 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(|err| TestkitError::Client(err.to_string()))?;
-    eventually(
-        "the collector's /readyz",
-        Duration::from_secs(60),
-        async || match http.get(format!("{url}/readyz")).send().await {
-            Ok(response) if response.status().is_success() => Ok(()),
-            Ok(response) => Err(response.status().to_string()),
-            Err(err) => Err(err.to_string()),
-        },
-    )
-    .await
-    .map_err(|timed_out| TestkitError::NotReady {
-        name: "collector".into(),
-        waited: timed_out.waited,
-        last_answer: timed_out.last,
-        log_tail: collector.log_tail(20),
-    })?;
+    crate::readyz(&http, &url)
+        .await
+        .map_err(|timed_out| TestkitError::NotReady {
+            name: "collector".into(),
+            waited: timed_out.waited,
+            last_answer: timed_out.last,
+            log_tail: collector.log_tail(20),
+        })?;
 
     step("starting the operator and the agent of node-1");
     let operator = ManagedProcess::spawn(

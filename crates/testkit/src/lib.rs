@@ -89,3 +89,18 @@ pub fn free_port() -> Result<u16> {
         "the kernel kept offering ports already handed out",
     )))
 }
+
+/// Waits a minute at most for a server of the binary (the collector) at `url` to answer `/readyz`
+/// with a success; a timeout says what it answered last.
+pub async fn readyz(http: &reqwest::Client, url: &str) -> Result<(), TimedOut<String>> {
+    eventually(
+        "the collector's /readyz",
+        Duration::from_secs(60),
+        async || match http.get(format!("{url}/readyz")).send().await {
+            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) => Err(response.status().to_string()),
+            Err(err) => Err(err.to_string()),
+        },
+    )
+    .await
+}
