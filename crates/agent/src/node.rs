@@ -70,7 +70,7 @@ impl Node {
     pub fn new(paths: NodePaths) -> Result<Node, NodeError> {
         clusteraudit_io::tls::install_crypto_provider();
         std::fs::create_dir_all(&paths.state_dir)
-            .map_err(file_error::<NodeError>("creating", &paths.state_dir))?;
+            .map_err(file_error("creating", &paths.state_dir))?;
         // Like the kubelet's probes, readiness is asked of the local endpoint without checking
         // its certificate: the answer matters, not who gives it.
         let http = reqwest::Client::builder()
@@ -104,14 +104,15 @@ impl Node {
     }
 
     fn read(&self, path: &Path) -> Result<Vec<u8>, NodeError> {
-        std::fs::read(path).map_err(file_error("reading", path))
+        Ok(std::fs::read(path).map_err(file_error("reading", path))?)
     }
 
     /// Replaces a file whole, with the temporary file in the agent's own directory, never the
     /// manifest directory.
     fn replace(&self, path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
         clusteraudit_io::fsutil::write_atomically(&self.paths.state_dir, path, bytes)
-            .map_err(file_error("replacing", path))
+            .map_err(file_error("replacing", path))?;
+        Ok(())
     }
 
     /// Brings this node to `revision`, or back to where it was if the revision does not come up.
@@ -143,8 +144,7 @@ impl Node {
                     state,
                 } => {
                     let dir = PathBuf::from(&settings.dir);
-                    std::fs::create_dir_all(&dir)
-                        .map_err(file_error::<NodeError>("creating", &dir))?;
+                    std::fs::create_dir_all(&dir).map_err(file_error("creating", &dir))?;
                     for (name, content) in &revision.files {
                         self.replace(&dir.join(name), content.as_bytes())?;
                     }

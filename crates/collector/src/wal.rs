@@ -11,7 +11,7 @@
 //! writer never waits for it, so a slow index commit never delays an acknowledgement, and records
 //! waiting to be indexed cost disk, not memory.
 
-use clusteraudit_io::FileError;
+use clusteraudit_io::{FileError, file_error};
 use std::{
     fs::{File, OpenOptions},
     io::{BufReader, Read, Write},
@@ -42,10 +42,6 @@ pub enum WalError {
     TooLarge(usize),
 }
 
-fn io<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> WalError + 'p {
-    clusteraudit_io::file_error(what, path)
-}
-
 struct Append {
     payload: Vec<u8>,
     done: oneshot::Sender<Result<Position, String>>,
@@ -66,7 +62,7 @@ impl Wal {
     /// `queue` bounds the batches waiting to be written: when it is full, [`Wal::try_append`]
     /// says so at once instead of waiting, so that callers can shed load.
     pub fn open(dir: &Path, queue: usize) -> Result<Wal, WalError> {
-        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        std::fs::create_dir_all(dir).map_err(file_error("creating", dir))?;
         let mut segments = list_segments(dir)?;
         let mut end: Position = 0;
         if let Some((start, path)) = segments.last() {
@@ -76,12 +72,13 @@ impl Wal {
             let file = OpenOptions::new()
                 .write(true)
                 .open(path)
-                .map_err(io("opening", path))?;
-            file.set_len(valid_len).map_err(io("truncating", path))?;
-            file.sync_all().map_err(io("syncing", path))?;
+                .map_err(file_error("opening", path))?;
+            file.set_len(valid_len)
+                .map_err(file_error("truncating", path))?;
+            file.sync_all().map_err(file_error("syncing", path))?;
         } else {
             let path = segment_path(dir, 0);
-            File::create(&path).map_err(io("creating", &path))?;
+            File::create(&path).map_err(file_error("creating", &path))?;
             sync_dir(dir)?;
             segments.push((0, path));
         }
@@ -89,7 +86,7 @@ impl Wal {
         let file = OpenOptions::new()
             .append(true)
             .open(&path)
-            .map_err(io("opening", &path))?;
+            .map_err(file_error("opening", &path))?;
         let (appends, receiver) = mpsc::channel(queue);
         let released = Arc::new(AtomicU64::new(0));
         let durable = Arc::new(AtomicU64::new(end));
@@ -106,7 +103,7 @@ impl Wal {
         std::thread::Builder::new()
             .name("wal-writer".into())
             .spawn(move || writer.run())
-            .map_err(io("starting the writer for", dir))?;
+            .map_err(file_error("starting the writer for", dir))?;
         Ok(Wal {
             dir: dir.to_path_buf(),
             appends,
@@ -239,7 +236,7 @@ impl Writer {
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(io("creating", &path))?;
+            .map_err(file_error("creating", &path))?;
         sync_dir(&self.dir)?;
         self.segment_start = self.end;
         self.segments.push(self.end);
@@ -266,8 +263,8 @@ fn segment_path(dir: &Path, start: Position) -> PathBuf {
 
 fn list_segments(dir: &Path) -> Result<Vec<(Position, PathBuf)>, WalError> {
     let mut segments = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io("listing", dir))? {
-        let entry = entry.map_err(io("listing", dir))?;
+    for entry in std::fs::read_dir(dir).map_err(file_error("listing", dir))? {
+        let entry = entry.map_err(file_error("listing", dir))?;
         let name = entry.file_name();
         let Some(start) = name
             .to_str()
@@ -284,10 +281,10 @@ fn list_segments(dir: &Path) -> Result<Vec<(Position, PathBuf)>, WalError> {
 
 /// The length of a segment's complete records (a torn or damaged tail is not counted).
 fn valid_length(path: &Path) -> Result<u64, WalError> {
-    let file = File::open(path).map_err(io("opening", path))?;
+    let file = File::open(path).map_err(file_error("opening", path))?;
     let mut reader = BufReader::with_capacity(1024 * 1024, file);
     let mut offset: u64 = 0;
-    while let Some(payload) = read_record(&mut reader).map_err(io("reading", path))? {
+    while let Some(payload) = read_record(&mut reader).map_err(file_error("reading", path))? {
         offset += (HEADER + payload.len()) as u64;
     }
     Ok(offset)
@@ -332,12 +329,12 @@ impl WalReader {
         for _ in 0..2 {
             if self.file.is_none() {
                 let path = segment_path(&self.dir, self.position);
-                let file = File::open(&path).map_err(io("opening", &path))?;
+                let file = File::open(&path).map_err(file_error("opening", &path))?;
                 self.file = Some(BufReader::with_capacity(1024 * 1024, file));
             }
             let reader = self.file.as_mut().expect("just opened");
             let path = segment_path(&self.dir, self.position);
-            match read_record(reader).map_err(io("reading", &path))? {
+            match read_record(reader).map_err(file_error("reading", &path))? {
                 Some(payload) => {
                     self.position += (HEADER + payload.len()) as u64;
                     return Ok(Some((self.position, payload)));
@@ -368,7 +365,8 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 fn sync_dir(dir: &Path) -> Result<(), WalError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(io("syncing", dir))
+        .map_err(file_error("syncing", dir))?;
+    Ok(())
 }
 
 #[cfg(test)]

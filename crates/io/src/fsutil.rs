@@ -13,18 +13,16 @@ pub struct FileError {
     pub source: std::io::Error,
 }
 
-/// For `map_err`: `std::fs::read(&path).map_err(file_error("reading", &path))?`, where the caller's
-/// error type converts from [`FileError`].
-pub fn file_error<'p, E: From<FileError>>(
+/// For `map_err`: `std::fs::read(&path).map_err(file_error("reading", &path))?`, where `?` turns
+/// the [`FileError`] into the caller's error.
+pub fn file_error<'p>(
     what: &'static str,
     path: &'p Path,
-) -> impl FnOnce(std::io::Error) -> E + 'p {
-    move |source| {
-        E::from(FileError {
-            what,
-            path: path.to_path_buf(),
-            source,
-        })
+) -> impl FnOnce(std::io::Error) -> FileError + 'p {
+    move |source| FileError {
+        what,
+        path: path.to_path_buf(),
+        source,
     }
 }
 

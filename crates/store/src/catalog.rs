@@ -1,6 +1,6 @@
 //! Logsets, topics and the webhook's route, in one small JSON file replaced atomically.
 
-use clusteraudit_io::FileError;
+use clusteraudit_io::file_error;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -70,13 +70,7 @@ impl Catalog {
                 message: err.to_string(),
             })?,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Contents::default(),
-            Err(source) => {
-                return Err(StoreError::File(FileError {
-                    what: "reading",
-                    path: path.into(),
-                    source,
-                }));
-            }
+            Err(source) => return Err(file_error("reading", path)(source).into()),
         };
         let mut catalog = Catalog {
             path: path.into(),
@@ -94,13 +88,9 @@ impl Catalog {
     fn save(&self) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec_pretty(&self.contents).expect("the catalog serializes");
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        clusteraudit_io::fsutil::write_atomically(dir, &self.path, &bytes).map_err(|source| {
-            StoreError::File(FileError {
-                what: "replacing",
-                path: self.path.clone(),
-                source,
-            })
-        })
+        clusteraudit_io::fsutil::write_atomically(dir, &self.path, &bytes)
+            .map_err(file_error("replacing", &self.path))?;
+        Ok(())
     }
 
     pub fn logsets(&self) -> &[Logset] {

@@ -1,7 +1,7 @@
 //! One time window of one topic: a tantivy index of the filter fields, with the raw event kept
 //! in its compressed document store.
 
-use clusteraudit_io::FileError;
+use clusteraudit_io::file_error;
 use std::path::{Path, PathBuf};
 
 use tantivy::{
@@ -179,13 +179,7 @@ const WRITER_MEMORY: usize = 48 * 1024 * 1024;
 
 impl Window {
     pub fn open(path: &Path, schema: &Schema) -> Result<Window, StoreError> {
-        std::fs::create_dir_all(path).map_err(|source| {
-            StoreError::File(FileError {
-                what: "creating",
-                path: path.into(),
-                source,
-            })
-        })?;
+        std::fs::create_dir_all(path).map_err(file_error("creating", path))?;
         let directory = tantivy::directory::MmapDirectory::open(path)
             .map_err(|err| StoreError::index(path, err))?;
         let index = if Index::exists(&directory).map_err(|err| StoreError::index(path, err))? {

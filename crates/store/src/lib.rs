@@ -9,7 +9,7 @@ pub mod catalog;
 pub mod index;
 pub mod query;
 
-use clusteraudit_io::FileError;
+use clusteraudit_io::{FileError, file_error};
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -172,13 +172,7 @@ pub struct Store {
 
 impl Store {
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(root.join("topics")).map_err(|source| {
-            StoreError::File(FileError {
-                what: "creating",
-                path: root.into(),
-                source,
-            })
-        })?;
+        std::fs::create_dir_all(root.join("topics")).map_err(file_error("creating", root))?;
         let (schema, fields) = index::schema();
         let catalog = Catalog::open(&root.join("catalog.json"))?;
         Ok(Store {
@@ -607,13 +601,7 @@ impl Store {
                 if day <= today - retention as i64 {
                     self.windows().remove(&(topic.clone(), day));
                     let path = entry.path();
-                    std::fs::remove_dir_all(&path).map_err(|source| {
-                        StoreError::File(FileError {
-                            what: "deleting",
-                            path: path.clone(),
-                            source,
-                        })
-                    })?;
+                    std::fs::remove_dir_all(&path).map_err(file_error("deleting", &path))?;
                     deleted.push(path);
                 }
             }
@@ -628,11 +616,7 @@ impl Store {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StoreError::File(FileError {
-                what: "deleting",
-                path: dir,
-                source,
-            })),
+            Err(source) => Err(file_error("deleting", &dir)(source).into()),
         }
     }
 }

@@ -444,7 +444,8 @@ impl ControlPlane {
                 reason: err.to_string(),
             })?;
         std::fs::write(&self.kubeconfig_path, text)
-            .map_err(file_error("writing the kubeconfig", &self.kubeconfig_path))
+            .map_err(file_error("writing the kubeconfig", &self.kubeconfig_path))?;
+        Ok(())
     }
 }
 

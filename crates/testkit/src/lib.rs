@@ -60,15 +60,9 @@ pub enum TestkitError {
     Encode { what: &'static str, reason: String },
 }
 
-pub type Result<T, E = TestkitError> = std::result::Result<T, E>;
+pub(crate) use clusteraudit_io::file_error;
 
-/// [`clusteraudit_io::file_error`] fixed to this crate's error, so that `?` needs no annotation.
-pub(crate) fn file_error<'p>(
-    what: &'static str,
-    path: &'p std::path::Path,
-) -> impl FnOnce(std::io::Error) -> TestkitError + 'p {
-    clusteraudit_io::file_error(what, path)
-}
+pub type Result<T, E = TestkitError> = std::result::Result<T, E>;
 
 /// A loopback port nobody listens on right now. Ports handed out before are never handed out
 /// again by this process, so concurrent starts in one test binary do not collide.

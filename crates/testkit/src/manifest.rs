@@ -135,5 +135,6 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(file_error("creating a directory", dir))?;
     clusteraudit_io::fsutil::write_atomically(dir, path, bytes)
-        .map_err(file_error("replacing", path))
+        .map_err(file_error("replacing", path))?;
+    Ok(())
 }
