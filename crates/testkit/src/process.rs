@@ -2,6 +2,7 @@
 //! owning thread dies first (a test that panics, a runner that is killed).
 
 use std::{
+    ffi::OsString,
     fs::File,
     io::{Read, Seek, SeekFrom},
     path::{Path, PathBuf},
@@ -15,6 +16,15 @@ use nix::{
 };
 
 use super::{Result, TestkitError, eventually_blocking, file_error};
+
+/// How [`ManagedProcess::spawn_with`] starts a process, beyond its program and arguments.
+#[derive(Clone, Debug, Default)]
+pub struct SpawnOptions {
+    /// Set on top of the environment it inherits.
+    pub env: Vec<(OsString, OsString)>,
+    /// The user and group ids it runs as, with no supplementary groups; changing them needs root.
+    pub user: Option<(u32, u32)>,
+}
 
 pub struct ManagedProcess {
     name: String,
@@ -31,6 +41,17 @@ impl ManagedProcess {
         args: &[String],
         log_path: &Path,
     ) -> Result<Self> {
+        Self::spawn_with(name, program, args, log_path, &SpawnOptions::default())
+    }
+
+    /// [`ManagedProcess::spawn`], with environment variables of its own or as another user.
+    pub fn spawn_with(
+        name: impl Into<String>,
+        program: &Path,
+        args: &[String],
+        log_path: &Path,
+        options: &SpawnOptions,
+    ) -> Result<Self> {
         let name = name.into();
         let log = File::options()
             .create(true)
@@ -43,9 +64,17 @@ impl ManagedProcess {
         let mut command = Command::new(program);
         command
             .args(args)
+            .envs(options.env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
+        if let Some((uid, gid)) = options.user {
+            use std::os::unix::process::CommandExt;
+            // As root, std also drops the supplementary groups.
+            command.uid(uid).gid(gid);
+        }
+        // A change of user clears the parent-death signal; std changes the user before this
+        // closure runs, so the signal set here holds for a process run as another user too.
         // SAFETY: the closure runs between fork and exec and only makes an async-signal-safe
         // system call.
         unsafe {
@@ -148,5 +177,56 @@ pub fn pid_alive(pid: u32) -> bool {
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    #[test]
+    fn a_process_run_as_another_user_still_dies_with_the_thread_that_started_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::fs::metadata("/proc/self").unwrap();
+        // Without root, switching to one's own ids still takes the same path through std.
+        let user = if me.uid() == 0 {
+            (65534, 65534)
+        } else {
+            (me.uid(), me.gid())
+        };
+        let log = dir.path().join("sleep.log");
+        let pid = std::thread::spawn(move || {
+            let process = ManagedProcess::spawn_with(
+                "sleep",
+                Path::new("sleep"),
+                &["600".to_string()],
+                &log,
+                &SpawnOptions {
+                    user: Some(user),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let pid = process.pid();
+            assert_eq!(
+                std::fs::metadata(format!("/proc/{pid}")).unwrap().uid(),
+                user.0
+            );
+            // As if the owner never got to stop it: only the kernel's parent-death signal can.
+            std::mem::forget(process);
+            pid
+        })
+        .join()
+        .unwrap();
+        eventually_blocking(
+            "the orphaned process to die",
+            Duration::from_secs(10),
+            || {
+                if pid_alive(pid) { Err(()) } else { Ok(()) }
+            },
+        )
+        .unwrap();
     }
 }
