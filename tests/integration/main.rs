@@ -15,5 +15,6 @@ mod control_plane;
 mod crd;
 mod operator_rollout;
 mod operator_sink;
+mod opensearch_server;
 mod policy_apiserver;
 mod ui_browser;

@@ -11,6 +11,7 @@ pub mod etcd;
 pub mod eventually;
 pub mod kubelet;
 pub mod manifest;
+pub mod opensearch;
 pub mod pki;
 pub mod process;
 
@@ -20,6 +21,7 @@ pub use binaries::Binaries;
 pub use cluster::{ControlPlane, ControlPlaneOptions, StaticPodNode, TestUser, collector_rbac};
 pub use eventually::{TimedOut, eventually, eventually_blocking};
 pub use kubelet::{Kubelet, KubeletEvent, KubeletOptions};
+pub use opensearch::OpenSearch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestkitError {
