@@ -16,8 +16,9 @@ use std::{
 };
 
 use clusteraudit_core::query;
+use clusteraudit_embedded_store::{Store, dir_size};
 use clusteraudit_loadgen::{EventGenerator, LoadgenArgs, Percentiles};
-use clusteraudit_store::{StatsField, StatsRequest, Store, dir_size};
+use clusteraudit_store::{StatsField, StatsRequest};
 use clusteraudit_testkit::{free_port, process::ManagedProcess};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -88,7 +89,7 @@ async fn ingest(seconds: u64, dir: &Path) {
         }
     });
     let report = clusteraudit_loadgen::run(LoadgenArgs {
-        target: format!("{url}/v1/webhook"),
+        target: vec![format!("{url}/v1/webhook")],
         events: u64::MAX / 2,
         batch: 400,
         concurrency: 4,
@@ -157,7 +158,7 @@ async fn ingest(seconds: u64, dir: &Path) {
 
 fn search(events: u64, dir: &Path) {
     let store = Store::open(&dir.join("search")).unwrap();
-    let topic = store.catalog().route().to_string();
+    let topic = store.catalog_file().catalog().route().to_string();
     let mut generator = EventGenerator::new(7);
     let started = Instant::now();
     let mut loaded = 0u64;
@@ -176,7 +177,7 @@ fn search(events: u64, dir: &Path) {
             if users.len() < 500 {
                 users.insert(event.user.username.clone());
             }
-            if let Some(t) = clusteraudit_store::index::event_time(event) {
+            if let Some(t) = event.time_micros() {
                 first_time = first_time.min(t);
                 last_time = last_time.max(t);
             }

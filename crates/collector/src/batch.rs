@@ -52,7 +52,7 @@ pub fn decode_event_list(body: &[u8]) -> Result<Vec<&str>, BatchError> {
                 index,
                 reason: err.to_string(),
             })?;
-        if clusteraudit_store::index::event_time(&event).is_none() {
+        if event.time_micros().is_none() {
             return Err(BatchError::BadEvent {
                 index,
                 reason: "neither stageTimestamp nor requestReceivedTimestamp is an RFC 3339 time"

@@ -22,7 +22,7 @@ use super::{
     auth::{Access, AuthError},
     batch,
 };
-use clusteraudit_store::StoreError;
+use clusteraudit_store::{CatalogEdit, Edited, SearchRequest, StoreError};
 
 /// Whether the TLS connection carried a client certificate the configured CA verified.
 #[derive(Clone, Copy, Debug, Default)]
@@ -71,8 +71,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/topics/{id}/stats", get(topic_stats))
         .route("/v1/route", get(get_route).put(set_route))
         .route("/livez", get(|| async { "ok" }))
-        // The server only listens once the log is replayed into the store: listening is ready.
-        .route("/readyz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(super::ui::routes())
         .layer(DefaultBodyLimit::max(limit))
@@ -136,6 +135,7 @@ impl From<StoreError> for ApiError {
             StoreError::LogsetNotFound(_) | StoreError::TopicNotFound(_) => StatusCode::NOT_FOUND,
             StoreError::LogsetNotEmpty(_) | StoreError::TopicInUse(_) => StatusCode::CONFLICT,
             StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+            StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, err.to_string())
@@ -191,15 +191,15 @@ async fn webhook(
         }
     };
     let count = items.len() as u64;
-    let backlog = shared
-        .wal
-        .durable_end()
-        .saturating_sub(shared.applied.load(std::sync::atomic::Ordering::SeqCst));
-    if backlog > super::MAX_INDEX_LAG_BYTES {
-        shared.metrics.reject("index-backlog");
+    let backlog = shared.backlog_bytes();
+    if backlog > shared.max_backlog_bytes {
+        shared.metrics.reject("store-backlog");
         let mut response = ApiError(
             StatusCode::TOO_MANY_REQUESTS,
-            "the collector is catching up on indexing; retry shortly".into(),
+            format!(
+                "the store is {backlog} bytes behind the log (bound {}); retry shortly",
+                shared.max_backlog_bytes
+            ),
         )
         .into_response();
         response
@@ -207,7 +207,13 @@ async fn webhook(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     }
-    let topic = shared.store.catalog().route().to_string();
+    let topic = match shared.store.route().await {
+        Ok(topic) => topic,
+        Err(err) => {
+            shared.metrics.reject("route-unavailable");
+            return ApiError(StatusCode::SERVICE_UNAVAILABLE, err.to_string()).into_response();
+        }
+    };
     let record = batch::encode_record(&topic, &items);
     let pending = match shared.wal.try_append(record) {
         Ok(Some(pending)) => pending,
@@ -256,7 +262,51 @@ async fn webhook(
     }
 }
 
+/// Ready while the webhook can take batches: it knows where they go, and the backlog is below
+/// its bound. The server only listens once the log is replayed
+/// into the embedded store, so listening is most of it; what remains is the backlog: at its bound
+/// the webhook refuses batches, and the Service should send them to another replica. A store that
+/// is down but still within the bound keeps the collector ready: the log holds the events.
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if let Err(err) = shared.store.route().await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: no route for the webhook yet: {err}\n"),
+        )
+            .into_response();
+    }
+    let backlog = shared.backlog_bytes();
+    let age = shared.oldest_pending_age();
+    if backlog > shared.max_backlog_bytes {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: the store is {backlog} bytes behind the log (bound {}); the oldest waiting event is {}s old\n",
+                shared.max_backlog_bytes,
+                age.as_secs()
+            ),
+        )
+            .into_response();
+    }
+    if backlog > 0 && age > Duration::from_secs(30) {
+        return format!(
+            "ok: {backlog} bytes wait for the store; the oldest is {}s old\n",
+            age.as_secs()
+        )
+        .into_response();
+    }
+    "ok".into_response()
+}
+
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    shared
+        .metrics
+        .backlog_bytes
+        .set(shared.backlog_bytes() as i64);
+    shared
+        .metrics
+        .oldest_pending_seconds
+        .set(shared.oldest_pending_age().as_secs_f64());
     shared.metrics.queue_depth.set(shared.wal.queued() as i64);
     (
         [(
@@ -273,7 +323,7 @@ async fn list_logsets(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     shared.auth.authorize(&headers, Access::Read).await?;
-    let logsets = shared.store.catalog().logsets().to_vec();
+    let logsets = shared.store.catalog().await?.logsets().to_vec();
     Ok(Json(json!({"items": logsets})).into_response())
 }
 
@@ -290,13 +340,11 @@ async fn create_logset(
 ) -> ApiResult<Response> {
     shared.auth.authorize(&headers, Access::Create).await?;
     let request: NewLogset = parse_json(&body)?;
-    let (logset, created) = shared.store.catalog().create_logset(&request.name)?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(logset)).into_response())
+    let edited = shared
+        .store
+        .edit_catalog(CatalogEdit::CreateLogset { name: request.name })
+        .await?;
+    Ok(created_or_found(edited))
 }
 
 async fn get_logset(
@@ -305,7 +353,7 @@ async fn get_logset(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     shared.auth.authorize(&headers, Access::Read).await?;
-    let logset = shared.store.catalog().logset(&id)?.clone();
+    let logset = shared.store.catalog().await?.logset(&id)?.clone();
     Ok(Json(logset).into_response())
 }
 
@@ -315,7 +363,10 @@ async fn delete_logset(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     shared.auth.authorize(&headers, Access::Delete).await?;
-    shared.store.catalog().delete_logset(&id)?;
+    shared
+        .store
+        .edit_catalog(CatalogEdit::DeleteLogset { id })
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -325,16 +376,7 @@ async fn list_topics(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     shared.auth.authorize(&headers, Access::Read).await?;
-    let topics: Vec<_> = {
-        let catalog = shared.store.catalog();
-        catalog.logset(&id)?;
-        catalog
-            .topics()
-            .iter()
-            .filter(|t| t.logset_id == id)
-            .cloned()
-            .collect()
-    };
+    let topics = shared.store.catalog().await?.topics_of(&id)?;
     Ok(Json(json!({"items": topics})).into_response())
 }
 
@@ -354,28 +396,41 @@ async fn create_topic(
 ) -> ApiResult<Response> {
     shared.auth.authorize(&headers, Access::Create).await?;
     let request: NewTopic = parse_json(&body)?;
-    let (topic, created) = shared.store.catalog().create_topic(
-        &id,
-        &request.name,
-        request
-            .retention_days
-            .unwrap_or(clusteraudit_store::catalog::DEFAULT_RETENTION_DAYS),
-    )?;
-    let status = if created {
+    let edited = shared
+        .store
+        .edit_catalog(CatalogEdit::CreateTopic {
+            logset_id: id,
+            name: request.name,
+            retention_days: request
+                .retention_days
+                .unwrap_or(clusteraudit_store::catalog::DEFAULT_RETENTION_DAYS),
+        })
+        .await?;
+    Ok(created_or_found(edited))
+}
+
+/// 201 with what was created, or 200 with what already existed under that name.
+fn created_or_found(edited: Edited) -> Response {
+    match edited {
+        Edited::Logset { logset, created } => {
+            (created_status(created), Json(logset)).into_response()
+        }
+        Edited::Topic { topic, created } => (created_status(created), Json(topic)).into_response(),
+        Edited::Done => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+fn created_status(created: bool) -> StatusCode {
+    if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
-    };
-    Ok((status, Json(topic)).into_response())
+    }
 }
 
 async fn topic_view(shared: &Shared, id: &str) -> ApiResult<serde_json::Value> {
-    let topic = shared.store.catalog().topic(id)?.clone();
-    let store = shared.store.clone();
-    let id = id.to_string();
-    let usage = tokio::task::spawn_blocking(move || store.usage(&id))
-        .await
-        .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))??;
+    let topic = shared.store.catalog().await?.topic(id)?.clone();
+    let usage = shared.store.usage(id.to_string()).await?;
     let mut value = serde_json::to_value(topic).expect("a topic serializes");
     value["sizeBytes"] = json!(usage.size_bytes);
     value["eventCount"] = json!(usage.event_count);
@@ -410,8 +465,12 @@ async fn update_topic(
     let patch: TopicPatch = parse_json(&body)?;
     shared
         .store
-        .catalog()
-        .update_topic(&id, patch.name.as_deref(), patch.retention_days)?;
+        .edit_catalog(CatalogEdit::UpdateTopic {
+            id: id.clone(),
+            name: patch.name,
+            retention_days: patch.retention_days,
+        })
+        .await?;
     Ok(Json(topic_view(&shared, &id).await?).into_response())
 }
 
@@ -421,14 +480,16 @@ async fn delete_topic(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     shared.auth.authorize(&headers, Access::Delete).await?;
-    shared.store.catalog().delete_topic(&id)?;
-    shared.store.delete_topic_data(&id)?;
+    shared
+        .store
+        .edit_catalog(CatalogEdit::DeleteTopic { id })
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn get_route(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<Response> {
     shared.auth.authorize(&headers, Access::Read).await?;
-    let route = shared.store.catalog().route().to_string();
+    let route = shared.store.catalog().await?.route().to_string();
     Ok(Json(json!({"topicId": route})).into_response())
 }
 
@@ -445,7 +506,12 @@ async fn set_route(
 ) -> ApiResult<Response> {
     shared.auth.authorize(&headers, Access::Update).await?;
     let route: Route = parse_json(&body)?;
-    shared.store.catalog().set_route(&route.topic_id)?;
+    shared
+        .store
+        .edit_catalog(CatalogEdit::SetRoute {
+            topic_id: route.topic_id.clone(),
+        })
+        .await?;
     Ok(Json(json!({"topicId": route.topic_id})).into_response())
 }
 
@@ -481,10 +547,14 @@ async fn search_events(
     )
     .await?;
     let limit = params.limit.unwrap_or(100);
-    let page = timed_query(&shared, move |store| {
-        store.search(&id, &query, from, to, limit, params.cursor.as_deref())
-    })
-    .await?;
+    let request = SearchRequest {
+        query,
+        from,
+        to,
+        limit,
+        cursor: params.cursor,
+    };
+    let page = timed(&shared, shared.store.search(id, request)).await?;
     Ok(Json(page).into_response())
 }
 
@@ -540,33 +610,25 @@ async fn topic_stats(
         None => ((to - from) / 50).max(60_000_000),
     };
     let top = params.top.unwrap_or(10);
-    let stats = timed_query(&shared, move |store| {
-        store.stats(
-            &id,
-            &clusteraudit_store::StatsRequest {
-                query,
-                from,
-                to,
-                by,
-                interval_micros: interval,
-                top,
-            },
-        )
-    })
-    .await?;
+    let request = clusteraudit_store::StatsRequest {
+        query,
+        from,
+        to,
+        by,
+        interval_micros: interval,
+        top,
+    };
+    let stats = timed(&shared, shared.store.stats(id, request)).await?;
     Ok(Json(stats).into_response())
 }
 
-/// Runs a store query off the async threads, timed for /metrics.
-async fn timed_query<T: Send + 'static>(
+/// A store query, timed for /metrics.
+async fn timed<T>(
     shared: &Shared,
-    work: impl FnOnce(&clusteraudit_store::Store) -> Result<T, StoreError> + Send + 'static,
+    query: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> ApiResult<T> {
-    let store = shared.store.clone();
     let started = Instant::now();
-    let result = tokio::task::spawn_blocking(move || work(&store))
-        .await
-        .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))??;
+    let result = query.await?;
     shared
         .metrics
         .query_seconds
@@ -585,7 +647,7 @@ async fn read_request(
     to: (Option<&str>, i64),
 ) -> ApiResult<(clusteraudit_core::query::Query, i64, i64)> {
     shared.auth.authorize(headers, Access::Read).await?;
-    shared.store.catalog().topic(topic)?;
+    shared.store.catalog().await?.topic(topic)?;
     let query = clusteraudit_core::query::parse(q)
         .map_err(|err| ApiError(StatusCode::BAD_REQUEST, format!("q: {err}")))?;
     let now = now_micros();

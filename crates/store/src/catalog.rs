@@ -1,7 +1,6 @@
-//! Logsets, topics and the webhook's route, in one small JSON file replaced atomically.
-
-use clusteraudit_io::file_error;
-use std::path::{Path, PathBuf};
+//! Logsets, topics and the webhook's route: the catalog's rules, without its storage. The
+//! embedded store keeps it in a file, OpenSearch in one document written with optimistic
+//! concurrency; both apply edits through [`Catalog::apply`], so every replica decides alike.
 
 use serde::{Deserialize, Serialize};
 
@@ -25,30 +24,81 @@ pub struct Topic {
     pub created: String,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-struct Contents {
+pub struct Catalog {
     logsets: Vec<Logset>,
     topics: Vec<Topic>,
     /// The topic the webhook writes to.
     route: Option<String>,
 }
 
-pub struct Catalog {
-    path: PathBuf,
-    contents: Contents,
-}
-
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
 
-fn now() -> String {
-    jiff::Timestamp::now().to_string()
+/// A change to the catalog.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CatalogEdit {
+    /// Creates a logset and a topic both named `default` and routes to it, if nothing is routed.
+    Initialize,
+    CreateLogset {
+        name: String,
+    },
+    DeleteLogset {
+        id: String,
+    },
+    CreateTopic {
+        logset_id: String,
+        name: String,
+        retention_days: u32,
+    },
+    UpdateTopic {
+        id: String,
+        name: Option<String>,
+        retention_days: Option<u32>,
+    },
+    DeleteTopic {
+        id: String,
+    },
+    SetRoute {
+        topic_id: String,
+    },
 }
 
-fn new_id(prefix: &str) -> String {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).expect("the OS has randomness");
-    format!("{prefix}-{}", hex::encode(bytes))
+/// What an edit did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Edited {
+    /// The logset; `created` is false when one of that name already existed.
+    Logset {
+        logset: Logset,
+        created: bool,
+    },
+    /// The topic; `created` is false when one of that name already existed in the logset.
+    Topic {
+        topic: Topic,
+        created: bool,
+    },
+    Done,
+}
+
+/// Where new ids and creation times come from, so that edits stay deterministic under test.
+pub trait Origin {
+    fn new_id(&mut self, prefix: &str) -> String;
+    fn now(&mut self) -> String;
+}
+
+/// Random ids and the wall clock.
+pub struct SystemOrigin;
+
+impl Origin for SystemOrigin {
+    fn new_id(&mut self, prefix: &str) -> String {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).expect("the OS has randomness");
+        format!("{prefix}-{}", hex::encode(bytes))
+    }
+
+    fn now(&mut self) -> String {
+        jiff::Timestamp::now().to_string()
+    }
 }
 
 pub fn valid_name(name: &str) -> bool {
@@ -61,175 +111,13 @@ pub fn valid_name(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
-impl Catalog {
-    /// Opens the catalog; a new one holds a logset and a topic both named `default`, routed to.
-    pub fn open(path: &Path) -> Result<Catalog, StoreError> {
-        let contents = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|err| StoreError::Catalog {
-                path: path.into(),
-                message: err.to_string(),
-            })?,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Contents::default(),
-            Err(source) => return Err(file_error("reading", path)(source).into()),
-        };
-        let mut catalog = Catalog {
-            path: path.into(),
-            contents,
-        };
-        if catalog.contents.route.is_none() {
-            let (logset, _) = catalog.create_logset("default")?;
-            let (topic, _) = catalog.create_topic(&logset.id, "default", DEFAULT_RETENTION_DAYS)?;
-            catalog.contents.route = Some(topic.id);
-            catalog.save()?;
-        }
-        Ok(catalog)
-    }
-
-    fn save(&self) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec_pretty(&self.contents).expect("the catalog serializes");
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        clusteraudit_io::fsutil::write_atomically(dir, &self.path, &bytes)
-            .map_err(file_error("replacing", &self.path))?;
+fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
+    if valid_name(name) {
         Ok(())
-    }
-
-    pub fn logsets(&self) -> &[Logset] {
-        &self.contents.logsets
-    }
-
-    pub fn topics(&self) -> &[Topic] {
-        &self.contents.topics
-    }
-
-    pub fn logset(&self, id: &str) -> Result<&Logset, StoreError> {
-        self.contents
-            .logsets
-            .iter()
-            .find(|l| l.id == id)
-            .ok_or_else(|| StoreError::LogsetNotFound(id.into()))
-    }
-
-    pub fn topic(&self, id: &str) -> Result<&Topic, StoreError> {
-        self.contents
-            .topics
-            .iter()
-            .find(|t| t.id == id)
-            .ok_or_else(|| StoreError::TopicNotFound(id.into()))
-    }
-
-    /// Creates a logset, or returns the one of that name (false: it existed).
-    pub fn create_logset(&mut self, name: &str) -> Result<(Logset, bool), StoreError> {
-        if !valid_name(name) {
-            return Err(StoreError::Invalid(format!(
-                "logset name {name:?} must be a DNS label (lowercase letters, digits, '-', at most 63)"
-            )));
-        }
-        if let Some(existing) = self.contents.logsets.iter().find(|l| l.name == name) {
-            return Ok((existing.clone(), false));
-        }
-        let logset = Logset {
-            id: new_id("ls"),
-            name: name.into(),
-            created: now(),
-        };
-        self.contents.logsets.push(logset.clone());
-        self.save()?;
-        Ok((logset, true))
-    }
-
-    pub fn delete_logset(&mut self, id: &str) -> Result<(), StoreError> {
-        self.logset(id)?;
-        if self.contents.topics.iter().any(|t| t.logset_id == id) {
-            return Err(StoreError::LogsetNotEmpty(id.into()));
-        }
-        self.contents.logsets.retain(|l| l.id != id);
-        self.save()
-    }
-
-    /// Creates a topic in a logset, or returns the one of that name there (false: it existed).
-    pub fn create_topic(
-        &mut self,
-        logset_id: &str,
-        name: &str,
-        retention_days: u32,
-    ) -> Result<(Topic, bool), StoreError> {
-        self.logset(logset_id)?;
-        if !valid_name(name) {
-            return Err(StoreError::Invalid(format!(
-                "topic name {name:?} must be a DNS label (lowercase letters, digits, '-', at most 63)"
-            )));
-        }
-        check_retention(retention_days)?;
-        if let Some(existing) = self
-            .contents
-            .topics
-            .iter()
-            .find(|t| t.logset_id == logset_id && t.name == name)
-        {
-            return Ok((existing.clone(), false));
-        }
-        let topic = Topic {
-            id: new_id("tp"),
-            logset_id: logset_id.into(),
-            name: name.into(),
-            retention_days,
-            created: now(),
-        };
-        self.contents.topics.push(topic.clone());
-        self.save()?;
-        Ok((topic, true))
-    }
-
-    pub fn update_topic(
-        &mut self,
-        id: &str,
-        name: Option<&str>,
-        retention_days: Option<u32>,
-    ) -> Result<Topic, StoreError> {
-        if let Some(name) = name
-            && !valid_name(name)
-        {
-            return Err(StoreError::Invalid(format!(
-                "topic name {name:?} must be a DNS label"
-            )));
-        }
-        if let Some(days) = retention_days {
-            check_retention(days)?;
-        }
-        let topic = self
-            .contents
-            .topics
-            .iter_mut()
-            .find(|t| t.id == id)
-            .ok_or_else(|| StoreError::TopicNotFound(id.into()))?;
-        if let Some(name) = name {
-            topic.name = name.into();
-        }
-        if let Some(days) = retention_days {
-            topic.retention_days = days;
-        }
-        let updated = topic.clone();
-        self.save()?;
-        Ok(updated)
-    }
-
-    pub fn delete_topic(&mut self, id: &str) -> Result<(), StoreError> {
-        self.topic(id)?;
-        if self.contents.route.as_deref() == Some(id) {
-            return Err(StoreError::TopicInUse(id.into()));
-        }
-        self.contents.topics.retain(|t| t.id != id);
-        self.save()
-    }
-
-    pub fn route(&self) -> &str {
-        self.contents.route.as_deref().unwrap_or_default()
-    }
-
-    pub fn set_route(&mut self, topic_id: &str) -> Result<(), StoreError> {
-        self.topic(topic_id)?;
-        self.contents.route = Some(topic_id.into());
-        self.save()
+    } else {
+        Err(StoreError::Invalid(format!(
+            "{what} name {name:?} must be a DNS label (lowercase letters, digits, '-', at most 63)"
+        )))
     }
 }
 
@@ -243,57 +131,334 @@ fn check_retention(days: u32) -> Result<(), StoreError> {
     }
 }
 
+impl Catalog {
+    pub fn logsets(&self) -> &[Logset] {
+        &self.logsets
+    }
+
+    pub fn topics(&self) -> &[Topic] {
+        &self.topics
+    }
+
+    pub fn logset(&self, id: &str) -> Result<&Logset, StoreError> {
+        self.logsets
+            .iter()
+            .find(|l| l.id == id)
+            .ok_or_else(|| StoreError::LogsetNotFound(id.into()))
+    }
+
+    pub fn topic(&self, id: &str) -> Result<&Topic, StoreError> {
+        self.topics
+            .iter()
+            .find(|t| t.id == id)
+            .ok_or_else(|| StoreError::TopicNotFound(id.into()))
+    }
+
+    /// The topics of a logset, which must exist.
+    pub fn topics_of(&self, logset_id: &str) -> Result<Vec<Topic>, StoreError> {
+        self.logset(logset_id)?;
+        Ok(self
+            .topics
+            .iter()
+            .filter(|t| t.logset_id == logset_id)
+            .cloned()
+            .collect())
+    }
+
+    /// The routed topic; empty before the catalog is initialized.
+    pub fn route(&self) -> &str {
+        self.route.as_deref().unwrap_or_default()
+    }
+
+    /// Whether `edit` would leave the catalog as it is (so nothing needs writing).
+    fn unchanged(&self, edited: &Edited, before: &Catalog) -> bool {
+        match edited {
+            Edited::Logset { created, .. } | Edited::Topic { created, .. } if !created => true,
+            _ => self == before,
+        }
+    }
+
+    /// Applies an edit. Returns what it did and whether the catalog changed.
+    pub fn apply(
+        &mut self,
+        edit: &CatalogEdit,
+        origin: &mut dyn Origin,
+    ) -> Result<(Edited, bool), StoreError> {
+        let before = self.clone();
+        let edited = match edit {
+            CatalogEdit::Initialize => {
+                if self.route.is_none() {
+                    let logset = self.create_logset("default", origin)?.0;
+                    let topic = self
+                        .create_topic(&logset.id, "default", DEFAULT_RETENTION_DAYS, origin)?
+                        .0;
+                    self.route = Some(topic.id);
+                }
+                Edited::Done
+            }
+            CatalogEdit::CreateLogset { name } => {
+                let (logset, created) = self.create_logset(name, origin)?;
+                Edited::Logset { logset, created }
+            }
+            CatalogEdit::DeleteLogset { id } => {
+                self.logset(id)?;
+                if self.topics.iter().any(|t| &t.logset_id == id) {
+                    return Err(StoreError::LogsetNotEmpty(id.clone()));
+                }
+                self.logsets.retain(|l| &l.id != id);
+                Edited::Done
+            }
+            CatalogEdit::CreateTopic {
+                logset_id,
+                name,
+                retention_days,
+            } => {
+                let (topic, created) =
+                    self.create_topic(logset_id, name, *retention_days, origin)?;
+                Edited::Topic { topic, created }
+            }
+            CatalogEdit::UpdateTopic {
+                id,
+                name,
+                retention_days,
+            } => {
+                if let Some(name) = name {
+                    check_name("topic", name)?;
+                }
+                if let Some(days) = retention_days {
+                    check_retention(*days)?;
+                }
+                let current = self.topic(id)?.clone();
+                if let Some(name) = name
+                    && self.topics.iter().any(|t| {
+                        t.logset_id == current.logset_id && &t.name == name && t.id != current.id
+                    })
+                {
+                    return Err(StoreError::Invalid(format!(
+                        "logset {:?} already holds a topic named {name:?}",
+                        current.logset_id
+                    )));
+                }
+                let topic = self
+                    .topics
+                    .iter_mut()
+                    .find(|t| &t.id == id)
+                    .expect("found above");
+                if let Some(name) = name {
+                    topic.name = name.clone();
+                }
+                if let Some(days) = retention_days {
+                    topic.retention_days = *days;
+                }
+                Edited::Topic {
+                    topic: topic.clone(),
+                    created: true,
+                }
+            }
+            CatalogEdit::DeleteTopic { id } => {
+                self.topic(id)?;
+                if self.route.as_deref() == Some(id) {
+                    return Err(StoreError::TopicInUse(id.clone()));
+                }
+                self.topics.retain(|t| &t.id != id);
+                Edited::Done
+            }
+            CatalogEdit::SetRoute { topic_id } => {
+                self.topic(topic_id)?;
+                self.route = Some(topic_id.clone());
+                Edited::Done
+            }
+        };
+        let changed = !self.unchanged(&edited, &before);
+        Ok((edited, changed))
+    }
+
+    fn create_logset(
+        &mut self,
+        name: &str,
+        origin: &mut dyn Origin,
+    ) -> Result<(Logset, bool), StoreError> {
+        check_name("logset", name)?;
+        if let Some(existing) = self.logsets.iter().find(|l| l.name == name) {
+            return Ok((existing.clone(), false));
+        }
+        let logset = Logset {
+            id: origin.new_id("ls"),
+            name: name.into(),
+            created: origin.now(),
+        };
+        self.logsets.push(logset.clone());
+        Ok((logset, true))
+    }
+
+    fn create_topic(
+        &mut self,
+        logset_id: &str,
+        name: &str,
+        retention_days: u32,
+        origin: &mut dyn Origin,
+    ) -> Result<(Topic, bool), StoreError> {
+        self.logset(logset_id)?;
+        check_name("topic", name)?;
+        check_retention(retention_days)?;
+        if let Some(existing) = self
+            .topics
+            .iter()
+            .find(|t| t.logset_id == logset_id && t.name == name)
+        {
+            return Ok((existing.clone(), false));
+        }
+        let topic = Topic {
+            id: origin.new_id("tp"),
+            logset_id: logset_id.into(),
+            name: name.into(),
+            retention_days,
+            created: origin.now(),
+        };
+        self.topics.push(topic.clone());
+        Ok((topic, true))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    struct Counter(u32);
+
+    impl Origin for Counter {
+        fn new_id(&mut self, prefix: &str) -> String {
+            self.0 += 1;
+            format!("{prefix}-{}", self.0)
+        }
+        fn now(&mut self) -> String {
+            "2026-11-30T00:00:00Z".into()
+        }
+    }
+
+    fn apply(catalog: &mut Catalog, edit: CatalogEdit) -> Result<(Edited, bool), StoreError> {
+        catalog.apply(&edit, &mut Counter(catalog.logsets.len() as u32 * 10 + 100))
+    }
+
     #[test]
-    fn a_new_catalog_routes_to_a_default_topic_and_creation_is_idempotent() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("catalog.json");
-        let mut catalog = Catalog::open(&path).unwrap();
+    fn initializing_routes_to_a_default_topic_once() {
+        let mut catalog = Catalog::default();
+        assert_eq!(catalog.route(), "");
+        assert!(apply(&mut catalog, CatalogEdit::Initialize).unwrap().1);
         let route = catalog.route().to_string();
         let default = catalog.topic(&route).unwrap().clone();
         assert_eq!(default.name, "default");
         assert_eq!(catalog.logset(&default.logset_id).unwrap().name, "default");
-
-        let (logset, created) = catalog.create_logset("k8s-audit").unwrap();
-        assert!(created);
-        let (again, created) = catalog.create_logset("k8s-audit").unwrap();
-        assert!(!created);
-        assert_eq!(again, logset);
-        let (topic, _) = catalog
-            .create_topic(&logset.id, "cluster-audit", 7)
-            .unwrap();
-        let (same, created) = catalog
-            .create_topic(&logset.id, "cluster-audit", 30)
-            .unwrap();
-        assert!(!created);
-        assert_eq!(same.id, topic.id);
-
-        assert!(matches!(
-            catalog.delete_logset(&logset.id),
-            Err(StoreError::LogsetNotEmpty(_))
-        ));
-        assert!(matches!(
-            catalog.delete_topic(&route),
-            Err(StoreError::TopicInUse(_))
-        ));
-        assert!(matches!(
-            catalog.create_topic(&logset.id, "Bad_Name", 7),
-            Err(StoreError::Invalid(_))
-        ));
-        assert!(matches!(
-            catalog.create_topic(&logset.id, "t", 0),
-            Err(StoreError::Invalid(_))
-        ));
-
-        // It survives a reopen.
-        drop(catalog);
-        let mut catalog = Catalog::open(&path).unwrap();
+        assert!(!apply(&mut catalog, CatalogEdit::Initialize).unwrap().1);
         assert_eq!(catalog.route(), route);
-        catalog.set_route(&topic.id).unwrap();
-        catalog.delete_topic(&route).unwrap();
+    }
+
+    #[test]
+    fn creation_by_name_is_idempotent_and_refusals_change_nothing() {
+        let mut catalog = Catalog::default();
+        apply(&mut catalog, CatalogEdit::Initialize).unwrap();
+        let route = catalog.route().to_string();
+        let create_logset = CatalogEdit::CreateLogset {
+            name: "k8s-audit".into(),
+        };
+        let (Edited::Logset { logset, created }, changed) =
+            apply(&mut catalog, create_logset.clone()).unwrap()
+        else {
+            panic!("a logset")
+        };
+        assert!(created && changed);
+        let (again, changed) = apply(&mut catalog, create_logset).unwrap();
+        assert!(!changed);
+        assert_eq!(
+            again,
+            Edited::Logset {
+                logset: logset.clone(),
+                created: false
+            }
+        );
+        let create_topic = |days| CatalogEdit::CreateTopic {
+            logset_id: logset.id.clone(),
+            name: "cluster-audit".into(),
+            retention_days: days,
+        };
+        let (Edited::Topic { topic, .. }, _) = apply(&mut catalog, create_topic(7)).unwrap() else {
+            panic!("a topic")
+        };
+        let (
+            Edited::Topic {
+                topic: same,
+                created,
+            },
+            changed,
+        ) = apply(&mut catalog, create_topic(30)).unwrap()
+        else {
+            panic!("a topic")
+        };
+        assert!(!created && !changed);
+        assert_eq!(same, topic);
+
+        let before = catalog.clone();
+        for (edit, refused) in [
+            (
+                CatalogEdit::DeleteLogset {
+                    id: logset.id.clone(),
+                },
+                "LogsetNotEmpty",
+            ),
+            (CatalogEdit::DeleteTopic { id: route.clone() }, "TopicInUse"),
+            (
+                CatalogEdit::CreateTopic {
+                    logset_id: logset.id.clone(),
+                    name: "Bad_Name".into(),
+                    retention_days: 7,
+                },
+                "Invalid",
+            ),
+            (create_topic(0), "Invalid"),
+            (
+                CatalogEdit::SetRoute {
+                    topic_id: "tp-missing".into(),
+                },
+                "TopicNotFound",
+            ),
+            (
+                CatalogEdit::UpdateTopic {
+                    id: topic.id.clone(),
+                    name: Some("default".into()),
+                    retention_days: Some(0),
+                },
+                "Invalid",
+            ),
+        ] {
+            let err = apply(&mut catalog, edit).unwrap_err();
+            assert!(format!("{err:?}").starts_with(refused), "{err:?}");
+            assert_eq!(catalog, before);
+        }
+
+        apply(
+            &mut catalog,
+            CatalogEdit::SetRoute {
+                topic_id: topic.id.clone(),
+            },
+        )
+        .unwrap();
+        apply(&mut catalog, CatalogEdit::DeleteTopic { id: route }).unwrap();
         assert_eq!(catalog.topics().len(), 1);
+        let (Edited::Topic { topic: renamed, .. }, changed) = apply(
+            &mut catalog,
+            CatalogEdit::UpdateTopic {
+                id: topic.id.clone(),
+                name: Some("renamed".into()),
+                retention_days: Some(90),
+            },
+        )
+        .unwrap() else {
+            panic!("a topic")
+        };
+        assert!(changed);
+        assert_eq!(
+            (renamed.name.as_str(), renamed.retention_days),
+            ("renamed", 90)
+        );
     }
 }

@@ -1,43 +1,32 @@
-//! The embedded store: per topic, one index per day (UTC), with the raw events kept. Retention
-//! deletes whole days. Logsets and topics are kept in a small catalog file.
+//! The store interface: what the collector's API needs from wherever the events are kept. Two
+//! implementations: the embedded store (one machine, the default) and OpenSearch (several
+//! collector replicas sharing one cluster).
 //!
-//! The store is fed from the write-ahead log: each window remembers (in its commit) the log
-//! position it has reached, so a replay after a crash skips what a window already holds and
-//! nothing is indexed twice.
+//! Writing is not part of it: each implementation is fed from the collector's write-ahead log in
+//! its own way (the embedded store commits windows with the log position they reach; OpenSearch
+//! is shipped to in bulk and the log released once it acknowledged).
 
 pub mod catalog;
-pub mod index;
-pub mod query;
 
-use clusteraudit_io::{FileError, file_error};
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    sync::Mutex,
-};
+use std::{future::Future, pin::Pin};
 
-use tantivy::{
-    DocAddress, Order, Searcher, TantivyDocument,
-    collector::{Count, TopDocs},
-    query::{AllQuery, BooleanQuery, Occur, Query as _, RangeQuery},
-    schema::{Schema, Value},
-};
-
-pub use catalog::{Catalog, Logset, Topic};
-use index::{Fields, Window};
-
-use clusteraudit_core::{audit::Event, query::Query};
+pub use catalog::{Catalog, CatalogEdit, Edited, Logset, Topic};
+use clusteraudit_core::query::Query;
+use clusteraudit_io::FileError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(transparent)]
     File(#[from] FileError),
-    #[error("the index at {path}: {source}")]
-    Index {
-        path: PathBuf,
+    #[error("{context}: {source}")]
+    Backend {
+        context: String,
         #[source]
-        source: tantivy::TantivyError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The store cannot be reached or is overloaded; asking again later may work.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
     #[error("no logset {0:?}")]
     LogsetNotFound(String),
     #[error("no topic {0:?}")]
@@ -48,44 +37,61 @@ pub enum StoreError {
     TopicInUse(String),
     #[error("{0}")]
     Invalid(String),
-    #[error("the catalog {path} is unreadable: {message}")]
-    Catalog { path: PathBuf, message: String },
+    #[error("the catalog {location} is unreadable: {message}")]
+    Catalog { location: String, message: String },
 }
 
 impl StoreError {
-    pub(crate) fn index(path: &Path, source: impl Into<tantivy::TantivyError>) -> Self {
-        StoreError::Index {
-            path: path.into(),
+    pub fn backend(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StoreError::Backend {
+            context: context.into(),
             source: source.into(),
         }
     }
 }
 
-const MICROS_PER_DAY: i64 = 86_400_000_000;
+pub const MICROS_PER_DAY: i64 = 86_400_000_000;
 
-fn day_of(time: i64) -> i64 {
-    time.div_euclid(MICROS_PER_DAY)
+/// The UTC day (days since the epoch) of a time in microseconds.
+pub fn day_of(time_micros: i64) -> i64 {
+    time_micros.div_euclid(MICROS_PER_DAY)
 }
 
-fn day_dir_name(day: i64) -> String {
-    let date = jiff::Timestamp::from_second(day * 86_400)
+/// The calendar date of a UTC day.
+pub fn date_of_day(day: i64) -> jiff::civil::Date {
+    jiff::Timestamp::from_second(day * 86_400)
         .expect("a day of a parsed event time is within jiff's range")
         .to_zoned(jiff::tz::TimeZone::UTC)
-        .date();
-    format!("{:04}{:02}{:02}", date.year(), date.month(), date.day())
+        .date()
 }
 
-fn parse_day_dir(name: &str) -> Option<i64> {
-    if name.len() != 8 {
-        return None;
-    }
-    let year: i16 = name[..4].parse().ok()?;
-    let month: i8 = name[4..6].parse().ok()?;
-    let day: i8 = name[6..].parse().ok()?;
-    let date = jiff::civil::Date::new(year, month, day).ok()?;
+/// The UTC day of a calendar date.
+pub fn day_of_date(date: jiff::civil::Date) -> Option<i64> {
     let days = jiff::civil::date(1970, 1, 1).until(date).ok()?.get_days();
     Some(i64::from(days))
 }
+
+/// Whether a day's data is past a topic's retention: whole days only, and never today.
+pub fn expired(day: i64, today: i64, retention_days: u32) -> bool {
+    day <= today - i64::from(retention_days) && day < today
+}
+
+/// What to find: events of a topic matching `query` within [from, to] (micros), newest first.
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    pub query: Query,
+    pub from: i64,
+    pub to: i64,
+    pub limit: usize,
+    /// Where a previous page ended, as that page said.
+    pub cursor: Option<String>,
+}
+
+/// The most events one page holds.
+pub const MAX_PAGE: usize = 1000;
 
 /// A page of search results, newest first.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -94,6 +100,14 @@ pub struct Page {
     pub events: Vec<Box<serde_json::value::RawValue>>,
     /// Where the next page starts, if there may be one.
     pub cursor: Option<String>,
+}
+
+/// Raw events kept as bytes, as JSON values for a page; bytes that are not JSON are left out.
+pub fn raw_events(raw: Vec<Vec<u8>>) -> Vec<Box<serde_json::value::RawValue>> {
+    raw.into_iter()
+        .filter_map(|bytes| String::from_utf8(bytes).ok())
+        .filter_map(|text| serde_json::value::RawValue::from_string(text).ok())
+        .collect()
 }
 
 /// What to count: events matching `query` within [from, to] (micros), per `interval_micros`,
@@ -108,7 +122,29 @@ pub struct StatsRequest {
     pub top: usize,
 }
 
-/// The fields stats can group by (those kept as columns).
+/// The most time buckets a stats answer holds; a finer interval is widened to fit.
+pub const MAX_TIME_BUCKETS: i64 = 2_000;
+
+impl StatsRequest {
+    /// The interval actually used: at least a second, and coarse enough for the bucket cap.
+    pub fn effective_interval(&self) -> i64 {
+        let span = (self.to - self.from).max(0);
+        let floor = (span / MAX_TIME_BUCKETS).max(1);
+        let interval = self.interval_micros.max(1_000_000);
+        if interval >= floor {
+            interval
+        } else {
+            // Whole seconds, so bucket starts stay readable.
+            (floor + 999_999) / 1_000_000 * 1_000_000
+        }
+    }
+
+    pub fn effective_top(&self) -> usize {
+        self.top.clamp(1, 100)
+    }
+}
+
+/// The fields stats can group by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum StatsField {
@@ -162,493 +198,60 @@ pub struct TopicUsage {
     pub event_count: u64,
 }
 
-pub struct Store {
-    root: PathBuf,
-    schema: Schema,
-    fields: Fields,
-    catalog: Mutex<Catalog>,
-    windows: Mutex<HashMap<(String, i64), Window>>,
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Where the collector's API reads from and keeps its catalog.
+pub trait AuditStore: Send + Sync + 'static {
+    /// The catalog as it is now.
+    fn catalog(&self) -> StoreFuture<'_, Catalog>;
+    /// Applies one edit to the catalog; deleting a topic also deletes its events.
+    fn edit_catalog(&self, edit: CatalogEdit) -> StoreFuture<'_, Edited>;
+    /// The topic the webhook writes to. May lag a route change made elsewhere by a moment.
+    fn route(&self) -> StoreFuture<'_, String>;
+    fn search(&self, topic: String, request: SearchRequest) -> StoreFuture<'_, Page>;
+    fn stats(&self, topic: String, request: StatsRequest) -> StoreFuture<'_, Stats>;
+    fn usage(&self, topic: String) -> StoreFuture<'_, TopicUsage>;
+    /// Deletes the days of every topic that are past its retention; returns what was deleted.
+    fn enforce_retention(&self, now_micros: i64) -> StoreFuture<'_, Vec<String>>;
 }
 
-impl Store {
-    pub fn open(root: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(root.join("topics")).map_err(file_error("creating", root))?;
-        let (schema, fields) = index::schema();
-        let catalog = Catalog::open(&root.join("catalog.json"))?;
-        Ok(Store {
-            root: root.into(),
-            schema,
-            fields,
-            catalog: Mutex::new(catalog),
-            windows: Mutex::new(HashMap::new()),
-        })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_deletes_whole_past_days_only() {
+        let today = 20_000;
+        assert!(expired(today - 7, today, 7));
+        assert!(!expired(today - 6, today, 7));
+        assert!(!expired(today, today, 1));
+        assert!(expired(today - 1, today, 1));
     }
 
-    pub fn catalog(&self) -> std::sync::MutexGuard<'_, Catalog> {
-        self.catalog.lock().unwrap_or_else(|e| e.into_inner())
+    #[test]
+    fn days_and_dates_round_trip() {
+        let day = day_of(1_764_460_800_000_000 + 5);
+        let date = date_of_day(day);
+        assert_eq!(date.to_string(), "2025-11-30");
+        assert_eq!(day_of_date(date), Some(day));
+        assert_eq!(day_of(-1), -1);
     }
 
-    fn windows(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i64), Window>> {
-        self.windows.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn topic_dir(&self, topic: &str) -> PathBuf {
-        self.root.join("topics").join(topic)
-    }
-
-    /// Adds the events of one log record (ending at `end`) to their topic's windows, skipping
-    /// the windows that already hold it. Returns how many were added.
-    pub fn apply(&self, end: u64, topic: &str, events: &[&[u8]]) -> Result<usize, StoreError> {
-        let mut windows = self.windows();
-        let mut added = 0;
-        for raw in events {
-            let event: Event = match serde_json::from_slice(raw) {
-                Ok(event) => event,
-                Err(err) => {
-                    // The webhook validated it before it was logged; a record that no longer
-                    // decodes means a code change, and must not stop the rest.
-                    tracing::warn!(error = %err, "skipping an event that no longer decodes");
-                    continue;
-                }
-            };
-            let Some(time) = index::event_time(&event) else {
-                tracing::warn!(audit_id = %event.audit_id, "skipping an event without a timestamp");
-                continue;
-            };
-            let key = (topic.to_string(), day_of(time));
-            let window = match windows.entry(key) {
-                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    let path = self.topic_dir(topic).join(day_dir_name(v.key().1));
-                    v.insert(Window::open(&path, &self.schema)?)
-                }
-            };
-            if end <= window.committed {
-                continue;
-            }
-            let doc = index::document(&self.fields, &event, time, raw);
-            let path = window.path.clone();
-            window
-                .writer()?
-                .add_document(doc)
-                .map_err(|err| StoreError::index(&path, err))?;
-            window.pending += 1;
-            added += 1;
-        }
-        Ok(added)
-    }
-
-    /// Commits every window with new events, recording that the log up to `position` is in.
-    /// Writers of windows that received nothing since the last commit are closed, so memory
-    /// goes to the windows being written.
-    pub fn commit(&self, position: u64) -> Result<(), StoreError> {
-        let mut windows = self.windows();
-        for window in windows.values_mut() {
-            if window.pending > 0 {
-                window.commit(position)?;
-            } else if let Some(writer) = window.writer.take() {
-                let _ = writer.wait_merging_threads();
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether any window has events not yet committed.
-    pub fn has_pending(&self) -> bool {
-        self.windows().values().any(|w| w.pending > 0)
-    }
-
-    /// Searchers of the topic's windows overlapping [from, to] (micros), newest first.
-    fn searchers(&self, topic: &str, from: i64, to: i64) -> Result<Vec<Searcher>, StoreError> {
-        let dir = self.topic_dir(topic);
-        let mut days: Vec<i64> = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_str().and_then(parse_day_dir))
-                .filter(|day| *day >= day_of(from) && *day <= day_of(to))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        days.sort_unstable_by(|a, b| b.cmp(a));
-        let mut windows = self.windows();
-        let mut searchers = Vec::new();
-        for day in days {
-            let key = (topic.to_string(), day);
-            if !windows.contains_key(&key) {
-                let window = Window::open(&dir.join(day_dir_name(day)), &self.schema)?;
-                windows.insert(key.clone(), window);
-            }
-            searchers.push(windows[&key].reader.searcher());
-        }
-        Ok(searchers)
-    }
-
-    /// Events of `topic` matching `query` within [from, to] (micros), newest first.
-    ///
-    /// Events stamped with the same microsecond are ordered by their bytes, and a page never ends
-    /// inside such a group without the cursor saying how much of it was shown; so paging neither
-    /// repeats nor skips an event, even when segments merge between pages.
-    pub fn search(
-        &self,
-        topic: &str,
-        query: &Query,
-        from: i64,
-        to: i64,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> Result<Page, StoreError> {
-        let limit = limit.clamp(1, 1000);
-        let (mut upper, mut skip) = (to, 0usize);
-        if let Some(cursor) = cursor {
-            (upper, skip) = parse_cursor(cursor)?;
-            if upper > to {
-                (upper, skip) = (to, 0);
-            }
-        }
-        if upper < from {
-            return Ok(Page {
-                events: Vec::new(),
-                cursor: None,
-            });
-        }
-        let matcher = query::translate(&self.schema, &self.fields, query)?;
-        let searchers = self.searchers(topic, from, upper)?;
-        let within = |low, high| self.in_time_range(matcher.box_clone(), low, high);
-        use std::ops::Bound::{Excluded, Included};
-
-        // First what is left of the group stamped `upper`.
-        let mut page: Vec<Vec<u8>> = self
-            .group_at(&searchers, &within(Included(upper), Included(upper)))?
-            .into_iter()
-            .skip(skip)
-            .collect();
-        if page.len() > limit {
-            page.truncate(limit);
-            return Ok(Page {
-                events: raw_events(page),
-                cursor: Some(format!("{upper}.{}", skip + limit)),
-            });
-        }
-        // Then the newest below it, one more than fits to know whether a page follows.
-        let room = limit - page.len();
-        let mut hits: Vec<(i64, usize, DocAddress)> = Vec::new();
-        let below = within(Included(from), Excluded(upper));
-        for (window, searcher) in searchers.iter().enumerate() {
-            let top = searcher
-                .search(
-                    &below,
-                    &TopDocs::with_limit(room + 1).order_by_fast_field::<i64>("time", Order::Desc),
-                )
-                .map_err(|err| StoreError::index(&self.root, err))?;
-            hits.extend(top.into_iter().map(|(t, a)| (t.unwrap_or(0), window, a)));
-            // Windows are whole days, newest first: once one fills the page, older days cannot
-            // hold anything newer.
-            if hits.len() > room {
-                break;
-            }
-        }
-        hits.sort_by_key(|hit| std::cmp::Reverse(hit.0));
-        if hits.len() <= room {
-            page.extend(self.sorted_raw(&searchers, &hits)?);
-            return Ok(Page {
-                events: raw_events(page),
-                cursor: None,
-            });
-        }
-        if room == 0 {
-            // The group at `upper` filled the page exactly; the next page starts below it.
-            let cursor = Some(format!("{upper}.{}", skip + page.len()));
-            return Ok(Page {
-                events: raw_events(page),
-                cursor,
-            });
-        }
-        // The page ends at `last`: everything newer is in, and of the group stamped `last`, the
-        // first `taken` in byte order.
-        let last = hits[room - 1].0;
-        let newer: Vec<_> = hits[..room]
-            .iter()
-            .filter(|h| h.0 > last)
-            .copied()
-            .collect();
-        let taken = room - newer.len();
-        page.extend(self.sorted_raw(&searchers, &newer)?);
-        let group = self.group_at(&searchers, &within(Included(last), Included(last)))?;
-        page.extend(group.into_iter().take(taken));
-        Ok(Page {
-            events: raw_events(page),
-            cursor: Some(format!("{last}.{taken}")),
-        })
-    }
-
-    /// `matcher` restricted to events stamped within the bounds (micros).
-    fn in_time_range(
-        &self,
-        matcher: Box<dyn tantivy::query::Query>,
-        low: std::ops::Bound<i64>,
-        high: std::ops::Bound<i64>,
-    ) -> BooleanQuery {
-        let term = |t: i64| tantivy::Term::from_field_i64(self.fields.time, t);
-        BooleanQuery::new(vec![
-            (Occur::Must, matcher),
-            (
-                Occur::Must,
-                Box::new(RangeQuery::new(low.map(term), high.map(term))),
-            ),
-        ])
-    }
-
-    /// Every matching event of one microsecond, in byte order.
-    fn group_at(
-        &self,
-        searchers: &[Searcher],
-        query: &BooleanQuery,
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut group = Vec::new();
-        for searcher in searchers {
-            let addresses = searcher
-                .search(query, &TopDocs::with_limit(100_000).order_by_score())
-                .map_err(|err| StoreError::index(&self.root, err))?;
-            for (_, address) in addresses {
-                group.push(self.raw_of(searcher, address)?);
-            }
-        }
-        group.sort();
-        Ok(group)
-    }
-
-    /// The raw events of hits, newest first, ties in byte order.
-    fn sorted_raw(
-        &self,
-        searchers: &[Searcher],
-        hits: &[(i64, usize, DocAddress)],
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut events = Vec::with_capacity(hits.len());
-        for (time, window, address) in hits {
-            events.push((*time, self.raw_of(&searchers[*window], *address)?));
-        }
-        events.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-        Ok(events.into_iter().map(|(_, raw)| raw).collect())
-    }
-
-    fn raw_of(&self, searcher: &Searcher, address: DocAddress) -> Result<Vec<u8>, StoreError> {
-        let doc: TantivyDocument = searcher
-            .doc(address)
-            .map_err(|err| StoreError::index(&self.root, err))?;
-        Ok(doc
-            .get_first(self.fields.raw)
-            .and_then(|v| v.as_bytes())
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default())
-    }
-
-    /// Counts over time and the most frequent values of one field, for the events of `topic`
-    /// matching `query` within [from, to].
-    pub fn stats(&self, topic: &str, request: &StatsRequest) -> Result<Stats, StoreError> {
-        let StatsRequest {
-            query,
+    #[test]
+    fn stats_intervals_are_capped_in_bucket_count() {
+        let request = |from: i64, to: i64, interval| StatsRequest {
+            query: Query::All,
             from,
             to,
-            by,
-            interval_micros,
-            top,
-        } = request;
-        let (from, to, by, interval_micros, top) = (*from, *to, *by, *interval_micros, *top);
-        use tantivy::aggregation::{
-            AggregationLimitsGuard, DistributedAggregationCollector, agg_req::Aggregations,
-            intermediate_agg_result::IntermediateAggregationResults,
+            by: StatsField::User,
+            interval_micros: interval,
+            top: 1000,
         };
-        let interval_micros = interval_micros.max(1_000_000);
-        let top = top.clamp(1, 100);
-        let request: Aggregations = serde_json::from_value(serde_json::json!({
-            "over_time": {"histogram": {"field": "time", "interval": interval_micros as f64}},
-            "top": {"terms": {"field": by.field_name(), "size": top, "segment_size": top * 10 + 100}},
-        }))
-        .map_err(|err| StoreError::Invalid(err.to_string()))?;
-        let matcher = query::translate(&self.schema, &self.fields, query)?;
-        let combined = self.in_time_range(
-            matcher,
-            std::ops::Bound::Included(from),
-            std::ops::Bound::Included(to),
-        );
-        let mut merged: Option<IntermediateAggregationResults> = None;
-        let mut total = 0u64;
-        for searcher in self.searchers(topic, from, to)? {
-            let (count, partial) = searcher
-                .search(
-                    &combined,
-                    &(
-                        Count,
-                        DistributedAggregationCollector::from_aggs(
-                            request.clone(),
-                            Default::default(),
-                        ),
-                    ),
-                )
-                .map_err(|err| StoreError::index(&self.root, err))?;
-            total += count as u64;
-            match merged.as_mut() {
-                Some(merged) => merged
-                    .merge_fruits(partial)
-                    .map_err(|err| StoreError::index(&self.root, err))?,
-                None => merged = Some(partial),
-            }
-        }
-        let mut stats = Stats {
-            total,
-            interval_micros,
-            by: by.field_name().to_string(),
-            over_time: Vec::new(),
-            top: Vec::new(),
-        };
-        let Some(merged) = merged else {
-            return Ok(stats);
-        };
-        let results = merged
-            .into_final_result(request, AggregationLimitsGuard::default())
-            .map_err(|err| StoreError::index(&self.root, err))?;
-        let json =
-            serde_json::to_value(&results).map_err(|err| StoreError::Invalid(err.to_string()))?;
-        for bucket in json["over_time"]["buckets"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            stats.over_time.push(TimeBucket {
-                start: bucket["key"].as_f64().unwrap_or_default() as i64,
-                count: bucket["doc_count"].as_u64().unwrap_or_default(),
-            });
-        }
-        for bucket in json["top"]["buckets"].as_array().into_iter().flatten() {
-            let value = match &bucket["key"] {
-                serde_json::Value::String(text) => text.clone(),
-                other => other.to_string(),
-            };
-            stats.top.push(TopValue {
-                value,
-                count: bucket["doc_count"].as_u64().unwrap_or_default(),
-            });
-        }
-        Ok(stats)
+        assert_eq!(request(0, 1_800_000_000, 1).effective_interval(), 1_000_000);
+        assert_eq!(request(0, 3_600_000_000, 1).effective_interval(), 2_000_000);
+        let year = 365 * MICROS_PER_DAY;
+        let wide = request(0, year, 1_000_000).effective_interval();
+        assert!(year / wide <= MAX_TIME_BUCKETS, "{wide}");
+        assert_eq!(request(0, 1, 1).effective_top(), 100);
     }
-
-    /// Size on disk and number of events of a topic.
-    pub fn usage(&self, topic: &str) -> Result<TopicUsage, StoreError> {
-        let dir = self.topic_dir(topic);
-        let size_bytes = dir_size(&dir);
-        let mut event_count = 0;
-        for searcher in self.searchers(topic, i64::MIN / 2, i64::MAX / 2)? {
-            event_count += AllQuery
-                .count(&searcher)
-                .map_err(|err| StoreError::index(&self.root, err))?
-                as u64;
-        }
-        Ok(TopicUsage {
-            size_bytes,
-            event_count,
-        })
-    }
-
-    /// Bytes on disk by (part, field) for a topic, for tuning the schema.
-    pub fn space_usage(&self, topic: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        let mut totals: std::collections::BTreeMap<String, u64> = Default::default();
-        for searcher in self.searchers(topic, i64::MIN / 2, i64::MAX / 2)? {
-            let usage = searcher
-                .space_usage()
-                .map_err(|err| StoreError::index(&self.root, err))?;
-            for segment in usage.segments() {
-                for (part, per_field) in [
-                    ("terms", segment.termdict()),
-                    ("postings", segment.postings()),
-                    ("positions", segment.positions()),
-                    ("columns", segment.fast_fields()),
-                    ("norms", segment.fieldnorms()),
-                ] {
-                    for field in per_field.fields() {
-                        *totals
-                            .entry(format!("{part} {}", field.field_name()))
-                            .or_default() += field.total().get_bytes();
-                    }
-                }
-                *totals.entry("raw events (store)".into()).or_default() +=
-                    segment.store().total().get_bytes();
-            }
-        }
-        let mut sorted: Vec<(String, u64)> = totals.into_iter().collect();
-        sorted.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
-        Ok(sorted)
-    }
-
-    /// Deletes the days of every topic older than its retention. Returns the windows deleted.
-    pub fn enforce_retention(&self, now_micros: i64) -> Result<Vec<PathBuf>, StoreError> {
-        let topics: Vec<(String, u32)> = self
-            .catalog()
-            .topics()
-            .iter()
-            .map(|t| (t.id.clone(), t.retention_days))
-            .collect();
-        let today = day_of(now_micros);
-        let mut deleted = Vec::new();
-        for (topic, retention) in topics {
-            let dir = self.topic_dir(&topic);
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.filter_map(|e| e.ok()) {
-                let Some(day) = entry.file_name().to_str().and_then(parse_day_dir) else {
-                    continue;
-                };
-                if day <= today - retention as i64 {
-                    self.windows().remove(&(topic.clone(), day));
-                    let path = entry.path();
-                    std::fs::remove_dir_all(&path).map_err(file_error("deleting", &path))?;
-                    deleted.push(path);
-                }
-            }
-        }
-        Ok(deleted)
-    }
-
-    /// Removes a topic's data (after the catalog entry is gone).
-    pub fn delete_topic_data(&self, topic: &str) -> Result<(), StoreError> {
-        self.windows().retain(|(t, _), _| t != topic);
-        let dir = self.topic_dir(topic);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(file_error("deleting", &dir)(source).into()),
-        }
-    }
-}
-
-fn raw_events(raw: Vec<Vec<u8>>) -> Vec<Box<serde_json::value::RawValue>> {
-    raw.into_iter()
-        .filter_map(|bytes| String::from_utf8(bytes).ok())
-        .filter_map(|text| serde_json::value::RawValue::from_string(text).ok())
-        .collect()
-}
-
-fn parse_cursor(cursor: &str) -> Result<(i64, usize), StoreError> {
-    let invalid =
-        || StoreError::Invalid(format!("{cursor:?} is not a cursor this server gave out"));
-    let (time, skip) = cursor.split_once('.').ok_or_else(invalid)?;
-    Ok((
-        time.parse().map_err(|_| invalid())?,
-        skip.parse().map_err(|_| invalid())?,
-    ))
-}
-
-/// Bytes under a directory, recursively.
-pub fn dir_size(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .map(|entry| match entry.file_type() {
-            Ok(kind) if kind.is_dir() => dir_size(&entry.path()),
-            Ok(_) => entry.metadata().map(|m| m.len()).unwrap_or(0),
-            Err(_) => 0,
-        })
-        .sum()
 }

@@ -90,6 +90,35 @@ pub struct ResponseStatus {
     pub message: Option<String>,
 }
 
+impl Event {
+    /// Microseconds since the epoch at which the event's stage was reached, else when the request
+    /// was received: the time a store files and sorts it by.
+    pub fn time_micros(&self) -> Option<i64> {
+        let text = self
+            .stage_timestamp
+            .as_deref()
+            .or(self.request_received_timestamp.as_deref())?;
+        let parsed: jiff::Timestamp = text.parse().ok()?;
+        Some(parsed.as_microsecond())
+    }
+
+    /// The request URI without its query string: queries carry tokens and noise, not what was
+    /// touched.
+    pub fn request_path(&self) -> &str {
+        self.request_uri
+            .split_once('?')
+            .map_or(self.request_uri.as_str(), |(path, _)| path)
+    }
+
+    /// The authorizer's decision (`allow`, `forbid`), from the annotation the kube-apiserver adds.
+    pub fn decision(&self) -> Option<&str> {
+        self.annotations
+            .as_ref()?
+            .get("authorization.k8s.io/decision")?
+            .as_str()
+    }
+}
+
 /// A batch of events, as the webhook backend posts them.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -87,22 +87,6 @@ pub fn audit_id_hash(audit_id: &str) -> u64 {
     rustc_hash::FxBuildHasher.hash_one(audit_id)
 }
 
-/// The request URI without its query string.
-pub fn uri_path(uri: &str) -> &str {
-    uri.split_once('?').map_or(uri, |(path, _)| path)
-}
-
-/// Microseconds since the epoch of an event: when its stage was reached, else when it was
-/// received.
-pub fn event_time(event: &Event) -> Option<i64> {
-    let text = event
-        .stage_timestamp
-        .as_deref()
-        .or(event.request_received_timestamp.as_deref())?;
-    let parsed: jiff::Timestamp = text.parse().ok()?;
-    Some(parsed.as_microsecond())
-}
-
 pub fn document(fields: &Fields, event: &Event, time: i64, raw: &[u8]) -> TantivyDocument {
     let mut doc = TantivyDocument::default();
     doc.add_i64(fields.time, time);
@@ -111,11 +95,11 @@ pub fn document(fields: &Fields, event: &Event, time: i64, raw: &[u8]) -> Tantiv
         doc.add_text(fields.groups, group);
     }
     doc.add_text(fields.verb, &event.verb);
-    doc.add_text(fields.stage, stage_name(event));
-    doc.add_text(fields.level, format!("{:?}", event.level));
-    doc.add_text(fields.uri, uri_path(&event.request_uri));
+    doc.add_text(fields.stage, event.stage.as_str());
+    doc.add_text(fields.level, event.level.as_str());
+    doc.add_text(fields.uri, event.request_path());
     doc.add_u64(fields.audit_id, audit_id_hash(&event.audit_id));
-    let mut text = uri_path(&event.request_uri).to_string();
+    let mut text = event.request_path().to_string();
     if let Some(object) = &event.object_ref {
         doc.add_text(fields.resource, &object.resource);
         if !object.subresource.is_empty() {
@@ -141,26 +125,11 @@ pub fn document(fields: &Fields, event: &Event, time: i64, raw: &[u8]) -> Tantiv
     if let Some(agent) = &event.user_agent {
         doc.add_text(fields.user_agent, agent);
     }
-    if let Some(decision) = event
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get("authorization.k8s.io/decision"))
-        .and_then(|d| d.as_str())
-    {
+    if let Some(decision) = event.decision() {
         doc.add_text(fields.decision, decision);
     }
     doc.add_bytes(fields.raw, raw);
     doc
-}
-
-fn stage_name(event: &Event) -> &'static str {
-    use clusteraudit_core::audit::Stage;
-    match event.stage {
-        Stage::RequestReceived => "RequestReceived",
-        Stage::ResponseStarted => "ResponseStarted",
-        Stage::ResponseComplete => "ResponseComplete",
-        Stage::Panic => "Panic",
-    }
 }
 
 /// One open window.
@@ -181,9 +150,9 @@ impl Window {
     pub fn open(path: &Path, schema: &Schema) -> Result<Window, StoreError> {
         std::fs::create_dir_all(path).map_err(file_error("creating", path))?;
         let directory = tantivy::directory::MmapDirectory::open(path)
-            .map_err(|err| StoreError::index(path, err))?;
-        let index = if Index::exists(&directory).map_err(|err| StoreError::index(path, err))? {
-            Index::open(directory).map_err(|err| StoreError::index(path, err))?
+            .map_err(|err| super::index_error(path, err))?;
+        let index = if Index::exists(&directory).map_err(|err| super::index_error(path, err))? {
+            Index::open(directory).map_err(|err| super::index_error(path, err))?
         } else {
             let settings = IndexSettings {
                 // Audit events repeat themselves a great deal; zstd over large blocks keeps the
@@ -198,7 +167,7 @@ impl Window {
                 .schema(schema.clone())
                 .settings(settings)
                 .open_or_create(directory)
-                .map_err(|err| StoreError::index(path, err))?
+                .map_err(|err| super::index_error(path, err))?
         };
         let committed = index
             .load_metas()
@@ -210,7 +179,7 @@ impl Window {
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()
-            .map_err(|err| StoreError::index(path, err))?;
+            .map_err(|err| super::index_error(path, err))?;
         Ok(Window {
             path: path.into(),
             index,
@@ -226,7 +195,7 @@ impl Window {
             let writer = self
                 .index
                 .writer_with_num_threads(1, WRITER_MEMORY)
-                .map_err(|err| StoreError::index(&self.path, err))?;
+                .map_err(|err| super::index_error(&self.path, err))?;
             self.writer = Some(writer);
         }
         Ok(self.writer.as_mut().expect("just opened"))
@@ -242,16 +211,16 @@ impl Window {
         }
         let mut prepared = writer
             .prepare_commit()
-            .map_err(|err| StoreError::index(&self.path, err))?;
+            .map_err(|err| super::index_error(&self.path, err))?;
         prepared.set_payload(&position.to_string());
         prepared
             .commit()
-            .map_err(|err| StoreError::index(&self.path, err))?;
+            .map_err(|err| super::index_error(&self.path, err))?;
         self.committed = position;
         self.pending = 0;
         self.reader
             .reload()
-            .map_err(|err| StoreError::index(&self.path, err))?;
+            .map_err(|err| super::index_error(&self.path, err))?;
         Ok(())
     }
 }

@@ -1,0 +1,609 @@
+//! The embedded store: per topic, one index per day (UTC), with the raw events kept. Retention
+//! deletes whole days. Logsets and topics are kept in a small catalog file.
+//!
+//! The store is fed from the write-ahead log: each window remembers (in its commit) the log
+//! position it has reached, so a replay after a crash skips what a window already holds and
+//! nothing is indexed twice.
+
+pub mod catalog;
+pub mod index;
+pub mod query;
+
+use clusteraudit_io::file_error;
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use tantivy::{
+    DocAddress, Order, Searcher, TantivyDocument,
+    collector::{Count, TopDocs},
+    query::{AllQuery, BooleanQuery, Occur, Query as _, RangeQuery},
+    schema::{Schema, Value},
+};
+
+use catalog::CatalogFile;
+use index::{Fields, Window};
+
+use clusteraudit_core::{audit::Event, query::Query};
+pub use clusteraudit_store::StoreError;
+use clusteraudit_store::{
+    AuditStore, Catalog, CatalogEdit, Edited, Page, SearchRequest, Stats, StatsRequest,
+    StoreFuture, TimeBucket, TopValue, TopicUsage, date_of_day, day_of, day_of_date, raw_events,
+};
+
+pub(crate) fn index_error(path: &Path, source: impl Into<tantivy::TantivyError>) -> StoreError {
+    StoreError::backend(format!("the index at {}", path.display()), source.into())
+}
+
+fn day_dir_name(day: i64) -> String {
+    let date = date_of_day(day);
+    format!("{:04}{:02}{:02}", date.year(), date.month(), date.day())
+}
+
+fn parse_day_dir(name: &str) -> Option<i64> {
+    if name.len() != 8 {
+        return None;
+    }
+    let year: i16 = name[..4].parse().ok()?;
+    let month: i8 = name[4..6].parse().ok()?;
+    let day: i8 = name[6..].parse().ok()?;
+    day_of_date(jiff::civil::Date::new(year, month, day).ok()?)
+}
+
+pub struct Store {
+    root: PathBuf,
+    schema: Schema,
+    fields: Fields,
+    catalog: Mutex<CatalogFile>,
+    windows: Mutex<HashMap<(String, i64), Window>>,
+}
+
+impl Store {
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(root.join("topics")).map_err(file_error("creating", root))?;
+        let (schema, fields) = index::schema();
+        let catalog = CatalogFile::open(&root.join("catalog.json"))?;
+        Ok(Store {
+            root: root.into(),
+            schema,
+            fields,
+            catalog: Mutex::new(catalog),
+            windows: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn catalog_file(&self) -> std::sync::MutexGuard<'_, CatalogFile> {
+        self.catalog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn windows(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i64), Window>> {
+        self.windows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn topic_dir(&self, topic: &str) -> PathBuf {
+        self.root.join("topics").join(topic)
+    }
+
+    /// Adds the events of one log record (ending at `end`) to their topic's windows, skipping
+    /// the windows that already hold it. Returns how many were added.
+    pub fn apply(&self, end: u64, topic: &str, events: &[&[u8]]) -> Result<usize, StoreError> {
+        let mut windows = self.windows();
+        let mut added = 0;
+        for raw in events {
+            let event: Event = match serde_json::from_slice(raw) {
+                Ok(event) => event,
+                Err(err) => {
+                    // The webhook validated it before it was logged; a record that no longer
+                    // decodes means a code change, and must not stop the rest.
+                    tracing::warn!(error = %err, "skipping an event that no longer decodes");
+                    continue;
+                }
+            };
+            let Some(time) = event.time_micros() else {
+                tracing::warn!(audit_id = %event.audit_id, "skipping an event without a timestamp");
+                continue;
+            };
+            let key = (topic.to_string(), day_of(time));
+            let window = match windows.entry(key) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let path = self.topic_dir(topic).join(day_dir_name(v.key().1));
+                    v.insert(Window::open(&path, &self.schema)?)
+                }
+            };
+            if end <= window.committed {
+                continue;
+            }
+            let doc = index::document(&self.fields, &event, time, raw);
+            let path = window.path.clone();
+            window
+                .writer()?
+                .add_document(doc)
+                .map_err(|err| index_error(&path, err))?;
+            window.pending += 1;
+            added += 1;
+        }
+        Ok(added)
+    }
+
+    /// Commits every window with new events, recording that the log up to `position` is in.
+    /// Writers of windows that received nothing since the last commit are closed, so memory
+    /// goes to the windows being written.
+    pub fn commit(&self, position: u64) -> Result<(), StoreError> {
+        let mut windows = self.windows();
+        for window in windows.values_mut() {
+            if window.pending > 0 {
+                window.commit(position)?;
+            } else if let Some(writer) = window.writer.take() {
+                let _ = writer.wait_merging_threads();
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any window has events not yet committed.
+    pub fn has_pending(&self) -> bool {
+        self.windows().values().any(|w| w.pending > 0)
+    }
+
+    /// Searchers of the topic's windows overlapping [from, to] (micros), newest first.
+    fn searchers(&self, topic: &str, from: i64, to: i64) -> Result<Vec<Searcher>, StoreError> {
+        let dir = self.topic_dir(topic);
+        let mut days: Vec<i64> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().and_then(parse_day_dir))
+                .filter(|day| *day >= day_of(from) && *day <= day_of(to))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        days.sort_unstable_by(|a, b| b.cmp(a));
+        let mut windows = self.windows();
+        let mut searchers = Vec::new();
+        for day in days {
+            let key = (topic.to_string(), day);
+            if !windows.contains_key(&key) {
+                let window = Window::open(&dir.join(day_dir_name(day)), &self.schema)?;
+                windows.insert(key.clone(), window);
+            }
+            searchers.push(windows[&key].reader.searcher());
+        }
+        Ok(searchers)
+    }
+
+    /// Events of `topic` matching `query` within [from, to] (micros), newest first.
+    ///
+    /// Events stamped with the same microsecond are ordered by their bytes, and a page never ends
+    /// inside such a group without the cursor saying how much of it was shown; so paging neither
+    /// repeats nor skips an event, even when segments merge between pages.
+    pub fn search(
+        &self,
+        topic: &str,
+        query: &Query,
+        from: i64,
+        to: i64,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page, StoreError> {
+        let limit = limit.clamp(1, clusteraudit_store::MAX_PAGE);
+        let (mut upper, mut skip) = (to, 0usize);
+        if let Some(cursor) = cursor {
+            (upper, skip) = parse_cursor(cursor)?;
+            if upper > to {
+                (upper, skip) = (to, 0);
+            }
+        }
+        if upper < from {
+            return Ok(Page {
+                events: Vec::new(),
+                cursor: None,
+            });
+        }
+        let matcher = query::translate(&self.schema, &self.fields, query)?;
+        let searchers = self.searchers(topic, from, upper)?;
+        let within = |low, high| self.in_time_range(matcher.box_clone(), low, high);
+        use std::ops::Bound::{Excluded, Included};
+
+        // First what is left of the group stamped `upper`.
+        let mut page: Vec<Vec<u8>> = self
+            .group_at(&searchers, &within(Included(upper), Included(upper)))?
+            .into_iter()
+            .skip(skip)
+            .collect();
+        if page.len() > limit {
+            page.truncate(limit);
+            return Ok(Page {
+                events: raw_events(page),
+                cursor: Some(format!("{upper}.{}", skip + limit)),
+            });
+        }
+        // Then the newest below it, one more than fits to know whether a page follows.
+        let room = limit - page.len();
+        let mut hits: Vec<(i64, usize, DocAddress)> = Vec::new();
+        let below = within(Included(from), Excluded(upper));
+        for (window, searcher) in searchers.iter().enumerate() {
+            let top = searcher
+                .search(
+                    &below,
+                    &TopDocs::with_limit(room + 1).order_by_fast_field::<i64>("time", Order::Desc),
+                )
+                .map_err(|err| index_error(&self.root, err))?;
+            hits.extend(top.into_iter().map(|(t, a)| (t.unwrap_or(0), window, a)));
+            // Windows are whole days, newest first: once one fills the page, older days cannot
+            // hold anything newer.
+            if hits.len() > room {
+                break;
+            }
+        }
+        hits.sort_by_key(|hit| std::cmp::Reverse(hit.0));
+        if hits.len() <= room {
+            page.extend(self.sorted_raw(&searchers, &hits)?);
+            return Ok(Page {
+                events: raw_events(page),
+                cursor: None,
+            });
+        }
+        if room == 0 {
+            // The group at `upper` filled the page exactly; the next page starts below it.
+            let cursor = Some(format!("{upper}.{}", skip + page.len()));
+            return Ok(Page {
+                events: raw_events(page),
+                cursor,
+            });
+        }
+        // The page ends at `last`: everything newer is in, and of the group stamped `last`, the
+        // first `taken` in byte order.
+        let last = hits[room - 1].0;
+        let newer: Vec<_> = hits[..room]
+            .iter()
+            .filter(|h| h.0 > last)
+            .copied()
+            .collect();
+        let taken = room - newer.len();
+        page.extend(self.sorted_raw(&searchers, &newer)?);
+        let group = self.group_at(&searchers, &within(Included(last), Included(last)))?;
+        page.extend(group.into_iter().take(taken));
+        Ok(Page {
+            events: raw_events(page),
+            cursor: Some(format!("{last}.{taken}")),
+        })
+    }
+
+    /// `matcher` restricted to events stamped within the bounds (micros).
+    fn in_time_range(
+        &self,
+        matcher: Box<dyn tantivy::query::Query>,
+        low: std::ops::Bound<i64>,
+        high: std::ops::Bound<i64>,
+    ) -> BooleanQuery {
+        let term = |t: i64| tantivy::Term::from_field_i64(self.fields.time, t);
+        BooleanQuery::new(vec![
+            (Occur::Must, matcher),
+            (
+                Occur::Must,
+                Box::new(RangeQuery::new(low.map(term), high.map(term))),
+            ),
+        ])
+    }
+
+    /// Every matching event of one microsecond, in byte order.
+    fn group_at(
+        &self,
+        searchers: &[Searcher],
+        query: &BooleanQuery,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut group = Vec::new();
+        for searcher in searchers {
+            let addresses = searcher
+                .search(query, &TopDocs::with_limit(100_000).order_by_score())
+                .map_err(|err| index_error(&self.root, err))?;
+            for (_, address) in addresses {
+                group.push(self.raw_of(searcher, address)?);
+            }
+        }
+        group.sort();
+        Ok(group)
+    }
+
+    /// The raw events of hits, newest first, ties in byte order.
+    fn sorted_raw(
+        &self,
+        searchers: &[Searcher],
+        hits: &[(i64, usize, DocAddress)],
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut events = Vec::with_capacity(hits.len());
+        for (time, window, address) in hits {
+            events.push((*time, self.raw_of(&searchers[*window], *address)?));
+        }
+        events.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        Ok(events.into_iter().map(|(_, raw)| raw).collect())
+    }
+
+    fn raw_of(&self, searcher: &Searcher, address: DocAddress) -> Result<Vec<u8>, StoreError> {
+        let doc: TantivyDocument = searcher
+            .doc(address)
+            .map_err(|err| index_error(&self.root, err))?;
+        Ok(doc
+            .get_first(self.fields.raw)
+            .and_then(|v| v.as_bytes())
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default())
+    }
+
+    /// Counts over time and the most frequent values of one field, for the events of `topic`
+    /// matching `query` within [from, to].
+    pub fn stats(&self, topic: &str, request: &StatsRequest) -> Result<Stats, StoreError> {
+        let StatsRequest {
+            query,
+            from,
+            to,
+            by,
+            interval_micros,
+            top,
+        } = request;
+        let (from, to, by) = (*from, *to, *by);
+        let _ = (interval_micros, top);
+        let (interval_micros, top) = (request.effective_interval(), request.effective_top());
+        use tantivy::aggregation::{
+            AggregationLimitsGuard, DistributedAggregationCollector, agg_req::Aggregations,
+            intermediate_agg_result::IntermediateAggregationResults,
+        };
+        let request: Aggregations = serde_json::from_value(serde_json::json!({
+            "over_time": {"histogram": {"field": "time", "interval": interval_micros as f64}},
+            "top": {"terms": {"field": by.field_name(), "size": top, "segment_size": top * 10 + 100}},
+        }))
+        .map_err(|err| StoreError::Invalid(err.to_string()))?;
+        let matcher = query::translate(&self.schema, &self.fields, query)?;
+        let combined = self.in_time_range(
+            matcher,
+            std::ops::Bound::Included(from),
+            std::ops::Bound::Included(to),
+        );
+        let mut merged: Option<IntermediateAggregationResults> = None;
+        let mut total = 0u64;
+        for searcher in self.searchers(topic, from, to)? {
+            let (count, partial) = searcher
+                .search(
+                    &combined,
+                    &(
+                        Count,
+                        DistributedAggregationCollector::from_aggs(
+                            request.clone(),
+                            Default::default(),
+                        ),
+                    ),
+                )
+                .map_err(|err| index_error(&self.root, err))?;
+            total += count as u64;
+            match merged.as_mut() {
+                Some(merged) => merged
+                    .merge_fruits(partial)
+                    .map_err(|err| index_error(&self.root, err))?,
+                None => merged = Some(partial),
+            }
+        }
+        let mut stats = Stats {
+            total,
+            interval_micros,
+            by: by.field_name().to_string(),
+            over_time: Vec::new(),
+            top: Vec::new(),
+        };
+        let Some(merged) = merged else {
+            return Ok(stats);
+        };
+        let results = merged
+            .into_final_result(request, AggregationLimitsGuard::default())
+            .map_err(|err| index_error(&self.root, err))?;
+        let json =
+            serde_json::to_value(&results).map_err(|err| StoreError::Invalid(err.to_string()))?;
+        for bucket in json["over_time"]["buckets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            stats.over_time.push(TimeBucket {
+                start: bucket["key"].as_f64().unwrap_or_default() as i64,
+                count: bucket["doc_count"].as_u64().unwrap_or_default(),
+            });
+        }
+        for bucket in json["top"]["buckets"].as_array().into_iter().flatten() {
+            let value = match &bucket["key"] {
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            stats.top.push(TopValue {
+                value,
+                count: bucket["doc_count"].as_u64().unwrap_or_default(),
+            });
+        }
+        Ok(stats)
+    }
+
+    /// Size on disk and number of events of a topic.
+    pub fn usage(&self, topic: &str) -> Result<TopicUsage, StoreError> {
+        let dir = self.topic_dir(topic);
+        let size_bytes = dir_size(&dir);
+        let mut event_count = 0;
+        for searcher in self.searchers(topic, i64::MIN / 2, i64::MAX / 2)? {
+            event_count += AllQuery
+                .count(&searcher)
+                .map_err(|err| index_error(&self.root, err))? as u64;
+        }
+        Ok(TopicUsage {
+            size_bytes,
+            event_count,
+        })
+    }
+
+    /// Bytes on disk by (part, field) for a topic, for tuning the schema.
+    pub fn space_usage(&self, topic: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut totals: std::collections::BTreeMap<String, u64> = Default::default();
+        for searcher in self.searchers(topic, i64::MIN / 2, i64::MAX / 2)? {
+            let usage = searcher
+                .space_usage()
+                .map_err(|err| index_error(&self.root, err))?;
+            for segment in usage.segments() {
+                for (part, per_field) in [
+                    ("terms", segment.termdict()),
+                    ("postings", segment.postings()),
+                    ("positions", segment.positions()),
+                    ("columns", segment.fast_fields()),
+                    ("norms", segment.fieldnorms()),
+                ] {
+                    for field in per_field.fields() {
+                        *totals
+                            .entry(format!("{part} {}", field.field_name()))
+                            .or_default() += field.total().get_bytes();
+                    }
+                }
+                *totals.entry("raw events (store)".into()).or_default() +=
+                    segment.store().total().get_bytes();
+            }
+        }
+        let mut sorted: Vec<(String, u64)> = totals.into_iter().collect();
+        sorted.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+        Ok(sorted)
+    }
+
+    /// Deletes the days of every topic older than its retention. Returns the windows deleted.
+    pub fn enforce_retention(&self, now_micros: i64) -> Result<Vec<PathBuf>, StoreError> {
+        let topics: Vec<(String, u32)> = self
+            .catalog_file()
+            .catalog()
+            .topics()
+            .iter()
+            .map(|t| (t.id.clone(), t.retention_days))
+            .collect();
+        let today = day_of(now_micros);
+        let mut deleted = Vec::new();
+        for (topic, retention) in topics {
+            let dir = self.topic_dir(&topic);
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.filter_map(|e| e.ok()) {
+                let Some(day) = entry.file_name().to_str().and_then(parse_day_dir) else {
+                    continue;
+                };
+                if clusteraudit_store::expired(day, today, retention) {
+                    self.windows().remove(&(topic.clone(), day));
+                    let path = entry.path();
+                    std::fs::remove_dir_all(&path).map_err(file_error("deleting", &path))?;
+                    deleted.push(path);
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Removes a topic's data (after the catalog entry is gone).
+    pub fn delete_topic_data(&self, topic: &str) -> Result<(), StoreError> {
+        self.windows().retain(|(t, _), _| t != topic);
+        let dir = self.topic_dir(topic);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(file_error("deleting", &dir)(source).into()),
+        }
+    }
+}
+
+fn parse_cursor(cursor: &str) -> Result<(i64, usize), StoreError> {
+    let invalid =
+        || StoreError::Invalid(format!("{cursor:?} is not a cursor this server gave out"));
+    let (time, skip) = cursor.split_once('.').ok_or_else(invalid)?;
+    Ok((
+        time.parse().map_err(|_| invalid())?,
+        skip.parse().map_err(|_| invalid())?,
+    ))
+}
+
+/// Bytes under a directory, recursively.
+pub fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => dir_size(&entry.path()),
+            Ok(_) => entry.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The embedded store behind the store interface. Its work is blocking (disk, tantivy), so it
+/// runs on the runtime's blocking threads and never holds up the webhook.
+#[derive(Clone)]
+pub struct Embedded(pub std::sync::Arc<Store>);
+
+impl Embedded {
+    fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreFuture<'static, T> {
+        let store = self.0.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || work(&store))
+                .await
+                .map_err(|err| StoreError::backend("a store task", err))?
+        })
+    }
+}
+
+impl AuditStore for Embedded {
+    fn catalog(&self) -> StoreFuture<'_, Catalog> {
+        let catalog = self.0.catalog_file().catalog().clone();
+        Box::pin(std::future::ready(Ok(catalog)))
+    }
+
+    fn edit_catalog(&self, edit: CatalogEdit) -> StoreFuture<'_, Edited> {
+        self.blocking(move |store| {
+            let edited = store.catalog_file().edit(&edit)?;
+            if let CatalogEdit::DeleteTopic { id } = &edit {
+                store.delete_topic_data(id)?;
+            }
+            Ok(edited)
+        })
+    }
+
+    fn route(&self) -> StoreFuture<'_, String> {
+        let route = self.0.catalog_file().catalog().route().to_string();
+        Box::pin(std::future::ready(Ok(route)))
+    }
+
+    fn search(&self, topic: String, request: SearchRequest) -> StoreFuture<'_, Page> {
+        self.blocking(move |store| {
+            store.search(
+                &topic,
+                &request.query,
+                request.from,
+                request.to,
+                request.limit,
+                request.cursor.as_deref(),
+            )
+        })
+    }
+
+    fn stats(&self, topic: String, request: StatsRequest) -> StoreFuture<'_, Stats> {
+        self.blocking(move |store| store.stats(&topic, &request))
+    }
+
+    fn usage(&self, topic: String) -> StoreFuture<'_, TopicUsage> {
+        self.blocking(move |store| store.usage(&topic))
+    }
+
+    fn enforce_retention(&self, now_micros: i64) -> StoreFuture<'_, Vec<String>> {
+        self.blocking(move |store| {
+            Ok(store
+                .enforce_retention(now_micros)?
+                .into_iter()
+                .map(|path| path.display().to_string())
+                .collect())
+        })
+    }
+}
