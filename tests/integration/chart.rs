@@ -269,6 +269,48 @@ serviceMonitor: {enabled: true, interval: 15s, labels: {release: prometheus}}
         assert!(applied.contains(kind), "{kind} missing from:\n{applied}");
     }
 
+    // On OpenSearch: several replicas behind the one Service, credentials from a Secret.
+    let opensearch_values = control_plane.dir().join("opensearch-values.yaml");
+    std::fs::write(
+        &opensearch_values,
+        r#"
+collector:
+  replicas: 3
+  store:
+    type: opensearch
+    opensearch:
+      url: https://opensearch.logging.svc:9200
+      credentialsSecret: opensearch-credentials
+      caFromSecret: true
+"#,
+    )
+    .unwrap();
+    let on_opensearch = helm_template(
+        &control_plane,
+        &["--values", opensearch_values.to_str().unwrap()],
+    );
+    for text in [
+        "replicas: 3",
+        "--store=opensearch",
+        "--opensearch-url=https://opensearch.logging.svc:9200",
+        "--opensearch-username=$(OPENSEARCH_USERNAME)",
+        "--opensearch-password-file=/etc/clusteraudit/opensearch/password",
+        "--opensearch-ca-file=/etc/clusteraudit/opensearch/ca.crt",
+        "secretName: opensearch-credentials",
+        "--max-backlog-bytes=2147483648",
+    ] {
+        assert!(
+            on_opensearch.contains(text),
+            "{text} missing from:\n{on_opensearch}"
+        );
+    }
+    assert!(!defaults.contains("--store=opensearch") && !defaults.contains("replicas: 3"));
+    let applied = kubectl_apply(&control_plane, &on_opensearch, true);
+    assert!(
+        applied.contains("statefulset.apps/clusteraudit-collector"),
+        "{applied}"
+    );
+
     // Applied for real, the operator's identity can do its job and nothing more.
     kubectl_apply(&control_plane, &defaults, false);
     let ns = Some(NAMESPACE);

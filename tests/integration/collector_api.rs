@@ -1,16 +1,23 @@
 //! The collector's own API, in its local development mode (plain HTTP on loopback, no
 //! authentication): logsets and topics, routing, search with paging, stats, bad input, and
-//! durability across a kill -9.
+//! durability across a kill -9. The same suite, with the same assertions, runs on each store.
 
 use std::{path::Path, time::Duration};
 
 use clusteraudit_testkit::{eventually, free_port, process::ManagedProcess};
 use serde_json::{Value, json};
 
-use crate::support::{DevCollector as Collector, start_dev_collector as start};
+use crate::support::{
+    DevCollector as Collector, start_dev_collector as start, start_dev_collector_with,
+};
 
 impl Collector {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut request = self.http.request(method, format!("{}{path}", self.url));
         if let Some(body) = body {
             request = request.json(&body);
@@ -20,7 +27,7 @@ impl Collector {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    async fn post_raw(&self, body: Vec<u8>, content_type: &str) -> (u16, Value) {
+    pub async fn post_raw(&self, body: Vec<u8>, content_type: &str) -> (u16, Value) {
         let response = self
             .http
             .post(format!("{}/v1/webhook", self.url))
@@ -33,7 +40,7 @@ impl Collector {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    async fn post_events(&self, events: &[Value]) -> u16 {
+    pub async fn post_events(&self, events: &[Value]) -> u16 {
         let body = json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {}, "items": events});
         self.post_raw(serde_json::to_vec(&body).unwrap(), "application/json")
             .await
@@ -41,7 +48,7 @@ impl Collector {
     }
 
     /// All events of a topic matching `q`, following cursors `limit` at a time.
-    async fn search_all(&self, topic: &str, q: &str, limit: usize) -> Vec<Value> {
+    pub async fn search_all(&self, topic: &str, q: &str, limit: usize) -> Vec<Value> {
         let mut events = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..1000 {
@@ -62,7 +69,7 @@ impl Collector {
 
     /// The events matching `q` once there are at least `count`, or those found after a minute:
     /// the caller's assertions on them say more than a timeout would.
-    async fn wait_count(&self, topic: &str, q: &str, count: usize) -> Vec<Value> {
+    pub async fn wait_count(&self, topic: &str, q: &str, count: usize) -> Vec<Value> {
         eventually(q, Duration::from_secs(60), async || {
             let events = self.search_all(topic, q, 1000).await;
             if events.len() >= count {
@@ -80,7 +87,7 @@ fn urlencode(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-fn event(i: usize, user: &str, verb: &str, code: u16) -> Value {
+pub fn event(i: usize, user: &str, verb: &str, code: u16) -> Value {
     json!({
         "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
         "auditID": format!("00000000-0000-0000-0000-{i:012}"),
@@ -100,6 +107,24 @@ fn event(i: usize, user: &str, verb: &str, code: u16) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_collector_api_end_to_end_in_development_mode() {
+    api_suite(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs OpenSearch: scripts/test runs it"]
+async fn the_collector_api_end_to_end_on_opensearch() {
+    let opensearch = clusteraudit_testkit::opensearch::OpenSearch::start()
+        .await
+        .expect("OpenSearch starts");
+    api_suite(&[
+        "--store=opensearch".into(),
+        format!("--opensearch-url={}", opensearch.url),
+    ])
+    .await;
+}
+
+/// Everything the API promises, on the store `store_args` choose.
+async fn api_suite(store_args: &[String]) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
 
@@ -118,7 +143,9 @@ async fn the_collector_api_end_to_end_in_development_mode() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("only listens on loopback"));
 
     let port = free_port().unwrap();
-    let collector = start(&data, &dir.path().join("collector-1.log"), port).await;
+    let collector =
+        start_dev_collector_with(&data, &dir.path().join("collector-1.log"), port, store_args)
+            .await;
 
     // The default logset and topic exist and receive the webhook's events.
     let (_, route) = collector
@@ -445,7 +472,9 @@ async fn the_collector_api_end_to_end_in_development_mode() {
     }
     let Collector { mut process, .. } = collector;
     process.kill_now();
-    let collector = start(&data, &dir.path().join("collector-2.log"), port).await;
+    let collector =
+        start_dev_collector_with(&data, &dir.path().join("collector-2.log"), port, store_args)
+            .await;
     let recovered = collector.wait_count(&topic_id, "user:erin", 400).await;
     assert_eq!(recovered.len(), 400, "acknowledged events were lost");
     let mut ids: Vec<&str> = recovered

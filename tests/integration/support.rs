@@ -16,14 +16,25 @@ pub struct DevCollector {
 }
 
 pub async fn start_dev_collector(data: &Path, log: &Path, port: u16) -> DevCollector {
+    start_dev_collector_with(data, log, port, &[]).await
+}
+
+/// [`start_dev_collector`] with more arguments (another store, say).
+pub async fn start_dev_collector_with(
+    data: &Path,
+    log: &Path,
+    port: u16,
+    extra: &[String],
+) -> DevCollector {
     clusteraudit_io::tls::install_crypto_provider();
-    let args = vec![
+    let mut args = vec![
         "collector".to_string(),
         format!("--data-dir={}", data.display()),
         format!("--listen=127.0.0.1:{port}"),
         "--insecure-dev".into(),
         "--max-body-bytes=2097152".into(),
     ];
+    args.extend_from_slice(extra);
     let process = ManagedProcess::spawn(
         "collector",
         Path::new(env!("CARGO_BIN_EXE_clusteraudit")),

@@ -1,29 +1,44 @@
-//! `clusteraudit collector`: the audit webhook the kube-apiserver posts to, the embedded store
-//! behind it, and the read and admin API in front of the store.
+//! `clusteraudit collector`: the audit webhook the kube-apiserver posts to, the store behind it
+//! (embedded, or OpenSearch shared by several replicas), and the read and admin API in front of
+//! the store.
 //!
 //! Ingest: decode and check the EventList, append it to the write-ahead log, answer 200 once it
 //! is synced. A bounded queue in front of the log turns overload into `429 Retry-After` at once,
-//! so the kube-apiserver is never kept waiting by search load or a slow disk. An indexer thread
-//! takes durable records into the store and commits about once a second; a restart replays the
-//! log past what each window has committed.
+//! so the kube-apiserver is never kept waiting by search load or a slow disk. Behind the log, a
+//! drain takes durable records into the store: the embedded indexer commits about once a second
+//! and a restart replays the log past what each window has committed; the OpenSearch shipper
+//! sends bulk requests and releases the log once OpenSearch acknowledged.
 
 pub mod auth;
 pub mod batch;
 pub mod http;
+mod indexer;
 pub mod metrics;
+mod shipper;
 pub mod ui;
 pub mod wal;
 
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    sync::Arc,
-    time::{Duration, Instant},
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
-use clusteraudit_store::Store;
+use clusteraudit_store::AuditStore;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// On the collector's own volume: one replica.
+    Embedded,
+    /// In OpenSearch (or Elasticsearch 8), shared by every replica.
+    Opensearch,
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct CollectorArgs {
@@ -53,6 +68,18 @@ pub struct CollectorArgs {
     /// Batches waiting for the disk before new ones are told to come back later (429).
     #[arg(long, default_value_t = 64)]
     pub queue_batches: usize,
+    /// How far the store may fall behind the log before the webhook sheds load (429). The backlog
+    /// waits on disk, not in memory.
+    #[arg(long, default_value_t = 2 * 1024 * 1024 * 1024)]
+    pub max_backlog_bytes: u64,
+    /// How often days past their topic's retention are looked for and deleted.
+    #[arg(long, default_value = "10m")]
+    pub retention_interval: humantime::Duration,
+    /// Where events are kept.
+    #[arg(long, value_enum, default_value_t = StoreKind::Embedded)]
+    pub store: StoreKind,
+    #[command(flatten)]
+    pub opensearch: clusteraudit_opensearch_store::OpenSearchArgs,
     /// Plain HTTP with authentication off, for local development; loopback addresses only.
     #[arg(long)]
     pub insecure_dev: bool,
@@ -85,19 +112,52 @@ pub enum CollectorError {
         #[source]
         source: std::io::Error,
     },
+    #[error("OpenSearch: {0}")]
+    OpenSearch(#[from] clusteraudit_opensearch_store::OpenSearchError),
     #[error("the Kubernetes client for authorization: {0}")]
     Kube(#[source] clusteraudit_io::kubeclient::KubeClientError),
 }
 
 /// What the request handlers share.
 pub struct Shared {
-    pub store: Arc<Store>,
+    pub store: Arc<dyn AuditStore>,
     pub wal: wal::Wal,
     pub metrics: metrics::Metrics,
     pub auth: auth::Auth,
     pub max_body_bytes: usize,
-    /// The log position the indexer has applied; how far it trails the log is the backlog.
-    pub applied: Arc<std::sync::atomic::AtomicU64>,
+    pub max_backlog_bytes: u64,
+    pub drain: Arc<DrainProgress>,
+}
+
+/// How far the store has taken in the log, shared by the drain (which moves it) and the webhook
+/// and health checks (which read it).
+#[derive(Debug, Default)]
+pub struct DrainProgress {
+    /// The log position up to which every record is in the store (or applied to it, for the
+    /// embedded store, whose commit follows within a second).
+    pub position: AtomicU64,
+    /// The time (micros) of the oldest event read from the log and not yet in the store; 0 when
+    /// there is none.
+    pub oldest_pending_micros: AtomicI64,
+}
+
+impl Shared {
+    /// Bytes of the log the store has not taken in yet.
+    pub fn backlog_bytes(&self) -> u64 {
+        self.wal
+            .durable_end()
+            .saturating_sub(self.drain.position.load(Ordering::SeqCst))
+    }
+
+    /// How old the oldest event waiting for the store is.
+    pub fn oldest_pending_age(&self) -> Duration {
+        let oldest = self.drain.oldest_pending_micros.load(Ordering::SeqCst);
+        if oldest == 0 {
+            return Duration::ZERO;
+        }
+        let age = http::now_micros().saturating_sub(oldest).max(0);
+        Duration::from_micros(age as u64)
+    }
 }
 
 pub async fn run(args: CollectorArgs) -> Result<(), CollectorError> {
@@ -109,7 +169,7 @@ pub async fn run(args: CollectorArgs) -> Result<(), CollectorError> {
         return Err(CollectorError::NoWebhookCredentials);
     }
     let auth = auth::Auth::from_args(&args).await?;
-    let shared = start(&args, auth)?;
+    let shared = start(&args, auth).await?;
     let router = http::router(shared.clone());
     if args.insecure_dev {
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -141,134 +201,50 @@ async fn shutdown_signal() {
     }
 }
 
-/// How far indexing may fall behind the log before the webhook sheds load (429). The backlog is
-/// on disk, not in memory; the bound keeps a replay after a crash short.
-pub const MAX_INDEX_LAG_BYTES: u64 = 2 * 1024 * 1024 * 1024;
-
-/// Opens the store and the log, replays what the store lacks, and starts the indexer.
-pub fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>, CollectorError> {
-    let store = Arc::new(Store::open(&args.data_dir.join("store"))?);
+/// Opens the store and the log, and starts the drain from one to the other and the retention task.
+pub async fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>, CollectorError> {
     let wal = wal::Wal::open(&args.data_dir.join("wal"), args.queue_batches)?;
-    let mut indexer = Indexer {
-        store: store.clone(),
-        wal: wal.clone(),
-        reader: wal.reader()?,
-        applied: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-        metrics: metrics::Metrics::new(),
-        last_commit: Instant::now(),
+    let metrics = metrics::Metrics::new();
+    let drain = Arc::new(DrainProgress::default());
+    let store: Arc<dyn AuditStore> = match args.store {
+        StoreKind::Embedded => indexer::start(&args.data_dir, &wal, &metrics, &drain)?,
+        StoreKind::Opensearch => {
+            let store = Arc::new(clusteraudit_opensearch_store::OpenSearchStore::connect(
+                &args.opensearch,
+                &args.data_dir,
+            )?);
+            // Serving starts with the template and catalog in place when OpenSearch answers;
+            // when it does not, the log takes events for the last route this replica knew, and
+            // the shipper keeps preparing.
+            if let Err(err) = store.prepare().await {
+                tracing::warn!(error = %err, "OpenSearch is not ready yet; the log keeps events meanwhile");
+            }
+            store.follow_route();
+            shipper::start(store.clone(), &args.data_dir, &wal, &metrics, &drain)?;
+            store
+        }
     };
-    // Replay before serving, so that search never misses what was acknowledged before a crash.
-    let started = Instant::now();
-    let replayed = indexer.catch_up()?;
-    indexer.commit();
-    if replayed > 0 {
-        tracing::info!(events = replayed, elapsed = ?started.elapsed(), "replayed the write-ahead log");
-    }
-    let shared = Arc::new(Shared {
-        store: store.clone(),
-        wal: wal.clone(),
-        metrics: indexer.metrics.clone(),
-        auth,
-        max_body_bytes: args.max_body_bytes,
-        applied: indexer.applied.clone(),
-    });
-    let retention_store = store.clone();
-    std::thread::Builder::new()
-        .name("retention".into())
-        .spawn(move || {
-            loop {
-                match retention_store.enforce_retention(http::now_micros()) {
-                    Ok(deleted) if !deleted.is_empty() => {
-                        tracing::info!(windows = deleted.len(), "deleted days past their retention")
-                    }
-                    Ok(_) => {}
-                    Err(err) => tracing::error!(error = %err, "enforcing retention failed"),
-                }
-                std::thread::sleep(Duration::from_secs(600));
-            }
-        })
-        .map_err(|source| CollectorError::Read {
-            what: "starting the retention task for",
-            path: args.data_dir.clone(),
-            source,
-        })?;
-    std::thread::Builder::new()
-        .name("indexer".into())
-        .spawn(move || indexer.run())
-        .map_err(|source| CollectorError::Read {
-            what: "starting the indexer for",
-            path: args.data_dir.clone(),
-            source,
-        })?;
-    Ok(shared)
-}
-
-const COMMIT_EVERY: Duration = Duration::from_secs(1);
-
-/// Follows the log into the store.
-struct Indexer {
-    store: Arc<Store>,
-    wal: wal::Wal,
-    reader: wal::WalReader,
-    /// The log position applied to the store (committed or not).
-    applied: Arc<std::sync::atomic::AtomicU64>,
-    metrics: metrics::Metrics,
-    last_commit: Instant,
-}
-
-impl Indexer {
-    /// Applies every durable record not yet applied; returns the events added.
-    fn catch_up(&mut self) -> Result<usize, CollectorError> {
-        let mut added = 0;
-        let limit = self.wal.durable_end();
-        while let Some((end, payload)) = self.reader.next(limit)? {
-            match batch::decode_record(&payload) {
-                Ok((topic, items)) => match self.store.apply(end, topic, &items) {
-                    Ok(n) => added += n,
-                    Err(err) => {
-                        tracing::error!(error = %err, "indexing a batch failed; it stays in the log")
-                    }
-                },
-                Err(err) => tracing::error!(error = %err, end, "skipping a damaged log record"),
-            }
-            self.applied.store(end, std::sync::atomic::Ordering::SeqCst);
-            if self.last_commit.elapsed() >= COMMIT_EVERY {
-                self.commit();
-            }
-        }
-        self.metrics.events_stored.inc_by(added as u64);
-        Ok(added)
-    }
-
-    fn commit(&mut self) {
-        let position = self.reader.position();
-        if self.store.has_pending() {
-            match self.store.commit(position) {
-                Ok(()) => self.wal.release_before(position),
-                Err(err) => {
-                    tracing::error!(error = %err, "committing the indexes failed; retrying")
-                }
-            }
-        }
-        self.last_commit = Instant::now();
-    }
-
-    fn run(mut self) {
+    let retention = store.clone();
+    let every = Duration::from(args.retention_interval).max(Duration::from_secs(1));
+    tokio::spawn(async move {
         loop {
-            match self.catch_up() {
-                Ok(0) => {
-                    if self.store.has_pending() && self.last_commit.elapsed() >= COMMIT_EVERY {
-                        self.commit();
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
+            match retention.enforce_retention(http::now_micros()).await {
+                Ok(deleted) if !deleted.is_empty() => {
+                    tracing::info!(deleted = ?deleted, "deleted days past their retention")
                 }
                 Ok(_) => {}
-                Err(err) => {
-                    tracing::error!(error = %err, "reading the write-ahead log failed; retrying");
-                    std::thread::sleep(Duration::from_secs(1));
-                }
+                Err(err) => tracing::error!(error = %err, "enforcing retention failed"),
             }
-            self.metrics.queue_depth.set(self.wal.queued() as i64);
+            tokio::time::sleep(every).await;
         }
-    }
+    });
+    Ok(Arc::new(Shared {
+        store,
+        wal,
+        metrics,
+        auth,
+        max_body_bytes: args.max_body_bytes,
+        max_backlog_bytes: args.max_backlog_bytes,
+        drain,
+    }))
 }

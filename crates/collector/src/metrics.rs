@@ -21,6 +21,11 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub batch_ack_seconds: Histogram,
     pub query_seconds: Histogram,
+    pub backlog_bytes: Gauge,
+    pub oldest_pending_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub events_dead_lettered: Counter,
+    pub bulk_retries: Family<Reason, Counter>,
+    pub bulk_seconds: Histogram,
     registry: Arc<Registry>,
 }
 
@@ -38,6 +43,11 @@ impl Metrics {
         };
         let batch_ack_seconds = latency_buckets();
         let query_seconds = latency_buckets();
+        let backlog_bytes = Gauge::default();
+        let oldest_pending_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let events_dead_lettered = Counter::default();
+        let bulk_retries = Family::<Reason, Counter>::default();
+        let bulk_seconds = latency_buckets();
         registry.register(
             "events_received",
             "Audit events accepted by the webhook",
@@ -68,7 +78,37 @@ impl Metrics {
             "Search and stats query latency",
             query_seconds.clone(),
         );
+        registry.register(
+            "backlog_bytes",
+            "Bytes of the write-ahead log the store has not taken in yet",
+            backlog_bytes.clone(),
+        );
+        registry.register(
+            "oldest_pending_seconds",
+            "Age of the oldest event read from the log and not yet in the store",
+            oldest_pending_seconds.clone(),
+        );
+        registry.register(
+            "events_dead_lettered",
+            "Events the store refused for good, kept in the dead-letter file",
+            events_dead_lettered.clone(),
+        );
+        registry.register(
+            "bulk_retries",
+            "Bulk requests or items sent again to OpenSearch, by reason",
+            bulk_retries.clone(),
+        );
+        registry.register(
+            "bulk_seconds",
+            "OpenSearch bulk request latency",
+            bulk_seconds.clone(),
+        );
         Metrics {
+            backlog_bytes,
+            oldest_pending_seconds,
+            events_dead_lettered,
+            bulk_retries,
+            bulk_seconds,
             events_received,
             events_stored,
             rejected,
@@ -81,6 +121,14 @@ impl Metrics {
 
     pub fn reject(&self, reason: &str) {
         self.rejected
+            .get_or_create(&Reason {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn bulk_retry(&self, reason: &str) {
+        self.bulk_retries
             .get_or_create(&Reason {
                 reason: reason.to_string(),
             })

@@ -2,9 +2,10 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadgenArgs {
-    /// Webhook URL, e.g. https://127.0.0.1:8443/v1/webhook
-    #[arg(long)]
-    pub target: String,
+    /// Webhook URL, e.g. https://127.0.0.1:8443/v1/webhook. Repeat it for several collector
+    /// replicas: batches go round-robin, and one that meets a transport error goes to the next.
+    #[arg(long, required = true)]
+    pub target: Vec<String>,
     /// Number of events to send
     #[arg(long, default_value_t = 100_000)]
     pub events: u64,
@@ -65,6 +66,7 @@ mod tests {
             (100_000, 400, 4, 0, 1)
         );
         assert!(a.duration.is_none() && !a.json && !a.insecure_skip_verify);
+        assert_eq!(a.target, ["https://127.0.0.1:8443/v1/webhook"]);
         let cli = Cli::try_parse_from([
             "loadgen",
             "--target=http://collector:8080/v1/webhook",

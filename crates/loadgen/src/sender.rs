@@ -48,7 +48,9 @@ struct Stats {
 
 struct Shared {
     client: reqwest::Client,
-    url: reqwest::Url,
+    urls: Vec<reqwest::Url>,
+    /// Round-robin over the targets, per attempt.
+    next_url: AtomicU64,
     token: Option<String>,
     deadline: Option<Instant>,
     pacer: Option<Pacer>,
@@ -75,6 +77,11 @@ impl Pacer {
 }
 
 impl Shared {
+    fn next_url(&self) -> reqwest::Url {
+        let at = self.next_url.fetch_add(1, Ordering::Relaxed) as usize;
+        self.urls[at % self.urls.len()].clone()
+    }
+
     /// Runs `fut` unless the deadline passes first.
     async fn before_deadline<F: Future>(&self, fut: F) -> Option<F::Output> {
         match self.deadline {
@@ -109,18 +116,27 @@ pub async fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
             "--concurrency must be at least 1".into(),
         ));
     }
-    let url = reqwest::Url::parse(&args.target).map_err(|err| LoadgenError::InvalidTarget {
-        target: args.target.clone(),
-        reason: err.to_string(),
-    })?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(LoadgenError::InvalidTarget {
-            target: args.target.clone(),
-            reason: "expected http://host[:port]/path or https://host[:port]/path".into(),
-        });
+    let mut urls = Vec::with_capacity(args.target.len());
+    for target in &args.target {
+        let url = reqwest::Url::parse(target).map_err(|err| LoadgenError::InvalidTarget {
+            target: target.clone(),
+            reason: err.to_string(),
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(LoadgenError::InvalidTarget {
+                target: target.clone(),
+                reason: "expected http://host[:port]/path or https://host[:port]/path".into(),
+            });
+        }
+        urls.push(url);
+    }
+    if urls.is_empty() {
+        return Err(LoadgenError::InvalidArguments(
+            "--target is required".into(),
+        ));
     }
     let token = resolve_token(&args)?;
-    let client = build_client(&args, &url)?;
+    let client = build_client(&args, &urls)?;
     let acked = match &args.acked_ids_file {
         None => None,
         Some(path) => {
@@ -139,7 +155,8 @@ pub async fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
     let start = Instant::now();
     let shared = Arc::new(Shared {
         client,
-        url,
+        urls,
+        next_url: AtomicU64::new(0),
         token,
         deadline: args.duration.map(|d| start + Duration::from(d)),
         pacer: (args.rate > 0).then(|| Pacer {
@@ -152,7 +169,7 @@ pub async fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
         dead_batches_in_a_row: AtomicU64::new(0),
     });
     tracing::info!(
-        target = %args.target,
+        targets = ?args.target,
         events = args.events,
         batch = args.batch,
         concurrency = args.concurrency,
@@ -279,7 +296,7 @@ async fn send_batch(shared: &Shared, batch: &Batch) -> Result<Outcome, LoadgenEr
         }
         let mut request = shared
             .client
-            .post(shared.url.clone())
+            .post(shared.next_url())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(batch.body.clone());
         if let Some(token) = &shared.token {
@@ -403,7 +420,10 @@ fn resolve_token(args: &LoadgenArgs) -> Result<Option<String>, LoadgenError> {
         .map(str::to_string))
 }
 
-fn build_client(args: &LoadgenArgs, url: &reqwest::Url) -> Result<reqwest::Client, LoadgenError> {
+fn build_client(
+    args: &LoadgenArgs,
+    urls: &[reqwest::Url],
+) -> Result<reqwest::Client, LoadgenError> {
     clusteraudit_io::tls::install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("clusteraudit-loadgen/", env!("CARGO_PKG_VERSION")))
@@ -412,12 +432,12 @@ fn build_client(args: &LoadgenArgs, url: &reqwest::Url) -> Result<reqwest::Clien
         .pool_max_idle_per_host(args.concurrency)
         .tcp_nodelay(true)
         .no_proxy();
-    if url.scheme() == "https" {
+    if let Some(url) = urls.iter().find(|url| url.scheme() == "https") {
         if args.insecure_skip_verify {
             builder = builder.tls_danger_accept_invalid_certs(true);
         } else {
             let Some(path) = &args.ca_file else {
-                return Err(LoadgenError::CaFileRequired(args.target.clone()));
+                return Err(LoadgenError::CaFileRequired(url.to_string()));
             };
             let pem = std::fs::read(path).map_err(|source| LoadgenError::ReadCaFile {
                 path: path.clone(),
@@ -476,7 +496,7 @@ mod tests {
 
     fn args(target: String) -> LoadgenArgs {
         LoadgenArgs {
-            target,
+            target: vec![target],
             events: 1_000,
             batch: 400,
             concurrency: 2,

@@ -17,6 +17,8 @@ pub enum DevCommand {
         #[arg(long, default_value_t = 0)]
         nodes: usize,
     },
+    /// Start a single-node OpenSearch on loopback (as the tests do) until Ctrl-C.
+    Opensearch,
     /// Run the static pods of a manifest directory, as the kubelet would, until Ctrl-C.
     Kubelet {
         #[arg(long, default_value = "node-1")]
@@ -58,6 +60,14 @@ pub fn run(command: DevCommand) -> Result<()> {
                 );
                 println!("# Ctrl-C stops everything");
                 let _ = tokio::signal::ctrl_c().await;
+                Ok(())
+            }
+            DevCommand::Opensearch => {
+                let opensearch = super::OpenSearch::start().await?;
+                println!("{}", opensearch.url);
+                println!("# Ctrl-C stops it");
+                let _ = tokio::signal::ctrl_c().await;
+                drop(opensearch);
                 Ok(())
             }
             DevCommand::Kubelet {
