@@ -467,17 +467,32 @@ async fn replicas_share_one_catalog_retention_and_dead_letters() {
     .await;
     assert!(kept.is_ok(), "{kept:?}");
 
-    // A document OpenSearch refuses (a time date_nanos cannot hold) between two good ones.
-    let mut refused = event(2001, "refused", "get", 200);
-    refused["requestReceivedTimestamp"] = json!("2300-01-01T00:00:00Z");
-    refused["stageTimestamp"] = json!("2300-01-01T00:00:00Z");
+    // Two events that cannot be stored between good ones: one whose time date_nanos cannot
+    // hold (the shipper knows before sending), and one OpenSearch itself refuses: its day's
+    // index was made (by someone else) with `user` as a number.
+    let mut far_future = event(2001, "far-future", "get", 200);
+    far_future["requestReceivedTimestamp"] = json!("2300-01-01T00:00:00Z");
+    far_future["stageTimestamp"] = json!("2300-01-01T00:00:00Z");
+    let conflicting_index = format!("{}/clusteraudit-{topic}-2100.01.01", opensearch.url);
+    let created = reqwest::Client::new()
+        .put(&conflicting_index)
+        .json(&json!({"mappings": {"properties": {"user": {"type": "integer"}}}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status().is_success(), "{:?}", created.text().await);
+    let mut conflicting = event(2003, "conflicting", "get", 200);
+    conflicting["requestReceivedTimestamp"] = json!("2100-01-01T00:00:00Z");
+    conflicting["stageTimestamp"] = json!("2100-01-01T00:00:00Z");
     let batch = vec![
         recent(2000, "neighbour"),
-        refused,
+        far_future,
         recent(2002, "neighbour"),
+        conflicting,
+        recent(2004, "neighbour"),
     ];
     assert_eq!(a.post_events(&batch).await, 200);
-    assert_eq!(a.wait_count(&topic, "user:neighbour", 2).await.len(), 2);
+    assert_eq!(a.wait_count(&topic, "user:neighbour", 3).await.len(), 3);
     let dead_letter = dir.path().join("replica-a").join("dead-letter.jsonl");
     let lettered = eventually(
         "the dead-letter file",
@@ -488,21 +503,35 @@ async fn replicas_share_one_catalog_retention_and_dead_letters() {
                 .lines()
                 .map(|l| serde_json::from_str(l).unwrap())
                 .collect();
-            if lines.is_empty() { Err(()) } else { Ok(lines) }
+            if lines.len() >= 2 {
+                Ok(lines)
+            } else {
+                Err(lines)
+            }
         },
     )
     .await
-    .expect("a dead letter");
-    assert_eq!(lettered.len(), 1, "{lettered:?}");
-    assert_eq!(lettered[0]["event"]["user"]["username"], "refused");
-    assert_eq!(lettered[0]["status"], 400);
+    .expect("two dead letters");
+    assert_eq!(lettered.len(), 2, "{lettered:?}");
+    let by_user = |user: &str| {
+        lettered
+            .iter()
+            .find(|l| l["event"]["user"]["username"] == user)
+            .unwrap_or_else(|| panic!("no dead letter for {user}: {lettered:?}"))
+    };
+    let refused = by_user("conflicting");
+    assert_eq!(refused["status"], 400, "{refused}");
     assert!(
-        lettered[0]["reason"].as_str().unwrap().contains("time"),
-        "{}",
-        lettered[0]
+        refused["reason"].as_str().unwrap().contains("user"),
+        "{refused}"
+    );
+    let unstorable = by_user("far-future");
+    assert!(
+        unstorable["reason"].as_str().unwrap().contains("time"),
+        "{unstorable}"
     );
     assert_eq!(
         metric(a, "clusteraudit_collector_events_dead_lettered_total").await,
-        1.0
+        2.0
     );
 }

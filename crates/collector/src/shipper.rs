@@ -243,23 +243,37 @@ fn add_record(job: &mut Job, payload: &[u8], end: u64) {
     };
     for raw in raws {
         let text = String::from_utf8_lossy(raw).into_owned();
-        let document = serde_json::from_slice::<Event>(raw)
-            .ok()
-            .and_then(|event| document::document(&event, &text));
-        match document {
+        let unstorable = |reason: String| DeadLetter {
+            topic: topic.to_string(),
+            // Never sent: OpenSearch would refuse it.
+            status: 0,
+            reason,
+            raw: text.clone(),
+        };
+        let event = match serde_json::from_slice::<Event>(raw) {
+            Ok(event) => event,
+            // The webhook checked it before it was logged; one that no longer reads means a
+            // code change, and is kept rather than dropped.
+            Err(err) => {
+                job.unreadable
+                    .push(unstorable(format!("the event no longer decodes: {err}")));
+                continue;
+            }
+        };
+        match document::document(&event, &text) {
             Some(document) => job.items.push(Item {
                 topic: topic.to_string(),
                 document,
                 raw: text,
             }),
-            // The webhook checked it before it was logged; one that no longer reads means a code
-            // change, and is kept rather than dropped.
-            None => job.unreadable.push(DeadLetter {
-                topic: topic.to_string(),
-                status: 0,
-                reason: "the event no longer decodes into a document".into(),
-                raw: text,
-            }),
+            None => job.unreadable.push(unstorable(format!(
+                "its time ({}) is outside what OpenSearch's date_nanos holds (1970 to 2262)",
+                event
+                    .stage_timestamp
+                    .as_deref()
+                    .or(event.request_received_timestamp.as_deref())
+                    .unwrap_or("none")
+            ))),
         }
     }
 }

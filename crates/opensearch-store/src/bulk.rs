@@ -43,7 +43,8 @@ pub fn body(prefix: &str, items: &[Item]) -> Vec<u8> {
 pub enum Outcome {
     /// Stored now, or already there from an earlier attempt (409).
     Stored,
-    /// OpenSearch is busy or failed on its side (429, 5xx): send it again.
+    /// OpenSearch is busy or failed on its side (429, 5xx), or the index went away under the
+    /// request (404): send it again.
     Retry(String),
     /// Refused for good (a mapping error, say): it goes to the dead-letter file.
     Refused { status: u16, reason: String },
@@ -74,7 +75,9 @@ pub fn outcomes(answer: &Value, sent: usize) -> Vec<Outcome> {
             };
             match status {
                 200..=299 | 409 => Outcome::Stored,
-                429 | 500..=599 | 0 => Outcome::Retry(reason()),
+                // 404: the day's index was deleted (by retention, say) while the request was on
+                // its way; sent again, the item creates it anew.
+                404 | 429 | 500..=599 | 0 => Outcome::Retry(reason()),
                 _ => Outcome::Refused {
                     status,
                     reason: reason(),
