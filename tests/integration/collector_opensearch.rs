@@ -159,7 +159,7 @@ async fn three_replicas_one_killed_under_load_lose_nothing() {
         dir.path(),
         &targets,
         &[
-            "--events=120000",
+            "--events=80000",
             "--batch=400",
             "--concurrency=6",
             "--seed=21",
@@ -249,7 +249,7 @@ async fn opensearch_frozen_under_load_loses_nothing() {
             "--concurrency=2",
             "--rate=1500",
             "--seed=31",
-            "--duration=150s",
+            "--duration=100s",
         ],
     );
     wait_acked(&acked_file, &mut load, 5_000).await;

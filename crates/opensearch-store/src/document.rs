@@ -77,9 +77,13 @@ pub fn valid_prefix(prefix: &str) -> bool {
     !prefix.is_empty()
         && prefix.len() <= 100
         && !prefix.starts_with('-')
+        && !prefix.ends_with('-')
         && prefix
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        // With a `tp` part, one deployment's event pattern (`x-tp-*`) would also match another's
+        // indices (prefix `x-tp-y`), and Elasticsearch refuses overlapping templates.
+        && !prefix.split('-').any(|part| part == "tp")
 }
 
 /// The index of a topic's events of one UTC day (days since the epoch).
@@ -366,6 +370,7 @@ mod tests {
         for bad in [
             "", "-audit", "_audit", "+audit", "Audit", "au dit", "au_dit", "a.b", "a/b", "a*",
             "a?", "a\"", "a<", "a>", "a|", "a,b", "a#", "a\\b", "é",
+            "audit-", "tp", "x-tp-y", "tp-audit",
         ] {
             assert!(!valid_prefix(bad), "{bad:?}");
         }

@@ -119,7 +119,7 @@ impl OpenSearchStore {
     pub fn connect(args: &OpenSearchArgs, state_dir: &Path) -> Result<Self, OpenSearchError> {
         if !document::valid_prefix(&args.opensearch_index_prefix) {
             return Err(OpenSearchError::Config(format!(
-                "--opensearch-index-prefix {:?} must be lowercase letters, digits and '-', not starting with '-'",
+                "--opensearch-index-prefix {:?} must be lowercase letters, digits and '-' (not first or last), at most 100, with no part named `tp`",
                 args.opensearch_index_prefix
             )));
         }
