@@ -404,6 +404,11 @@ async fn search_figures(dir: &Path, opensearch: &OpenSearch, count: usize) {
     .send()
     .await
     .unwrap();
+    // The merged-away segments are only dropped from the count once flushed.
+    http.post(format!("{}/{pattern}/_flush", opensearch.url))
+        .send()
+        .await
+        .unwrap();
     let (_, merged) = index_bytes(&http, &opensearch.url, &pattern).await;
     println!(
         "OpenSearch storage: {:.1} bytes per event after a flush, {:.1} merged to one segment ({docs} events, best_compression)",
@@ -459,6 +464,8 @@ fn main() {
         let opensearch = OpenSearch::start().await.expect("OpenSearch starts");
         let http = reqwest::Client::new();
         if env_or("SKIP_INGEST", 0) == 0 {
+            // A fresh JVM compiles as it goes: warm OpenSearch up before measuring anything.
+            direct_bulk(&http, &opensearch.url, "bench-warmup", "tp-warmup", ingest_events).await;
             let seconds = direct_bulk(&http, &opensearch.url, "bench-direct", "tp-direct", ingest_events).await;
             let direct = ingest_events as f64 / seconds;
             println!("OpenSearch's own _bulk rate: {direct:.0} events/s ({ingest_events} documents, {IN_FLIGHT} requests of {BULK_DOCS} in flight)");

@@ -113,7 +113,8 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         audits,
         watcher::Config::default().fields(&format!("metadata.name={SINGLETON_NAME}")),
     )
-    .default_backoff()
+    // The agent restarts the kube-apiserver it watches through.
+    .backoff(clusteraudit_io::watch::WatchBackoff::default())
     .boxed();
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

@@ -4,5 +4,6 @@ pub mod fsutil;
 pub mod kubeclient;
 pub mod metrics;
 pub mod tls;
+pub mod watch;
 
 pub use fsutil::{FileError, file_error};

@@ -17,7 +17,7 @@ pub const MAX_KEYWORD_BYTES: usize = 4096;
 
 /// Bumped whenever [`index_template`] changes, so a collector can tell an outdated installed
 /// template from a current one.
-pub const TEMPLATE_VERSION: u32 = 1;
+pub const TEMPLATE_VERSION: u32 = 2;
 
 /// The latest time `date_nanos` holds (2262-04-11), in microseconds; its earliest is the epoch.
 pub const MAX_TIME_MICROS: i64 = i64::MAX / 1000;
@@ -251,7 +251,13 @@ pub(crate) fn rfc3339_nanos(micros: i64) -> String {
 pub fn index_template(prefix: &str) -> Value {
     let mut properties = Map::new();
     for field in KEYWORD_FIELDS {
-        properties.insert(field.into(), json!({"type": "keyword"}));
+        // Columns only where stats group by a field or search sorts on it: the rest are only
+        // ever matched, and their columns would be a large part of each event's bytes.
+        let columnar = matches!(field, "user" | "verb" | "resource" | "namespace" | "id");
+        properties.insert(
+            field.to_string(),
+            json!({"type": "keyword", "doc_values": columnar}),
+        );
     }
     properties.insert("code".into(), json!({"type": "integer"}));
     properties.insert("time".into(), json!({"type": "date_nanos"}));
@@ -282,7 +288,9 @@ pub fn index_template(prefix: &str) -> Value {
             },
             "mappings": {
                 "dynamic": "strict",
-                "_source": {"enabled": true},
+                // Only the raw event is ever read back; the fields beside it are indexed from the
+                // document and need not be kept twice.
+                "_source": {"includes": ["raw"]},
                 "properties": properties,
             },
         },
@@ -369,8 +377,8 @@ mod tests {
         assert!(valid_prefix(&longest));
         for bad in [
             "", "-audit", "_audit", "+audit", "Audit", "au dit", "au_dit", "a.b", "a/b", "a*",
-            "a?", "a\"", "a<", "a>", "a|", "a,b", "a#", "a\\b", "é",
-            "audit-", "tp", "x-tp-y", "tp-audit",
+            "a?", "a\"", "a<", "a>", "a|", "a,b", "a#", "a\\b", "é", "audit-", "tp", "x-tp-y",
+            "tp-audit",
         ] {
             assert!(!valid_prefix(bad), "{bad:?}");
         }
@@ -641,7 +649,13 @@ mod tests {
             assert_eq!(properties[field]["type"], "keyword", "{field}");
         }
         assert_eq!(template["template"]["mappings"]["dynamic"], "strict");
-        assert_eq!(template["template"]["mappings"]["_source"]["enabled"], true);
+        assert_eq!(
+            template["template"]["mappings"]["_source"]["includes"],
+            json!(["raw"])
+        );
+        assert_eq!(properties["user"]["doc_values"], true, "stats group by it");
+        assert_eq!(properties["id"]["doc_values"], true, "search sorts on it");
+        assert_eq!(properties["auditID"]["doc_values"], false);
         assert_eq!(template["index_patterns"], json!(["clusteraudit-tp-*"]));
         assert_eq!(template["version"], TEMPLATE_VERSION);
         let settings = &template["template"]["settings"]["index"];

@@ -189,6 +189,8 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         watcher::Config::default().labels(objects::NODE_REPORT_LABEL),
         move |_| singleton(),
     )
+    // Every rollout restarts the kube-apiserver these watches go through.
+    .trigger_backoff(clusteraudit_io::watch::WatchBackoff::default())
     .shutdown_on_signal()
     .run(reconcile::reconcile, reconcile::error_policy, context)
     .for_each(|result| async move {
