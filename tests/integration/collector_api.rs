@@ -269,7 +269,7 @@ async fn api_suite(store_args: &[String]) {
 
     // Stats: counts over time and the top users.
     let (status, stats) = collector
-        .call(reqwest::Method::GET, &format!("/v1/topics/{default_topic}/stats?from=2026-11-26T00:00:00Z&to=2026-11-27T00:00:00Z&by=user&interval=10s"), None)
+        .call(reqwest::Method::GET, &format!("/v1/topics/{default_topic}/stats?from=2026-11-26T10:00:00Z&to=2026-11-26T11:00:00Z&by=user&interval=10s"), None)
         .await;
     assert_eq!(status, 200, "{stats}");
     assert_eq!(stats["total"], 60);
@@ -282,6 +282,22 @@ async fn api_suite(store_args: &[String]) {
         .map(|b| b["count"].as_u64().unwrap())
         .sum();
     assert_eq!(bucketed, 60);
+    // A second per bucket over thirty days would be millions of buckets: refused, with the way out.
+    let (status, refused) = collector
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/topics/{default_topic}/stats?from=720h&interval=1s"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("use an interval of at least"),
+        "{refused}"
+    );
 
     // Logsets and topics: idempotent creation, refusals, routing at run time.
     let (status, logset) = collector

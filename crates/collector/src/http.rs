@@ -28,6 +28,9 @@ use clusteraudit_store::{CatalogEdit, Edited, SearchRequest, StoreError};
 #[derive(Clone, Copy, Debug, Default)]
 pub struct VerifiedClientCertificate(pub bool);
 
+/// Searches and stats running at once.
+pub const MAX_CONCURRENT_QUERIES: usize = 8;
+
 /// Webhook requests being read or waiting for the log at once. With the body limit this bounds
 /// the memory senders can make the collector hold, whatever they do.
 pub const MAX_WEBHOOK_IN_FLIGHT: usize = 64;
@@ -618,15 +621,24 @@ async fn topic_stats(
         interval_micros: interval,
         top,
     };
+    request.check()?;
     let stats = timed(&shared, shared.store.stats(id, request)).await?;
     Ok(Json(stats).into_response())
 }
 
-/// A store query, timed for /metrics.
+/// A store query, timed for /metrics; refused (429) while [`MAX_CONCURRENT_QUERIES`] run, so
+/// that readers cannot take the machine from the webhook.
 async fn timed<T>(
     shared: &Shared,
     query: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> ApiResult<T> {
+    let Ok(_permit) = shared.queries.try_acquire() else {
+        shared.metrics.reject("queries-busy");
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{MAX_CONCURRENT_QUERIES} searches are running; retry shortly"),
+        ));
+    };
     let started = Instant::now();
     let result = query.await?;
     shared

@@ -127,6 +127,8 @@ pub struct Shared {
     pub max_body_bytes: usize,
     pub max_backlog_bytes: u64,
     pub drain: Arc<DrainProgress>,
+    /// Permits for searches and stats running at once.
+    pub queries: tokio::sync::Semaphore,
 }
 
 /// How far the store has taken in the log, shared by the drain (which moves it) and the webhook
@@ -246,5 +248,6 @@ pub async fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>
         max_body_bytes: args.max_body_bytes,
         max_backlog_bytes: args.max_backlog_bytes,
         drain,
+        queries: tokio::sync::Semaphore::new(http::MAX_CONCURRENT_QUERIES),
     }))
 }

@@ -74,9 +74,10 @@ pub fn day_of_date(date: jiff::civil::Date) -> Option<i64> {
     Some(i64::from(days))
 }
 
-/// Whether a day's data is past a topic's retention: whole days only, and never today.
+/// Whether a day's data is past a topic's retention: `retention_days` whole days before today are
+/// kept beside today, so an event is kept at least that long; never today.
 pub fn expired(day: i64, today: i64, retention_days: u32) -> bool {
-    day <= today - i64::from(retention_days) && day < today
+    day < today - i64::from(retention_days)
 }
 
 /// What to find: events of a topic matching `query` within [from, to] (micros), newest first.
@@ -126,6 +127,24 @@ pub struct StatsRequest {
 pub const MAX_TIME_BUCKETS: i64 = 2_000;
 
 impl StatsRequest {
+    /// Refuses a request whose interval cuts its range into more than [`MAX_TIME_BUCKETS`]:
+    /// `interval=1s` over 30 days would be millions of buckets, built in memory.
+    pub fn check(&self) -> Result<(), StoreError> {
+        if self.to < self.from {
+            return Err(StoreError::Invalid("from is after to".into()));
+        }
+        let interval = self.interval_micros.max(1_000_000);
+        let buckets = (self.to - self.from) / interval + 1;
+        if buckets > MAX_TIME_BUCKETS {
+            let least = (self.to - self.from) / MAX_TIME_BUCKETS / 1_000_000 + 1;
+            return Err(StoreError::Invalid(format!(
+                "interval: {}s over this range makes {buckets} buckets, more than {MAX_TIME_BUCKETS}; use an interval of at least {least}s",
+                interval / 1_000_000
+            )));
+        }
+        Ok(())
+    }
+
     /// The interval actually used: at least a second, and coarse enough for the bucket cap.
     pub fn effective_interval(&self) -> i64 {
         let span = (self.to - self.from).max(0);
@@ -222,10 +241,11 @@ mod tests {
     #[test]
     fn retention_deletes_whole_past_days_only() {
         let today = 20_000;
-        assert!(expired(today - 7, today, 7));
-        assert!(!expired(today - 6, today, 7));
+        assert!(expired(today - 8, today, 7));
+        assert!(!expired(today - 7, today, 7), "a whole week is kept");
         assert!(!expired(today, today, 1));
-        assert!(expired(today - 1, today, 1));
+        assert!(!expired(today - 1, today, 1));
+        assert!(expired(today - 2, today, 1));
     }
 
     #[test]
@@ -253,5 +273,20 @@ mod tests {
         let wide = request(0, year, 1_000_000).effective_interval();
         assert!(year / wide <= MAX_TIME_BUCKETS, "{wide}");
         assert_eq!(request(0, 1, 1).effective_top(), 100);
+        assert!(request(0, 1_800_000_000, 1_000_000).check().is_ok());
+        let refused = request(0, 30 * MICROS_PER_DAY, 1_000_000)
+            .check()
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("2592001 buckets")
+                && refused.to_string().contains("at least 1297s"),
+            "{refused}"
+        );
+        assert!(
+            request(0, 30 * MICROS_PER_DAY, 1297 * 1_000_000)
+                .check()
+                .is_ok()
+        );
+        assert!(request(10, 0, 1_000_000).check().is_err());
     }
 }
