@@ -11,6 +11,12 @@ use clusteraudit_testkit::{ControlPlane, cluster::kubernetes_version};
 const NAMESPACE: &str = "clusteraudit-system";
 
 fn helm_template(control_plane: &ControlPlane, extra: &[&str]) -> String {
+    helm_template_result(control_plane, extra)
+        .unwrap_or_else(|err| panic!("helm template {extra:?} failed: {err}"))
+}
+
+/// What `helm template` printed, or why it refused.
+fn helm_template_result(control_plane: &ControlPlane, extra: &[&str]) -> Result<String, String> {
     let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/clusteraudit");
     let output = Command::new(control_plane.binaries().helm())
         .args([
@@ -28,12 +34,10 @@ fn helm_template(control_plane: &ControlPlane, extra: &[&str]) -> String {
         .env("HELM_DATA_HOME", control_plane.dir().join("helm/data"))
         .output()
         .expect("helm runs");
-    assert!(
-        output.status.success(),
-        "helm template {extra:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("helm prints UTF-8")
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    Ok(String::from_utf8(output.stdout).expect("helm prints UTF-8"))
 }
 
 fn kubectl_apply(control_plane: &ControlPlane, manifests: &str, dry_run: bool) -> String {
@@ -146,7 +150,27 @@ async fn the_chart_is_accepted_by_the_apiserver_and_least_privileged() {
         String::from_utf8_lossy(&output.stderr)
     );
 
-    let defaults = helm_template(&control_plane, &[]);
+    // The webhook's door is not left open by default: an empty webhookFrom must be meant.
+    let refused = helm_template_result(&control_plane, &[]).unwrap_err();
+    assert!(
+        refused.contains("networkPolicy.webhookFrom is empty"),
+        "{refused}"
+    );
+    let refused = helm_template_result(
+        &control_plane,
+        &[
+            "--set",
+            "networkPolicy.allowWebhookFromAnywhere=true",
+            "--set",
+            "collector.store.type=bogus",
+        ],
+    )
+    .unwrap_err();
+    assert!(refused.contains("embedded or opensearch"), "{refused}");
+    let defaults = helm_template(
+        &control_plane,
+        &["--set", "networkPolicy.allowWebhookFromAnywhere=true"],
+    );
     let applied = kubectl_apply(&control_plane, &defaults, true);
     for kind in [
         "customresourcedefinition.apiextensions.k8s.io/clusteraudits.clusteraudit.io",
@@ -282,6 +306,8 @@ collector:
       url: https://opensearch.logging.svc:9200
       credentialsSecret: opensearch-credentials
       caFromSecret: true
+networkPolicy:
+  webhookFrom: [{ipBlock: {cidr: 10.0.0.0/24}}]
 "#,
     )
     .unwrap();
