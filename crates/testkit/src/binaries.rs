@@ -18,28 +18,33 @@ pub struct Binaries {
     pub dir: PathBuf,
 }
 
+/// The directory `env` names, or else the one `scripts/<script>` prints once it has built or
+/// fetched what it provides (the script reuses its cache on later runs).
+pub(crate) fn provided_dir(env: &str, script: &str) -> std::result::Result<PathBuf, String> {
+    if let Some(dir) = std::env::var_os(env) {
+        return Ok(PathBuf::from(dir));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts")
+        .join(script);
+    let output = Command::new("bash")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|err| format!("running {}: {err}", script.display()))?;
+    if !output.status.success() {
+        return Err(format!("{} failed ({})", script.display(), output.status));
+    }
+    Ok(PathBuf::from(
+        String::from_utf8_lossy(&output.stdout).trim().to_string(),
+    ))
+}
+
 impl Binaries {
     /// The binaries, building them the first time (the script reuses its cache afterwards).
     pub fn locate() -> Result<Binaries> {
         static LOCATED: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-        let located = LOCATED.get_or_init(|| {
-            if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
-                return Ok(PathBuf::from(dir));
-            }
-            let script =
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/control-plane.sh");
-            let output = Command::new("bash")
-                .arg(&script)
-                .stderr(std::process::Stdio::inherit())
-                .output()
-                .map_err(|err| format!("running {}: {err}", script.display()))?;
-            if !output.status.success() {
-                return Err(format!("{} failed ({})", script.display(), output.status));
-            }
-            Ok(PathBuf::from(
-                String::from_utf8_lossy(&output.stdout).trim().to_string(),
-            ))
-        });
+        let located = LOCATED.get_or_init(|| provided_dir(BIN_DIR_ENV, "control-plane.sh"));
         let dir = located.clone().map_err(TestkitError::BinariesUnavailable)?;
         let binaries = Binaries { dir };
         for name in ["etcd", "kube-apiserver", "kubectl"] {

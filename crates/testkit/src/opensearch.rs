@@ -7,7 +7,6 @@
 use std::{
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    process::Command,
     sync::OnceLock,
     time::Duration,
 };
@@ -207,23 +206,7 @@ impl Drop for OpenSearch {
 /// The OpenSearch install, installing it the first time (the script reuses it afterwards).
 pub fn home() -> Result<PathBuf> {
     static LOCATED: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    let located = LOCATED.get_or_init(|| {
-        if let Some(dir) = std::env::var_os(HOME_ENV) {
-            return Ok(PathBuf::from(dir));
-        }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/opensearch.sh");
-        let output = Command::new("bash")
-            .arg(&script)
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .map_err(|err| format!("running {}: {err}", script.display()))?;
-        if !output.status.success() {
-            return Err(format!("{} failed ({})", script.display(), output.status));
-        }
-        Ok(PathBuf::from(
-            String::from_utf8_lossy(&output.stdout).trim().to_string(),
-        ))
-    });
+    let located = LOCATED.get_or_init(|| super::binaries::provided_dir(HOME_ENV, "opensearch.sh"));
     let home = located.clone().map_err(unavailable)?;
     if !home.join("bin/opensearch").is_file() {
         return Err(unavailable(format!(
