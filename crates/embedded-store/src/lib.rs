@@ -340,11 +340,9 @@ impl Store {
             from,
             to,
             by,
-            interval_micros,
-            top,
+            ..
         } = request;
         let (from, to, by) = (*from, *to, *by);
-        let _ = (interval_micros, top);
         let (interval_micros, top) = (request.effective_interval(), request.effective_top());
         use tantivy::aggregation::{
             AggregationLimitsGuard, DistributedAggregationCollector, agg_req::Aggregations,
