@@ -18,7 +18,7 @@ impl Item {
         index_name(
             prefix,
             &self.topic,
-            self.document.time_micros.div_euclid(86_400_000_000),
+            clusteraudit_store::day_of(self.document.time_micros),
         )
     }
 }
