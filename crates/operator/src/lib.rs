@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod plan;
 pub mod reconcile;
 pub mod sink;
+pub mod token;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -63,6 +64,11 @@ pub struct OperatorArgs {
     /// How long a leader's Lease lasts without renewal.
     #[arg(long, default_value_t = 15)]
     pub lease_seconds: u64,
+    /// How long a change to the webhook token Secret may take to reach the collectors (the
+    /// kubelet's sync period plus its cache's): a rotated token is used only after this long,
+    /// and only once the collector accepts it.
+    #[arg(long, default_value_t = 120)]
+    pub webhook_token_propagation_seconds: u64,
     /// Honour test-only annotations. Only builds with the `test-hooks` feature (the tests') have
     /// this flag; release builds cannot be talked into it.
     #[cfg(feature = "test-hooks")]
@@ -148,6 +154,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     metrics.leader.set(1);
 
     let context = Arc::new(reconcile::Context {
+        token_propagation: Duration::from_secs(args.webhook_token_propagation_seconds),
         client: client.clone(),
         namespace: args.namespace.clone(),
         collector: reconcile::CollectorAccess {

@@ -9,17 +9,13 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use k8s_openapi::{
-    ByteString,
-    api::{
-        coordination::v1::Lease,
-        core::v1::{Secret, Service},
-    },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{Secret, Service},
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams},
     runtime::{
         controller::Action,
         events::{Event as KubeEvent, EventType, Recorder},
@@ -31,14 +27,12 @@ use super::{
     metrics::Metrics,
     plan::{self, Desired, Event, Inputs, Lifecycle, Sink, Tally, guard::GuardConfig},
     sink::{SinkClient, SinkError},
+    token,
 };
 use clusteraudit_core::{
     api::{ClusterAudit, ClusterAuditSpec, FIELD_MANAGER, SINGLETON_NAME},
     rollout::{
-        objects::{
-            self, NODE_REPORT_LABEL, REVISION_LABEL, WEBHOOK_TOKEN_KEY, WEBHOOK_TOKEN_SECRET,
-            node_report_from_lease,
-        },
+        objects::{self, NODE_REPORT_LABEL, REVISION_LABEL, node_report_from_lease},
         revision::{self, WebhookTarget},
     },
 };
@@ -86,7 +80,7 @@ impl ReconcileError {
     }
 }
 
-fn kube(what: &'static str) -> impl FnOnce(kube::Error) -> ReconcileError {
+pub(crate) fn kube(what: &'static str) -> impl FnOnce(kube::Error) -> ReconcileError {
     move |source| ReconcileError::Kube { what, source }
 }
 
@@ -115,6 +109,8 @@ pub struct Context {
     pub collector: CollectorAccess,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// How long a change to the webhook token Secret may take to reach the collectors' volumes.
+    pub token_propagation: Duration,
     #[cfg(feature = "test-hooks")]
     pub test_hooks: bool,
 }
@@ -215,6 +211,7 @@ async fn reconcile_inner(
         .collect();
 
     let spec = &audit.spec;
+    let mut token_requeue = None;
     let (desired, sink) = match validate(spec) {
         Err(message) => (Desired::Invalid { message }, Sink::NotChecked),
         Ok(_) if !spec.enabled => (Desired::Off, Sink::NotChecked),
@@ -230,16 +227,31 @@ async fn reconcile_inner(
                     message: err.to_string(),
                 },
             };
-            let token = webhook_token(context).await?;
-            #[cfg_attr(not(feature = "test-hooks"), expect(unused_mut))]
-            let mut revision = revision::build(
-                &policy_yaml,
-                &WebhookTarget {
-                    server: webhook_url(context).await?,
-                    ca_pem: context.collector.ca_pem.clone(),
-                    token,
+            let server = webhook_url(context).await?;
+            let target = |token: &str| WebhookTarget {
+                server: server.clone(),
+                ca_pem: context.collector.ca_pem.clone(),
+                token: token.to_string(),
+            };
+            let token = token::settle(
+                context,
+                audit
+                    .annotations()
+                    .get(token::ROTATE_ANNOTATION)
+                    .map(String::as_str),
+                |token| {
+                    let name = revision::build(&policy_yaml, &target(token)).name;
+                    !reports.is_empty() && reports.iter().all(|r| r.current == name)
                 },
-            );
+                now,
+            )
+            .await?;
+            for event in token.events {
+                context.publish(audit, event).await;
+            }
+            token_requeue = token.requeue_within;
+            #[cfg_attr(not(feature = "test-hooks"), expect(unused_mut))]
+            let mut revision = revision::build(&policy_yaml, &target(&token.token));
             #[cfg(feature = "test-hooks")]
             if context.test_hooks
                 && let Some(mode) = audit.annotations().get(TEST_WEBHOOK_MODE_ANNOTATION)
@@ -270,6 +282,15 @@ async fn reconcile_inner(
             .get(FORCE_ROLLOUT_ANNOTATION)
             .map(String::as_str),
     });
+    let actions = actions
+        .into_iter()
+        .map(|action| match (action, token_requeue) {
+            (plan::Action::RequeueAfter(after), Some(token)) => {
+                plan::Action::RequeueAfter(after.min(token))
+            }
+            (action, _) => action,
+        })
+        .collect();
     let done = execute(audit, context, &audits, actions).await?;
     Ok(done.expect("a plan ends with when to look again"))
 }
@@ -367,7 +388,7 @@ pub fn guard_config(spec: &ClusterAuditSpec) -> GuardConfig {
     }
 }
 
-async fn webhook_url(context: &Context) -> Result<String, ReconcileError> {
+pub(crate) async fn webhook_url(context: &Context) -> Result<String, ReconcileError> {
     let name = match &context.collector.webhook {
         WebhookAddress::Url(url) => return Ok(url.clone()),
         WebhookAddress::Service(name) => name,
@@ -401,71 +422,6 @@ fn sink_reason(error: &SinkError) -> &'static str {
         SinkError::TopicInOtherLogset { .. } => "TopicInOtherLogset",
         SinkError::Refused { .. } if !error.is_transient() => "CollectorRefused",
         SinkError::Refused { .. } | SinkError::Unreachable { .. } => "CollectorUnavailable",
-    }
-}
-
-/// The token the kube-apiserver presents to the webhook: from the Secret the operator manages,
-/// created with a random token the first time (an existing one, say provided by the user, is
-/// used as it is).
-async fn webhook_token(context: &Context) -> Result<String, ReconcileError> {
-    let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &context.namespace);
-    let existing = secrets
-        .get_opt(WEBHOOK_TOKEN_SECRET)
-        .await
-        .map_err(kube("reading the webhook token Secret"))?;
-    let from = |secret: &Secret| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(WEBHOOK_TOKEN_KEY))
-            .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
-            .filter(|t| !t.is_empty())
-    };
-    if let Some(token) = existing.as_ref().and_then(from) {
-        return Ok(token);
-    }
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the OS has randomness");
-    let token = hex::encode(bytes);
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(WEBHOOK_TOKEN_SECRET.into()),
-            namespace: Some(context.namespace.clone()),
-            ..Default::default()
-        },
-        data: Some(
-            [(
-                WEBHOOK_TOKEN_KEY.to_string(),
-                ByteString(token.clone().into_bytes()),
-            )]
-            .into(),
-        ),
-        ..Default::default()
-    };
-    match existing {
-        None => match secrets.create(&PostParams::default(), &secret).await {
-            Ok(_) => Ok(token),
-            // Another writer won the race; use theirs.
-            Err(kube::Error::Api(status)) if status.code == 409 => {
-                let theirs = secrets
-                    .get(WEBHOOK_TOKEN_SECRET)
-                    .await
-                    .map_err(kube("reading the webhook token Secret"))?;
-                Ok(from(&theirs).unwrap_or(token))
-            }
-            Err(err) => Err(kube("creating the webhook token Secret")(err)),
-        },
-        Some(_) => {
-            secrets
-                .patch(
-                    WEBHOOK_TOKEN_SECRET,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"stringData": {WEBHOOK_TOKEN_KEY: token}})),
-                )
-                .await
-                .map_err(kube("filling the webhook token Secret"))?;
-            Ok(token)
-        }
     }
 }
 

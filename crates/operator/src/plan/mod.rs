@@ -15,6 +15,7 @@ mod policy;
 mod readiness;
 mod release;
 mod sink;
+pub mod token;
 
 use std::time::{Duration, SystemTime};
 
