@@ -65,12 +65,31 @@ pub struct Node {
 const ORIGINAL: &str = "original-kube-apiserver.yaml";
 const LAST_GOOD: &str = "last-good-kube-apiserver.yaml";
 const STATE: &str = "state.json";
+/// The agent's files and directories on the host: root's alone (a revision holds the webhook
+/// token; the kube-apiserver reads them as root).
+const PRIVATE: u32 = 0o600;
+const PRIVATE_DIR: u32 = 0o700;
+
+fn create_private_dir(dir: &Path) -> Result<(), FileError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR)
+        .create(dir)
+        .map_err(file_error("creating", dir))
+}
 
 impl Node {
     pub fn new(paths: NodePaths) -> Result<Node, NodeError> {
         clusteraudit_io::tls::install_crypto_provider();
-        std::fs::create_dir_all(&paths.state_dir)
-            .map_err(file_error("creating", &paths.state_dir))?;
+        create_private_dir(&paths.state_dir)?;
+        // A directory made by an earlier version may be open to everyone, with revisions
+        // (tokens) in it.
+        std::fs::set_permissions(
+            &paths.state_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(PRIVATE_DIR),
+        )
+        .map_err(file_error("narrowing", &paths.state_dir))?;
         // Like the kubelet's probes, readiness is asked of the local endpoint without checking
         // its certificate: the answer matters, not who gives it.
         let http = reqwest::Client::builder()
@@ -107,10 +126,21 @@ impl Node {
         Ok(std::fs::read(path).map_err(file_error("reading", path))?)
     }
 
-    /// Replaces a file whole, with the temporary file in the agent's own directory, never the
-    /// manifest directory.
+    /// Replaces one of the agent's own files whole (they may hold the webhook token): readable
+    /// by root alone.
     fn replace(&self, path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
-        clusteraudit_io::fsutil::write_atomically(&self.paths.state_dir, path, bytes)
+        clusteraudit_io::fsutil::replace_file(path, bytes, PRIVATE)
+            .map_err(file_error("replacing", path))?;
+        Ok(())
+    }
+
+    /// Replaces the static-pod manifest whole, keeping the mode it has.
+    fn replace_manifest(&self, bytes: &[u8]) -> Result<(), NodeError> {
+        let path = &self.paths.manifest;
+        let mode = std::fs::metadata(path)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+            .map_err(file_error("reading the mode of", path))?;
+        clusteraudit_io::fsutil::replace_file(path, bytes, mode)
             .map_err(file_error("replacing", path))?;
         Ok(())
     }
@@ -144,7 +174,7 @@ impl Node {
                     state,
                 } => {
                     let dir = PathBuf::from(&settings.dir);
-                    std::fs::create_dir_all(&dir).map_err(file_error("creating", &dir))?;
+                    create_private_dir(&dir)?;
                     for (name, content) in &revision.files {
                         self.replace(&dir.join(name), content.as_bytes())?;
                     }
@@ -154,7 +184,7 @@ impl Node {
                     self.save_state(&state)?;
                     facts.state = state;
                     if manifest {
-                        self.replace(&self.paths.manifest, desired.as_bytes())?;
+                        self.replace_manifest(desired.as_bytes())?;
                     }
                     facts.manifest_matches = true;
                 }
@@ -163,7 +193,7 @@ impl Node {
                 Action::FallBack { reason } => {
                     tracing::warn!(revision = %revision.name, %reason, "putting the last known good manifest back");
                     let bytes = self.read(&self.paths.state_dir.join(LAST_GOOD))?;
-                    self.replace(&self.paths.manifest, &bytes)?;
+                    self.replace_manifest(&bytes)?;
                     facts.manifest_matches = false;
                 }
                 Action::Restore | Action::Forget => {
@@ -223,7 +253,7 @@ impl Node {
             match rollout.step(&facts, ready.take(), Instant::now()) {
                 Action::Restore => {
                     let original = original.as_deref().expect("restoring needs the original");
-                    self.replace(&self.paths.manifest, original)?;
+                    self.replace_manifest(original)?;
                     facts.manifest_matches = true;
                 }
                 Action::CheckHealth { .. } => ready = Some(self.ready().await),
@@ -276,5 +306,58 @@ impl Node {
             .send()
             .await
             .is_ok_and(|r| r.status().is_success())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, os::unix::fs::PermissionsExt};
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    const MANIFEST: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: kube-apiserver}\nspec:\n  containers:\n  - name: kube-apiserver\n    command: [kube-apiserver]\n";
+
+    #[tokio::test]
+    async fn the_token_is_written_for_root_alone_and_the_manifest_keeps_its_mode() {
+        let host = tempfile::tempdir().unwrap();
+        let manifests = host.path().join("manifests");
+        std::fs::create_dir(&manifests).unwrap();
+        let manifest = manifests.join("kube-apiserver.yaml");
+        std::fs::write(&manifest, MANIFEST).unwrap();
+        std::fs::set_permissions(&manifest, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let state_dir = host.path().join("clusteraudit");
+        std::fs::create_dir(&state_dir).unwrap();
+        std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let node = Node::new(NodePaths {
+            manifest: manifest.clone(),
+            state_dir: state_dir.clone(),
+            // Nothing answers: the revision falls back, its files stay.
+            readyz_url: "http://127.0.0.1:9/readyz".into(),
+        })
+        .unwrap();
+        assert_eq!(mode(&state_dir), 0o700);
+        let revision = Revision::new(
+            BTreeMap::from([("webhook.kubeconfig".to_string(), "token: t0ken".to_string())]),
+            Vec::new(),
+        );
+        let err = node
+            .apply(&revision, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, NodeError::FellBack { .. }), "{err}");
+        let dir = state_dir.join(&revision.name);
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("webhook.kubeconfig")), 0o600);
+        for file in [STATE, ORIGINAL, LAST_GOOD] {
+            assert_eq!(mode(&state_dir.join(file)), 0o600, "{file}");
+        }
+        assert_eq!(mode(&manifest), 0o640);
+        assert_eq!(std::fs::read_to_string(&manifest).unwrap(), MANIFEST);
+        // No temporary file is left in the manifest directory, where the kubelet looks.
+        assert_eq!(std::fs::read_dir(&manifests).unwrap().count(), 1);
     }
 }
