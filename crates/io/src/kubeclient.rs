@@ -24,8 +24,21 @@ pub enum KubeClientError {
 }
 
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, KubeClientError> {
+    client_as(
+        kubeconfig,
+        concat!("clusteraudit/", env!("CARGO_PKG_VERSION")),
+    )
+    .await
+}
+
+/// A client whose requests carry `user_agent`, which the kube-apiserver's audit events record:
+/// who wrote what can be told apart per replica.
+pub async fn client_as(
+    kubeconfig: Option<&Path>,
+    user_agent: &str,
+) -> Result<kube::Client, KubeClientError> {
     crate::tls::install_crypto_provider();
-    let config = match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
                 KubeClientError::Read {
@@ -44,5 +57,8 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, KubeClien
             .await
             .map_err(KubeClientError::Infer)?,
     };
+    if let Ok(value) = http::HeaderValue::from_str(user_agent) {
+        config.headers.push((http::header::USER_AGENT, value));
+    }
     kube::Client::try_from(config).map_err(KubeClientError::Build)
 }

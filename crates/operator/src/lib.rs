@@ -99,9 +99,20 @@ pub enum OperatorError {
 }
 
 pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
-    let client = clusteraudit_io::kubeclient::client(args.kubeconfig.as_deref())
-        .await
-        .map_err(OperatorError::Client)?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let mut bytes = [0u8; 6];
+        getrandom::fill(&mut bytes).expect("the OS has randomness");
+        format!("operator-{}", hex::encode(bytes))
+    });
+    let client = clusteraudit_io::kubeclient::client_as(
+        args.kubeconfig.as_deref(),
+        &format!(
+            "clusteraudit-operator/{} ({identity})",
+            env!("CARGO_PKG_VERSION")
+        ),
+    )
+    .await
+    .map_err(OperatorError::Client)?;
     let ca_pem =
         std::fs::read_to_string(&args.collector_ca_file).map_err(|source| OperatorError::Read {
             path: args.collector_ca_file.clone(),
@@ -118,11 +129,6 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     let metrics = Arc::new(metrics::Metrics::new());
     serve_health(args.listen, metrics.clone()).await?;
 
-    let identity = args.identity.clone().unwrap_or_else(|| {
-        let mut bytes = [0u8; 6];
-        getrandom::fill(&mut bytes).expect("the OS has randomness");
-        format!("operator-{}", hex::encode(bytes))
-    });
     // The API may be away for a while at start (the kube-apiserver this replica talks to
     // restarting for a rollout, say): keep trying rather than exit.
     let mut delay = Duration::from_millis(500);
