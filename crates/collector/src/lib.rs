@@ -23,7 +23,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -72,6 +72,10 @@ pub struct CollectorArgs {
     /// waits on disk, not in memory.
     #[arg(long, default_value_t = 2 * 1024 * 1024 * 1024)]
     pub max_backlog_bytes: u64,
+    /// The size past which the write-ahead log starts a new segment file. The log is released
+    /// (deleted) segment by segment once the store holds what is in it.
+    #[arg(long, default_value_t = wal::SEGMENT_BYTES, value_parser = clap::value_parser!(u64).range(1024 * 1024..))]
+    pub wal_segment_bytes: u64,
     /// How often days past their topic's retention are looked for and deleted.
     #[arg(long, default_value = "10m")]
     pub retention_interval: humantime::Duration,
@@ -141,6 +145,9 @@ pub struct DrainProgress {
     /// The time (micros) of the oldest event read from the log and not yet in the store; 0 when
     /// there is none.
     pub oldest_pending_micros: AtomicI64,
+    /// The embedded store failed to take the last batches (a full or broken disk) and they are
+    /// being retried: the webhook answers 503 meanwhile rather than grow a log nobody drains.
+    pub store_unavailable: AtomicBool,
 }
 
 impl Shared {
@@ -205,8 +212,16 @@ async fn shutdown_signal() {
 
 /// Opens the store and the log, and starts the drain from one to the other and the retention task.
 pub async fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>, CollectorError> {
-    let wal = wal::Wal::open(&args.data_dir.join("wal"), args.queue_batches)?;
     let metrics = metrics::Metrics::new();
+    let wal = wal::Wal::open(
+        &args.data_dir.join("wal"),
+        wal::WalOptions {
+            queue: args.queue_batches,
+            segment_bytes: args.wal_segment_bytes,
+            quarantine: args.data_dir.join("quarantine"),
+        },
+        &metrics,
+    )?;
     let drain = Arc::new(DrainProgress::default());
     let store: Arc<dyn AuditStore> = match args.store {
         StoreKind::Embedded => indexer::start(&args.data_dir, &wal, &metrics, &drain)?,

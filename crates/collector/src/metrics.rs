@@ -18,6 +18,8 @@ pub struct Metrics {
     pub events_received: Counter,
     pub events_stored: Counter,
     pub rejected: Family<Reason, Counter>,
+    pub events_refused: Family<Reason, Counter>,
+    pub open_connections: Gauge,
     pub queue_depth: Gauge,
     pub batch_ack_seconds: Histogram,
     pub query_seconds: Histogram,
@@ -26,6 +28,9 @@ pub struct Metrics {
     pub events_dead_lettered: Counter,
     pub bulk_retries: Family<Reason, Counter>,
     pub bulk_seconds: Histogram,
+    pub wal_damaged: Counter,
+    pub wal_skipped_bytes: Counter,
+    pub index_failures: Counter,
     registry: Arc<Registry>,
 }
 
@@ -35,6 +40,8 @@ impl Metrics {
         let events_received = Counter::default();
         let events_stored = Counter::default();
         let rejected = Family::<Reason, Counter>::default();
+        let events_refused = Family::<Reason, Counter>::default();
+        let open_connections = Gauge::default();
         let queue_depth = Gauge::default();
         let latency_buckets = || {
             Histogram::new([
@@ -48,6 +55,9 @@ impl Metrics {
         let events_dead_lettered = Counter::default();
         let bulk_retries = Family::<Reason, Counter>::default();
         let bulk_seconds = latency_buckets();
+        let wal_damaged = Counter::default();
+        let wal_skipped_bytes = Counter::default();
+        let index_failures = Counter::default();
         registry.register(
             "events_received",
             "Audit events accepted by the webhook",
@@ -62,6 +72,16 @@ impl Metrics {
             "batches_rejected",
             "Webhook batches refused, by reason",
             rejected.clone(),
+        );
+        registry.register(
+            "events_refused",
+            "Events of accepted batches left out, by reason (future: over an hour ahead; past-retention: older than the topic keeps)",
+            events_refused.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Connections open to the webhook and API port",
+            open_connections.clone(),
         );
         registry.register(
             "queue_depth",
@@ -103,7 +123,25 @@ impl Metrics {
             "OpenSearch bulk request latency",
             bulk_seconds.clone(),
         );
+        registry.register(
+            "wal_damaged",
+            "Places in the write-ahead log that could not be read as records (each segment is copied to the quarantine directory)",
+            wal_damaged.clone(),
+        );
+        registry.register(
+            "wal_skipped_bytes",
+            "Bytes of the write-ahead log passed over as damaged, or cut as a torn tail",
+            wal_skipped_bytes.clone(),
+        );
+        registry.register(
+            "index_failures",
+            "Times indexing or committing into the embedded store failed; the batches are retried from the log",
+            index_failures.clone(),
+        );
         Metrics {
+            wal_damaged,
+            wal_skipped_bytes,
+            index_failures,
             backlog_bytes,
             oldest_pending_seconds,
             events_dead_lettered,
@@ -112,6 +150,8 @@ impl Metrics {
             events_received,
             events_stored,
             rejected,
+            events_refused,
+            open_connections,
             queue_depth,
             batch_ack_seconds,
             query_seconds,
@@ -121,6 +161,14 @@ impl Metrics {
 
     pub fn reject(&self, reason: &str) {
         self.rejected
+            .get_or_create(&Reason {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn refuse_event(&self, reason: &str) {
+        self.events_refused
             .get_or_create(&Reason {
                 reason: reason.to_string(),
             })

@@ -88,8 +88,16 @@ impl Store {
 
     /// Adds the events of one log record (ending at `end`) to their topic's windows, skipping
     /// the windows that already hold it. Returns how many were added.
+    ///
+    /// A record of a topic no longer in the catalog is skipped: the deletion is durable in the
+    /// catalog file, so a replay of the log never brings a deleted topic's data back.
     pub fn apply(&self, end: u64, topic: &str, events: &[&[u8]]) -> Result<usize, StoreError> {
+        // Under the windows' lock, so that a deletion either comes before (and the record is
+        // skipped) or after (and drops what was added with the topic's windows).
         let mut windows = self.windows();
+        if self.catalog_file().catalog().topic(topic).is_err() {
+            return Ok(0);
+        }
         let mut added = 0;
         for raw in events {
             let event: Event = match serde_json::from_slice(raw) {
@@ -141,6 +149,22 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Drops every event added since the last commit (after a failed apply or commit, whose
+    /// writers are in no state to trust): the caller reads the log again from its last commit,
+    /// and the windows' commits say what they already hold. Returns the events dropped.
+    pub fn rollback(&self) -> u64 {
+        let mut dropped = 0;
+        for window in self.windows().values_mut() {
+            if window.pending > 0 {
+                dropped += window.pending;
+                window.pending = 0;
+                // Dropping a writer discards what it has not committed.
+                window.writer = None;
+            }
+        }
+        dropped
     }
 
     /// Whether any window has events not yet committed.
