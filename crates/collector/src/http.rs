@@ -194,6 +194,23 @@ async fn webhook(
         }
     };
     let count = items.len() as u64;
+    // The kube-apiserver's webhook retries a 503 with backoff, and keeps the batch meanwhile.
+    if shared
+        .drain
+        .store_unavailable
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        shared.metrics.reject("store-unavailable");
+        let mut response = ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the store cannot take batches (a full or failing disk); retry shortly".into(),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return response;
+    }
     let backlog = shared.backlog_bytes();
     if backlog > shared.max_backlog_bytes {
         shared.metrics.reject("store-backlog");
