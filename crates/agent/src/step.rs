@@ -143,6 +143,8 @@ pub fn report(node: &str, state: &NodeState) -> NodeReport {
         applying: state.applying.clone(),
         last_failed: state.last_failed.clone(),
         reason: state.reason.clone(),
+        refused: None,
+        refused_reason: None,
     }
 }
 

@@ -315,6 +315,11 @@ pub struct RevisionStatus {
     /// The revision the current spec asks for; differs from `latest` while the guard holds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired: Option<String>,
+    /// The full SHA-256 of the latest revision's content, recorded by the operator that built
+    /// it: an agent writes a revision to its node only if the content hashes to this. Written
+    /// only through the status subresource, unlike the revision Secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_hash: Option<String>,
     /// One entry per control-plane node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::node_revisions")]
@@ -339,6 +344,13 @@ pub struct NodeRevisionStatus {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A revision this node's agent refuses to write to the host (its content is not what the
+    /// status recorded, or its webhook is not the pinned one); nothing of it was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// Why the agent refuses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_reason: Option<String>,
 }
 
 /// The logset and topic in use.

@@ -132,12 +132,19 @@ pub struct NodeReport {
     pub applying: Option<String>,
     pub last_failed: Option<String>,
     pub reason: Option<String>,
+    /// A revision the agent refuses to write to its host (see `refused_reason`): unlike a
+    /// failure, it is checked again on every pass, so fixing the agent's pins or the revision
+    /// clears it.
+    pub refused: Option<String>,
+    pub refused_reason: Option<String>,
 }
 
 const CURRENT: &str = "clusteraudit.io/current";
 const APPLYING: &str = "clusteraudit.io/applying";
 const LAST_FAILED: &str = "clusteraudit.io/last-failed";
 const REASON: &str = "clusteraudit.io/reason";
+const REFUSED: &str = "clusteraudit.io/refused";
+const REFUSED_REASON: &str = "clusteraudit.io/refused-reason";
 
 /// The Lease carrying a node's report (applied whole by the node's agent).
 pub fn node_report_lease(report: &NodeReport, namespace: &str, now: MicroTime) -> Lease {
@@ -146,6 +153,8 @@ pub fn node_report_lease(report: &NodeReport, namespace: &str, now: MicroTime) -
         (APPLYING, &report.applying),
         (LAST_FAILED, &report.last_failed),
         (REASON, &report.reason),
+        (REFUSED, &report.refused),
+        (REFUSED_REASON, &report.refused_reason),
     ] {
         if let Some(value) = value {
             annotations.insert(key.into(), value.clone());
@@ -181,6 +190,8 @@ pub fn node_report_from_lease(lease: &Lease) -> Option<NodeReport> {
         applying: get(APPLYING),
         last_failed: get(LAST_FAILED),
         reason: get(REASON),
+        refused: get(REFUSED),
+        refused_reason: get(REFUSED_REASON),
     })
 }
 
@@ -259,6 +270,8 @@ mod tests {
             applying: None,
             last_failed: Some("rev-badbadbad0".into()),
             reason: Some("not ready within 3m".into()),
+            refused: Some("rev-0badc0ffee".into()),
+            refused_reason: Some("cluster c sends to https://203.0.113.9/".into()),
         };
         let lease = node_report_lease(
             &report,
