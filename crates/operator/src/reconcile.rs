@@ -262,6 +262,7 @@ async fn reconcile_inner(
             (
                 Desired::Revision {
                     name: revision.name,
+                    hash: revision.hash,
                     policy_hash,
                 },
                 sink,

@@ -33,8 +33,12 @@ use guard::GuardConfig;
 /// What the spec asks of the kube-apiservers, once validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Desired {
-    /// Auditing with this revision.
-    Revision { name: String, policy_hash: String },
+    /// Auditing with this revision; `hash` is the full SHA-256 of its content.
+    Revision {
+        name: String,
+        policy_hash: String,
+        hash: String,
+    },
     /// Auditing off: every node on its original manifest.
     Off,
     /// The spec cannot be rolled out; nothing changes.
@@ -135,6 +139,8 @@ struct Draft<'a> {
     previous: &'a ClusterAuditStatus,
     status: ClusterAuditStatus,
     actions: Vec<Action>,
+    /// The full hash of the revision the spec asks for (none with auditing off).
+    desired_hash: Option<String>,
 }
 
 impl<'a> Draft<'a> {
@@ -148,6 +154,7 @@ impl<'a> Draft<'a> {
             previous,
             status,
             actions: Vec::new(),
+            desired_hash: None,
         }
     }
 
@@ -315,6 +322,7 @@ mod testing {
         Desired::Revision {
             name: name.into(),
             policy_hash: "0123456789abcdef".into(),
+            hash: format!("{name}-full-sha256"),
         }
     }
 
@@ -422,6 +430,41 @@ mod tests {
     use super::{testing::*, *};
     use crate::conditions::{READY, ROLLOUT_PROGRESSING, ROLLOUT_THROTTLED};
     use clusteraudit_core::rollout::revision::ORIGINAL;
+
+    #[test]
+    fn the_full_hash_of_what_the_nodes_are_given_is_recorded_and_follows_the_release() {
+        let hash = |plan: &Plan| {
+            plan.status
+                .revision
+                .as_ref()
+                .and_then(|r| r.latest_hash.clone())
+        };
+        let (status, reports) = rolled_out("rev-1", 0, &["a"]);
+        assert_eq!(
+            status.revision.as_ref().unwrap().latest_hash.as_deref(),
+            Some("rev-1-full-sha256")
+        );
+        // Held back by the guard: the nodes keep rev-1, and its hash.
+        let held = run(at(100), &status, rev("rev-2"), &reports);
+        assert!(held.throttled);
+        assert_eq!(hash(&held).as_deref(), Some("rev-1-full-sha256"));
+        let released = run(at(500), &held.status, rev("rev-2"), &reports);
+        assert!(released.released);
+        assert_eq!(hash(&released).as_deref(), Some("rev-2-full-sha256"));
+        // A status written before hashes were recorded gets the hash of what it released.
+        let mut unhashed = released.status.clone();
+        unhashed.revision.as_mut().unwrap().latest_hash = None;
+        let filled = run(at(510), &unhashed, rev("rev-2"), &reports);
+        assert_eq!(hash(&filled).as_deref(), Some("rev-2-full-sha256"));
+        // Auditing off: no revision, no hash.
+        let off = run(at(5000), &filled.status, Desired::Off, &reports);
+        let off = run(at(5031), &off.status, Desired::Off, &reports);
+        assert_eq!(
+            off.status.revision.as_ref().unwrap().latest.as_deref(),
+            Some(ORIGINAL)
+        );
+        assert_eq!(hash(&off), None);
+    }
 
     #[test]
     fn a_first_revision_settles_then_rolls_out_and_completes() {

@@ -30,6 +30,8 @@ pub(super) fn plan(draft: &mut Draft<'_>, reports: &[NodeReport]) -> Outcome {
             target: latest.clone(),
             last_failed: report.last_failed.clone(),
             reason: report.reason.clone(),
+            refused: report.refused.clone(),
+            refused_reason: report.refused_reason.clone(),
         })
         .collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
@@ -65,6 +67,34 @@ pub(super) fn plan(draft: &mut Draft<'_>, reports: &[NodeReport]) -> Outcome {
             );
         }
     }
+    for node in &nodes {
+        let before = previous
+            .revision
+            .as_ref()
+            .and_then(|r| r.nodes.iter().find(|n| n.name == node.name));
+        if node.refused.is_some()
+            && before.is_none_or(|b| {
+                (&b.refused, &b.refused_reason) != (&node.refused, &node.refused_reason)
+            })
+        {
+            draft.event(
+                true,
+                "RevisionRefused",
+                format!(
+                    "the agent of node {} refuses {}: {}",
+                    node.name,
+                    node.refused.as_deref().unwrap_or_default(),
+                    node.refused_reason.as_deref().unwrap_or("no reason given")
+                ),
+            );
+        }
+    }
+    // A node whose agent refuses the released revision stops the rollout like a fall back.
+    let refused: Vec<&NodeRevisionStatus> = nodes
+        .iter()
+        .filter(|n| latest.is_some() && n.refused == latest && n.current != latest)
+        .collect();
+    let stopped_here_before = conditions::is_true(&previous.conditions, DEGRADED);
     let failed: Vec<&NodeRevisionStatus> = nodes
         .iter()
         .filter(|n| latest.is_some() && n.last_failed == latest && n.current != latest)
@@ -73,21 +103,32 @@ pub(super) fn plan(draft: &mut Draft<'_>, reports: &[NodeReport]) -> Outcome {
         .iter()
         .filter(|n| latest.is_some() && n.current == latest)
         .count();
-    let progressing = latest.is_some() && failed.is_empty() && at_latest < nodes.len();
+    let progressing =
+        latest.is_some() && failed.is_empty() && refused.is_empty() && at_latest < nodes.len();
     let was_progressing = conditions::is_true(&previous.conditions, ROLLOUT_PROGRESSING);
     if let Some(latest) = &latest {
-        if was_progressing && !progressing && failed.is_empty() && !nodes.is_empty() {
+        if was_progressing
+            && !progressing
+            && failed.is_empty()
+            && refused.is_empty()
+            && !nodes.is_empty()
+        {
             draft.event(
                 false,
                 "RolloutComplete",
                 format!("all {} nodes run {latest}", nodes.len()),
             );
         }
-        if !failed.is_empty() && !conditions::is_true(&previous.conditions, DEGRADED) {
+        let stopped = !failed.is_empty() || !refused.is_empty();
+        if stopped && !stopped_here_before {
             draft.event(
                 true,
                 "RolloutStopped",
-                format!("{latest} is not rolled out further: a node fell back"),
+                if failed.is_empty() {
+                    format!("{latest} is not rolled out further: a node's agent refuses it")
+                } else {
+                    format!("{latest} is not rolled out further: a node fell back")
+                },
             );
         }
     }
@@ -96,7 +137,7 @@ pub(super) fn plan(draft: &mut Draft<'_>, reports: &[NodeReport]) -> Outcome {
         status: progressing,
         reason: if progressing {
             "RollingOut"
-        } else if !failed.is_empty() {
+        } else if !(failed.is_empty() && refused.is_empty()) {
             "RolloutStopped"
         } else {
             "RolloutComplete"
@@ -106,7 +147,7 @@ pub(super) fn plan(draft: &mut Draft<'_>, reports: &[NodeReport]) -> Outcome {
             None => "nothing has been rolled out".into(),
         },
     });
-    let fell_back = (!failed.is_empty()).then(|| {
+    let fell_back = (!(failed.is_empty() && refused.is_empty())).then(|| {
         failed
             .iter()
             .map(|n| {
@@ -117,6 +158,14 @@ pub(super) fn plan(draft: &mut Draft<'_>, reports: &[NodeReport]) -> Outcome {
                     n.reason.as_deref().unwrap_or("no reason given")
                 )
             })
+            .chain(refused.iter().map(|n| {
+                format!(
+                    "the agent of node {} refuses {}: {}",
+                    n.name,
+                    n.refused.as_deref().unwrap_or_default(),
+                    n.refused_reason.as_deref().unwrap_or("no reason given")
+                )
+            }))
             .collect::<Vec<_>>()
             .join("; ")
     });
@@ -125,6 +174,8 @@ pub(super) fn plan(draft: &mut Draft<'_>, reports: &[NodeReport]) -> Outcome {
         status: fell_back.is_some(),
         reason: if fell_back.is_none() {
             "AsExpected"
+        } else if failed.is_empty() {
+            "RevisionRefused"
         } else {
             "NodeFellBack"
         },
@@ -192,6 +243,59 @@ mod tests {
         let mut draft = Draft::new(at(60), Some(1), &previous);
         plan(&mut draft, &both);
         assert!(draft.actions.is_empty(), "nothing moved");
+    }
+
+    #[test]
+    fn a_node_whose_agent_refuses_the_revision_stops_the_rollout_and_says_why() {
+        let previous = released();
+        let refusing = [
+            NodeReport {
+                refused: Some("rev-1".into()),
+                refused_reason: Some(
+                    "cluster c sends to https://203.0.113.9/, not to the pinned webhook server"
+                        .into(),
+                ),
+                ..report("a", ORIGINAL)
+            },
+            report("b", ORIGINAL),
+        ];
+        let mut draft = Draft::new(at(100), Some(1), &previous);
+        let stopped = plan(&mut draft, &refusing);
+        assert!(!stopped.progressing);
+        assert_eq!(
+            stopped.fell_back.as_deref(),
+            Some(
+                "the agent of node a refuses rev-1: cluster c sends to https://203.0.113.9/, not to the pinned webhook server"
+            )
+        );
+        assert_eq!(
+            published(&draft.actions),
+            ["RevisionRefused", "RolloutStopped"]
+        );
+        assert_eq!(
+            condition(&draft.status, DEGRADED),
+            ("True", "RevisionRefused")
+        );
+        let nodes = &draft.status.revision.as_ref().unwrap().nodes;
+        assert_eq!(nodes[0].refused.as_deref(), Some("rev-1"));
+        assert!(
+            nodes[0]
+                .refused_reason
+                .as_deref()
+                .unwrap()
+                .contains("203.0.113.9")
+        );
+
+        // Announced once; cleared once the agent takes it.
+        let previous = draft.status.clone();
+        let mut again = Draft::new(at(110), Some(1), &previous);
+        plan(&mut again, &refusing);
+        assert!(again.actions.is_empty());
+        let previous = again.status.clone();
+        let mut taken = Draft::new(at(120), Some(1), &previous);
+        let moving = plan(&mut taken, &[report("a", "rev-1"), report("b", ORIGINAL)]);
+        assert!(moving.progressing && moving.fell_back.is_none());
+        assert_eq!(condition(&taken.status, DEGRADED), ("False", "AsExpected"));
     }
 
     #[test]

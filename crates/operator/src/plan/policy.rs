@@ -23,7 +23,14 @@ pub(super) fn plan(draft: &mut Draft<'_>, desired: Desired) -> Option<String> {
             }
             return None;
         }
-        Desired::Revision { name, policy_hash } => (name, Some(policy_hash)),
+        Desired::Revision {
+            name,
+            policy_hash,
+            hash,
+        } => {
+            draft.desired_hash = Some(hash);
+            (name, Some(policy_hash))
+        }
         Desired::Off => (ORIGINAL.to_string(), None),
     };
     draft.set(Observed {

@@ -133,6 +133,14 @@ pub(super) fn plan(
         });
         draft.status.next_restart_allowed_at = None;
     }
+    // The agents check a revision's content against the full hash, which only the status
+    // carries: recorded for what this operator built itself, and kept while a rollout of it
+    // lasts. Also filled in for a revision released before hashes were recorded.
+    if revision.latest.as_deref() == Some(desired_name) {
+        revision.latest_hash = draft.desired_hash.clone();
+    } else if revision.latest.as_deref().is_none_or(|l| l == ORIGINAL) {
+        revision.latest_hash = None;
+    }
     draft.status.guard = Some(guard_status);
     draft.status.revision = Some(revision);
     outcome
