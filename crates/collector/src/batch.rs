@@ -31,6 +31,14 @@ struct RawEventList<'a> {
 
 /// Checks an `audit.k8s.io/v1` EventList and returns each item's exact bytes.
 pub fn decode_event_list(body: &[u8]) -> Result<Vec<&str>, BatchError> {
+    Ok(decode_timed_event_list(body)?
+        .into_iter()
+        .map(|(item, _)| item)
+        .collect())
+}
+
+/// [`decode_event_list`], with each item's time (micros).
+pub fn decode_timed_event_list(body: &[u8]) -> Result<Vec<(&str, i64)>, BatchError> {
     let list: RawEventList<'_> =
         serde_json::from_slice(body).map_err(|err| BatchError::NotJson(err.to_string()))?;
     match list.kind.as_deref() {
@@ -52,16 +60,59 @@ pub fn decode_event_list(body: &[u8]) -> Result<Vec<&str>, BatchError> {
                 index,
                 reason: err.to_string(),
             })?;
-        if event.time_micros().is_none() {
+        let Some(time) = event.time_micros() else {
             return Err(BatchError::BadEvent {
                 index,
                 reason: "neither stageTimestamp nor requestReceivedTimestamp is an RFC 3339 time"
                     .into(),
             });
-        }
-        items.push(item.get());
+        };
+        items.push((item.get(), time));
     }
     Ok(items)
+}
+
+/// How far past the collector's clock an event's time may be: clocks drift, but not by hours.
+pub const MAX_AHEAD_MICROS: i64 = 3_600_000_000;
+
+/// Why one event of a batch is refused while the rest is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeRefusal {
+    /// More than [`MAX_AHEAD_MICROS`] after now.
+    Future,
+    /// On a day the topic's retention has already let go: it would be deleted at once, after
+    /// opening a window of its own.
+    PastRetention,
+}
+
+impl TimeRefusal {
+    /// The reason label in /metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            TimeRefusal::Future => "future",
+            TimeRefusal::PastRetention => "past-retention",
+        }
+    }
+}
+
+/// Whether an event at `time` (micros) is taken now, for a topic that keeps `retention_days`
+/// (none: not known yet, so only the future is refused).
+pub fn check_time(time: i64, now: i64, retention_days: Option<u32>) -> Result<(), TimeRefusal> {
+    if time > now.saturating_add(MAX_AHEAD_MICROS) {
+        return Err(TimeRefusal::Future);
+    }
+    match retention_days {
+        Some(days)
+            if clusteraudit_store::expired(
+                clusteraudit_store::day_of(time),
+                clusteraudit_store::day_of(now),
+                days,
+            ) =>
+        {
+            Err(TimeRefusal::PastRetention)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `[topic length u16][topic][count u32]([length u32][event])*`
@@ -152,6 +203,82 @@ mod tests {
             decode_event_list(body.as_bytes()),
             Err(BatchError::BadEvent { .. })
         ));
+    }
+
+    fn micros(time: &str) -> i64 {
+        time.parse::<jiff::Timestamp>().unwrap().as_microsecond()
+    }
+
+    #[test]
+    fn events_from_the_future_or_past_their_retention_are_refused() {
+        let now = micros("2026-11-30T12:00:00Z");
+        let ok = Ok(());
+        // Up to an hour ahead is clock drift.
+        assert_eq!(check_time(now, now, Some(7)), ok);
+        assert_eq!(check_time(micros("2026-11-30T13:00:00Z"), now, Some(7)), ok);
+        assert_eq!(
+            check_time(micros("2026-11-30T13:00:00.000001Z"), now, Some(7)),
+            Err(TimeRefusal::Future)
+        );
+        assert_eq!(
+            check_time(micros("9999-01-01T00:00:00Z"), now, None),
+            Err(TimeRefusal::Future)
+        );
+        // Seven whole days before today are kept, from their first microsecond.
+        assert_eq!(check_time(micros("2026-11-23T00:00:00Z"), now, Some(7)), ok);
+        assert_eq!(
+            check_time(micros("2026-11-22T23:59:59.999999Z"), now, Some(7)),
+            Err(TimeRefusal::PastRetention)
+        );
+        assert_eq!(
+            check_time(micros("1970-01-01T00:00:00Z"), now, Some(365)),
+            Err(TimeRefusal::PastRetention)
+        );
+        assert_eq!(
+            check_time(micros("0001-01-01T00:00:00Z"), now, Some(7)),
+            Err(TimeRefusal::PastRetention)
+        );
+        // A topic keeping nothing before today takes today only.
+        assert_eq!(check_time(micros("2026-11-30T00:00:00Z"), now, Some(0)), ok);
+        assert_eq!(
+            check_time(micros("2026-11-29T23:59:59Z"), now, Some(0)),
+            Err(TimeRefusal::PastRetention)
+        );
+        // Retention not known yet: only the future is refused.
+        assert_eq!(check_time(micros("1970-01-01T00:00:00Z"), now, None), ok);
+        // Just after midnight, yesterday's late events still count as the day before today.
+        let midnight = micros("2026-12-01T00:00:00.5Z");
+        assert_eq!(
+            check_time(micros("2026-11-30T23:59:59Z"), midnight, Some(0)),
+            Err(TimeRefusal::PastRetention)
+        );
+        assert_eq!(
+            check_time(micros("2026-11-30T23:59:59Z"), midnight, Some(1)),
+            ok
+        );
+        // The ends of the range do not overflow.
+        assert_eq!(
+            check_time(i64::MIN, now, Some(365)),
+            Err(TimeRefusal::PastRetention)
+        );
+        assert_eq!(check_time(i64::MAX, now, None), Err(TimeRefusal::Future));
+        assert_eq!(check_time(now, i64::MAX, Some(u32::MAX)), ok);
+    }
+
+    #[test]
+    fn a_timed_event_list_gives_each_items_time() {
+        let later = EVENT.replace("10:00:00.000001Z", "11:00:00Z");
+        let body = format!(
+            r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{EVENT},{later}]}}"#
+        );
+        let items = decode_timed_event_list(body.as_bytes()).unwrap();
+        assert_eq!(
+            items,
+            vec![
+                (EVENT, micros("2026-11-26T10:00:00.000001Z")),
+                (later.as_str(), micros("2026-11-26T11:00:00Z"))
+            ]
+        );
     }
 
     #[test]

@@ -2,15 +2,22 @@
 //! metrics.
 
 use std::{
-    sync::Arc,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, Query as QueryParams, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::{DefaultBodyLimit, Path, Query as QueryParams, Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    middleware::Next,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -28,38 +35,131 @@ use clusteraudit_store::{CatalogEdit, Edited, SearchRequest, StoreError};
 #[derive(Clone, Copy, Debug, Default)]
 pub struct VerifiedClientCertificate(pub bool);
 
+/// Each topic's retention as the catalog had it a little while ago: read at most every
+/// [`RETENTION_FRESH`] rather than per batch, since the OpenSearch catalog is a request away and
+/// the webhook goes on while OpenSearch is down.
+#[derive(Default)]
+pub struct RetentionCache {
+    state: std::sync::Mutex<RetentionState>,
+}
+
+#[derive(Default)]
+struct RetentionState {
+    days: std::collections::HashMap<String, u32>,
+    read: Option<Instant>,
+    reading: bool,
+}
+
+const RETENTION_FRESH: Duration = Duration::from_secs(30);
+
+impl RetentionCache {
+    /// The topic's retention in days; none while it is not known.
+    pub async fn days(
+        &self,
+        store: &Arc<dyn clusteraudit_store::AuditStore>,
+        topic: &str,
+    ) -> Option<u32> {
+        let lock = || self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (known, read_now) = {
+            let mut state = lock();
+            let known = state.days.get(topic).copied();
+            // A topic routed to since the last read is looked up within a second.
+            let fresh_for = if known.is_some() {
+                RETENTION_FRESH
+            } else {
+                Duration::from_secs(1)
+            };
+            let read_now = !state.reading && state.read.is_none_or(|at| at.elapsed() >= fresh_for);
+            if read_now {
+                state.reading = true;
+            }
+            (known, read_now)
+        };
+        if !read_now {
+            return known;
+        }
+        // Whatever happens to this batch (its caller may go away), the next may read again.
+        struct Reading<'a>(&'a RetentionCache);
+        impl Drop for Reading<'_> {
+            fn drop(&mut self) {
+                self.0
+                    .state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .reading = false;
+            }
+        }
+        let reading = Reading(self);
+        // One batch at a time waits for the read, and not for long.
+        let catalog = tokio::time::timeout(Duration::from_secs(1), store.catalog()).await;
+        drop(reading);
+        let mut state = lock();
+        state.read = Some(Instant::now());
+        if let Ok(Ok(catalog)) = catalog {
+            state.days = catalog
+                .topics()
+                .iter()
+                .map(|t| (t.id.clone(), t.retention_days))
+                .collect();
+        }
+        state.days.get(topic).copied().or(known)
+    }
+}
+
+/// The address a request's connection comes from.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
 /// Searches and stats running at once.
 pub const MAX_CONCURRENT_QUERIES: usize = 8;
 
-/// Webhook requests being read or waiting for the log at once. With the body limit this bounds
-/// the memory senders can make the collector hold, whatever they do.
-pub const MAX_WEBHOOK_IN_FLIGHT: usize = 64;
+/// What connections and request bodies may cost; see the flags of the same names.
+#[derive(Clone, Debug)]
+pub struct ServeLimits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_in_flight_requests: usize,
+    pub max_in_flight_bytes: usize,
+}
+
+impl ServeLimits {
+    pub fn from_args(args: &CollectorArgs) -> ServeLimits {
+        ServeLimits {
+            max_connections: args.max_connections.max(1),
+            header_read_timeout: args.header_read_timeout.into(),
+            body_read_timeout: args.body_read_timeout.into(),
+            idle_timeout: args.idle_timeout.into(),
+            max_in_flight_requests: args.max_in_flight_requests.max(1),
+            max_in_flight_bytes: args.max_in_flight_bytes.max(1),
+        }
+    }
+}
+
+/// The one budget of every route that reads a body: requests and bytes held at once.
+struct BodyBudget {
+    shared: Arc<Shared>,
+    requests: Arc<tokio::sync::Semaphore>,
+    bytes: Arc<tokio::sync::Semaphore>,
+}
 
 pub fn router(shared: Arc<Shared>) -> Router {
     let limit = shared.max_body_bytes;
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_WEBHOOK_IN_FLIGHT));
-    let webhook_route = post(webhook).layer(axum::middleware::from_fn(
-        move |request: axum::extract::Request, next: axum::middleware::Next| {
-            let in_flight = in_flight.clone();
-            async move {
-                // Refused before the body is read, so a flood costs nothing but the refusal.
-                let Ok(_permit) = in_flight.try_acquire_owned() else {
-                    let mut response = ApiError(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "too many batches in flight; retry shortly".into(),
-                    )
-                    .into_response();
-                    response
-                        .headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                    return response;
-                };
-                next.run(request).await
-            }
-        },
-    ));
+    let budget = Arc::new(BodyBudget {
+        requests: Arc::new(tokio::sync::Semaphore::new(
+            shared.limits.max_in_flight_requests,
+        )),
+        bytes: Arc::new(tokio::sync::Semaphore::new(
+            shared
+                .limits
+                .max_in_flight_bytes
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        )),
+        shared: shared.clone(),
+    });
     Router::new()
-        .route("/v1/webhook", webhook_route)
+        .route("/v1/webhook", post(webhook))
         .route("/v1/logsets", get(list_logsets).post(create_logset))
         .route("/v1/logsets/{id}", get(get_logset).delete(delete_logset))
         .route(
@@ -78,32 +178,151 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .merge(super::ui::routes())
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn(
-            move |request: axum::extract::Request, next: axum::middleware::Next| {
-                refuse_oversized(request, next, limit)
-            },
-        ))
+        .layer(axum::middleware::from_fn_with_state(budget, guard))
         .with_state(shared)
 }
 
-/// How much of a body declared over the limit is read (and dropped) before the 413, so that a
-/// client still sending gets the answer rather than a connection torn down under it.
+/// How much of a body declared over the limit is read (and dropped) before the 413.
 const OVERSIZED_DRAIN_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Bodies declared larger than the limit are refused before any handler runs.
-async fn refuse_oversized(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-    limit: usize,
-) -> Response {
+/// What a call of the read and admin API needs, by its method.
+fn access_for(method: &Method) -> Access {
+    match *method {
+        Method::POST => Access::Create,
+        Method::PUT | Method::PATCH => Access::Update,
+        Method::DELETE => Access::Delete,
+        _ => Access::Read,
+    }
+}
+
+/// Every call under /v1 is authenticated from its headers alone, before anything else: the
+/// webhook by its token or client certificate, the API by TokenReview and SubjectAccessReview.
+/// Only then is a body read, within the one budget of requests and bytes, and within
+/// --body-read-timeout; handlers get it whole.
+async fn guard(State(budget): State<Arc<BodyBudget>>, request: Request, next: Next) -> Response {
+    let shared = &budget.shared;
+    let path = request.uri().path();
+    if !path.starts_with("/v1/") {
+        // The page, health and metrics read no body: one sent is never read, and the connection
+        // is closed after the answer.
+        return next.run(request).await;
+    }
+    let webhook = path == "/v1/webhook";
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let Some(declared) = declared.filter(|n| *n > limit as u64) else {
-        return next.run(request).await;
+    let has_body = declared.is_some_and(|n| n > 0)
+        || request.headers().contains_key(header::TRANSFER_ENCODING);
+    let refuse = |status: StatusCode, reason: &str, message: String| {
+        if webhook {
+            shared.metrics.reject(reason);
+        }
+        let mut response = ApiError(status, message).into_response();
+        if has_body {
+            // The body stays unread: the connection cannot carry another request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     };
+    if webhook {
+        let verified = request
+            .extensions()
+            .get::<VerifiedClientCertificate>()
+            .is_some_and(|c| c.0);
+        if !shared.auth.webhook_allowed(request.headers(), verified) {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "valid webhook credentials are required".into(),
+            );
+        }
+    } else {
+        let peer = request.extensions().get::<Peer>().map(|p| p.0.ip());
+        if let Err(err) = shared
+            .auth
+            .authorize(request.headers(), peer, access_for(request.method()))
+            .await
+        {
+            let ApiError(status, message) = err.into();
+            let mut response = refuse(status, "unauthenticated", message);
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+            }
+            return response;
+        }
+    }
+    if !has_body {
+        return next.run(request).await;
+    }
+    let limit = shared.max_body_bytes;
+    if let Some(declared) = declared.filter(|n| *n > limit as u64) {
+        return refuse_oversized(request, declared, limit).await;
+    }
+    let Ok(_request_permit) = budget.requests.clone().try_acquire_owned() else {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "busy",
+            "too many requests with bodies in flight; retry shortly".into(),
+        );
+    };
+    // A body of unknown length may grow to the limit: it is counted at the limit.
+    let charge = declared.map_or(limit, |n| n as usize).min(limit).max(1);
+    let Ok(_byte_permit) = u32::try_from(charge)
+        .ok()
+        .and_then(|n| budget.bytes.clone().try_acquire_many_owned(n).ok())
+        .ok_or(())
+    else {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "busy",
+            "too many request bytes in flight; retry shortly".into(),
+        );
+    };
+    let (parts, body) = request.into_parts();
+    let read = tokio::time::timeout(
+        shared.limits.body_read_timeout,
+        axum::body::to_bytes(body, limit),
+    )
+    .await;
+    let body = match read {
+        Ok(Ok(body)) => body,
+        Ok(Err(err)) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("reading the body failed: {err}"),
+            );
+        }
+        Err(_) => {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                format!(
+                    "the body did not arrive within {:?}",
+                    shared.limits.body_read_timeout
+                ),
+            );
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(body)))
+        .await
+}
+
+/// A body declared larger than the limit, from an authenticated caller: 413. What it sends
+/// meanwhile is read (and dropped) for a while, so that a client still sending gets the answer
+/// rather than a connection torn down under it.
+async fn refuse_oversized(request: Request, declared: u64, limit: usize) -> Response {
     if declared <= OVERSIZED_DRAIN_BYTES {
         use futures::StreamExt;
         let mut stream = request.into_body().into_data_stream();
@@ -151,6 +370,7 @@ impl From<AuthError> for ApiError {
             AuthError::Unauthenticated | AuthError::InvalidToken => StatusCode::UNAUTHORIZED,
             AuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
             AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AuthError::TooManyFailures => StatusCode::TOO_MANY_REQUESTS,
         };
         ApiError(status, err.to_string())
     }
@@ -158,22 +378,9 @@ impl From<AuthError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-async fn webhook(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    certificate: Option<axum::Extension<VerifiedClientCertificate>>,
-    body: Bytes,
-) -> Response {
+/// Its caller is authenticated by [`guard`].
+async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
-    let verified = certificate.is_some_and(|c| c.0.0);
-    if !shared.auth.webhook_allowed(&headers, verified) {
-        shared.metrics.reject("unauthenticated");
-        return ApiError(
-            StatusCode::UNAUTHORIZED,
-            "valid webhook credentials are required".into(),
-        )
-        .into_response();
-    }
     let json_body = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -186,14 +393,13 @@ async fn webhook(
         )
         .into_response();
     }
-    let items = match batch::decode_event_list(&body) {
+    let timed = match batch::decode_timed_event_list(&body) {
         Ok(items) => items,
         Err(err) => {
             shared.metrics.reject("invalid");
             return ApiError(StatusCode::BAD_REQUEST, err.to_string()).into_response();
         }
     };
-    let count = items.len() as u64;
     // The kube-apiserver's webhook retries a 503 with backoff, and keeps the batch meanwhile.
     if shared
         .drain
@@ -234,6 +440,39 @@ async fn webhook(
             return ApiError(StatusCode::SERVICE_UNAVAILABLE, err.to_string()).into_response();
         }
     };
+    // Each event's time decides the day it is kept under: one from a far future or from before
+    // the topic's retention is left out, and the rest of the batch stored.
+    let retention = shared.retention.days(&shared.store, &topic).await;
+    let now = now_micros();
+    let mut items = Vec::with_capacity(timed.len());
+    let mut refused = Vec::new();
+    for (index, (item, time)) in timed.into_iter().enumerate() {
+        match batch::check_time(time, now, retention) {
+            Ok(()) => items.push(item),
+            Err(refusal) => refused.push((index, refusal)),
+        }
+    }
+    let count = items.len() as u64;
+    let accepted = |shared: &Shared| {
+        for (_, refusal) in &refused {
+            shared.metrics.refuse_event(refusal.reason());
+        }
+        if !refused.is_empty() {
+            tracing::warn!(
+                refused = refused.len(),
+                stored = count,
+                "events more than an hour ahead or older than the topic's retention were left out"
+            );
+        }
+        let refused: Vec<_> = refused
+            .iter()
+            .map(|(index, refusal)| json!({"index": index, "reason": refusal.reason()}))
+            .collect();
+        (StatusCode::OK, Json(json!({"refused": refused}))).into_response()
+    };
+    if items.is_empty() {
+        return accepted(&shared);
+    }
     let record = batch::encode_record(&topic, &items);
     let pending = match shared.wal.try_append(record) {
         Ok(Some(pending)) => pending,
@@ -261,7 +500,7 @@ async fn webhook(
                 .metrics
                 .batch_ack_seconds
                 .observe(started.elapsed().as_secs_f64());
-            (StatusCode::OK, Json(json!({}))).into_response()
+            accepted(&shared)
         }
         Ok(Err(reason)) => {
             shared.metrics.reject("log-write");
@@ -338,11 +577,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-async fn list_logsets(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    shared.auth.authorize(&headers, Access::Read).await?;
+async fn list_logsets(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {
     let logsets = shared.store.catalog().await?.logsets().to_vec();
     Ok(Json(json!({"items": logsets})).into_response())
 }
@@ -353,12 +588,7 @@ struct NewLogset {
     name: String,
 }
 
-async fn create_logset(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Response> {
-    shared.auth.authorize(&headers, Access::Create).await?;
+async fn create_logset(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiResult<Response> {
     let request: NewLogset = parse_json(&body)?;
     let edited = shared
         .store
@@ -369,20 +599,16 @@ async fn create_logset(
 
 async fn get_logset(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    shared.auth.authorize(&headers, Access::Read).await?;
     let logset = shared.store.catalog().await?.logset(&id)?.clone();
     Ok(Json(logset).into_response())
 }
 
 async fn delete_logset(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    shared.auth.authorize(&headers, Access::Delete).await?;
     shared
         .store
         .edit_catalog(CatalogEdit::DeleteLogset { id })
@@ -392,10 +618,8 @@ async fn delete_logset(
 
 async fn list_topics(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    shared.auth.authorize(&headers, Access::Read).await?;
     let topics = shared.store.catalog().await?.topics_of(&id)?;
     Ok(Json(json!({"items": topics})).into_response())
 }
@@ -410,11 +634,9 @@ struct NewTopic {
 
 async fn create_topic(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    shared.auth.authorize(&headers, Access::Create).await?;
     let request: NewTopic = parse_json(&body)?;
     let edited = shared
         .store
@@ -459,10 +681,8 @@ async fn topic_view(shared: &Shared, id: &str) -> ApiResult<serde_json::Value> {
 
 async fn get_topic(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    shared.auth.authorize(&headers, Access::Read).await?;
     Ok(Json(topic_view(&shared, &id).await?).into_response())
 }
 
@@ -477,11 +697,9 @@ struct TopicPatch {
 
 async fn update_topic(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    shared.auth.authorize(&headers, Access::Update).await?;
     let patch: TopicPatch = parse_json(&body)?;
     shared
         .store
@@ -496,10 +714,8 @@ async fn update_topic(
 
 async fn delete_topic(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    shared.auth.authorize(&headers, Access::Delete).await?;
     shared
         .store
         .edit_catalog(CatalogEdit::DeleteTopic { id })
@@ -507,8 +723,7 @@ async fn delete_topic(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn get_route(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> ApiResult<Response> {
-    shared.auth.authorize(&headers, Access::Read).await?;
+async fn get_route(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {
     let route = shared.store.catalog().await?.route().to_string();
     Ok(Json(json!({"topicId": route})).into_response())
 }
@@ -519,12 +734,7 @@ struct Route {
     topic_id: String,
 }
 
-async fn set_route(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Response> {
-    shared.auth.authorize(&headers, Access::Update).await?;
+async fn set_route(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiResult<Response> {
     let route: Route = parse_json(&body)?;
     shared
         .store
@@ -551,14 +761,12 @@ struct SearchParams {
 
 async fn search_events(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     QueryParams(params): QueryParams<SearchParams>,
 ) -> ApiResult<Response> {
     let now = now_micros();
     let (query, from, to) = read_request(
         &shared,
-        &headers,
         &id,
         &params.q,
         (params.from.as_deref(), 0),
@@ -596,14 +804,12 @@ struct StatsParams {
 
 async fn topic_stats(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     QueryParams(params): QueryParams<StatsParams>,
 ) -> ApiResult<Response> {
     let now = now_micros();
     let (query, from, to) = read_request(
         &shared,
-        &headers,
         &id,
         &params.q,
         (params.from.as_deref(), now - 86_400_000_000),
@@ -665,17 +871,15 @@ async fn timed<T>(
     Ok(result)
 }
 
-/// The common part of a read: authorization, the topic's existence, the query and the time
+/// The common part of a read (authorized by [`guard`]): the topic's existence, the query and the time
 /// range (each bound given or defaulted).
 async fn read_request(
     shared: &Shared,
-    headers: &HeaderMap,
     topic: &str,
     q: &str,
     from: (Option<&str>, i64),
     to: (Option<&str>, i64),
 ) -> ApiResult<(clusteraudit_core::query::Query, i64, i64)> {
-    shared.auth.authorize(headers, Access::Read).await?;
     shared.store.catalog().await?.topic(topic)?;
     let query = clusteraudit_core::query::parse(q)
         .map_err(|err| ApiError(StatusCode::BAD_REQUEST, format!("q: {err}")))?;
@@ -706,8 +910,9 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|err| ApiError(StatusCode::BAD_REQUEST, err.to_string()))
 }
 
-/// Serves the router over TLS, telling handlers whether a client certificate was verified.
-pub async fn serve_tls(args: &CollectorArgs, router: Router) -> Result<(), CollectorError> {
+/// The TLS configuration from the flags: the serving certificate, and the CA of webhook client
+/// certificates if one is given.
+pub fn tls_acceptor(args: &CollectorArgs) -> Result<tokio_rustls::TlsAcceptor, CollectorError> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     let read = |path: &std::path::PathBuf, what| {
         std::fs::read(path).map_err(|source| CollectorError::Read {
@@ -752,67 +957,235 @@ pub async fn serve_tls(args: &CollectorArgs, router: Router) -> Result<(), Colle
     }
     .with_single_cert(certs, key)
     .map_err(|err| CollectorError::Tls(err.to_string()))?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The read buffer a connection may grow to: headers larger than this are refused (431), and a
+/// thousand slow connections hold at most this much each.
+const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
+
+/// Serves the router, over TLS unless `tls` is none (--insecure-dev), telling handlers whether a
+/// client certificate was verified and where the connection comes from. At --max-connections,
+/// accepting waits; a failing accept (out of file descriptors, say) is retried after a pause that
+/// doubles up to a second rather than at once.
+pub async fn serve(
+    args: &CollectorArgs,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    router: Router,
+    metrics: super::metrics::Metrics,
+) -> Result<(), CollectorError> {
+    let limits = ServeLimits::from_args(args);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| CollectorError::Listen {
             addr: args.listen,
             source,
         })?;
-    tracing::info!(addr = %args.listen, "serving HTTPS");
+    tracing::info!(addr = %args.listen, tls = tls.is_some(), ?limits, "serving");
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let shutdown = super::shutdown_signal();
     tokio::pin!(shutdown);
+    let mut pause = Duration::ZERO;
     loop {
+        let permit = match connections.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "at the connection cap: new connections wait"
+                );
+                tokio::select! {
+                    permit = connections.clone().acquire_owned() => permit.expect("never closed"),
+                    _ = &mut shutdown => return Ok(()),
+                }
+            }
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    pause = Duration::ZERO;
+                    accepted
+                }
                 Err(err) => {
-                    tracing::warn!(error = %err, "accepting a connection failed");
-                    continue;
+                    pause = (pause * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                    tracing::warn!(error = %err, ?pause, "accepting a connection failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => continue,
+                        _ = &mut shutdown => return Ok(()),
+                    }
                 }
             },
             _ = &mut shutdown => return Ok(()),
         };
-        let acceptor = acceptor.clone();
+        let tls = tls.clone();
         let router = router.clone();
+        let limits = limits.clone();
+        let open = OpenConnection::new(&metrics);
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                acceptor.accept(tcp),
-            )
-            .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(err)) => {
-                    tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
+            let _open = (permit, open);
+            let _ = tcp.set_nodelay(true);
+            let activity = Arc::new(Activity::new());
+            let tcp = Watched {
+                inner: tcp,
+                activity: activity.clone(),
             };
-            let verified = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .is_some_and(|chain| !chain.is_empty());
-            let service = hyper::service::service_fn(
-                move |request: hyper::Request<hyper::body::Incoming>| {
-                    let mut request = request.map(axum::body::Body::new);
-                    request
-                        .extensions_mut()
-                        .insert(VerifiedClientCertificate(verified));
-                    let mut router = router.clone();
-                    async move {
-                        use tower::Service;
-                        router.call(request).await
-                    }
-                },
-            );
-            if let Err(err) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            match tls {
+                Some(acceptor) => {
+                    let tls = match tokio::time::timeout(
+                        limits.header_read_timeout,
+                        acceptor.accept(tcp),
+                    )
+                    .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(err)) => {
+                            tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let verified = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .is_some_and(|chain| !chain.is_empty());
+                    serve_connection(tls, peer, verified, router, &limits, &activity).await
+                }
+                None => serve_connection(tcp, peer, false, router, &limits, &activity).await,
             }
         });
+    }
+}
+
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    verified: bool,
+    router: Router,
+    limits: &ServeLimits,
+    activity: &Activity,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service =
+        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let mut request = request.map(axum::body::Body::new);
+            request
+                .extensions_mut()
+                .insert(VerifiedClientCertificate(verified));
+            request.extensions_mut().insert(Peer(peer));
+            let mut router = router.clone();
+            async move {
+                use tower::Service;
+                router.call(request).await
+            }
+        });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_CONNECTION_BUFFER);
+    let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(connection);
+    loop {
+        let quiet_until = activity.last() + limits.idle_timeout;
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(%peer, error = %err, "connection ended with an error");
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(quiet_until.into()) => {
+                if activity.last() + limits.idle_timeout <= Instant::now() {
+                    tracing::debug!(%peer, "closing a connection that moved no byte for the idle timeout");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Counted in /metrics while it lives.
+struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenConnection {
+    fn new(metrics: &super::metrics::Metrics) -> OpenConnection {
+        metrics.open_connections.inc();
+        OpenConnection(metrics.open_connections.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// When a connection last moved a byte, either way.
+struct Activity {
+    start: Instant,
+    /// Milliseconds after `start`.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last.load(Ordering::Relaxed))
+    }
+}
+
+/// A socket that records its activity.
+struct Watched<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -62,6 +62,11 @@ pub struct CollectorArgs {
     /// Kubeconfig for TokenReview and SubjectAccessReview (default: in-cluster or $KUBECONFIG).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// The audience readers' tokens must be for (`kubectl create token SA --audience
+    /// clusteraudit`), so that a token handed to the collector is no good against the
+    /// kube-apiserver. Empty: the kube-apiserver's own audiences, as any kubeconfig token.
+    #[arg(long, default_value = "clusteraudit")]
+    pub token_audience: String,
     /// Largest request body accepted.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -87,6 +92,29 @@ pub struct CollectorArgs {
     /// Plain HTTP with authentication off, for local development; loopback addresses only.
     #[arg(long)]
     pub insecure_dev: bool,
+    /// Connections open at once; past it, new ones wait in the listen backlog.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// How long a connection may take to present a request's headers, counted from when it is
+    /// ready for one: this also closes keep-alive connections idle for longer, and bounds the TLS
+    /// handshake.
+    #[arg(long, default_value = "10s")]
+    pub header_read_timeout: humantime::Duration,
+    /// How long a request may take to send its body; a body still arriving then is cut off (408).
+    #[arg(long, default_value = "30s")]
+    pub body_read_timeout: humantime::Duration,
+    /// A connection that moves no byte either way for this long is closed (a client that stops
+    /// reading its answer, say).
+    #[arg(long, default_value = "60s")]
+    pub idle_timeout: humantime::Duration,
+    /// Requests whose bodies are being read or handled at once, over every route that takes a
+    /// body (the webhook and the admin API); past it, 429.
+    #[arg(long, default_value_t = 64)]
+    pub max_in_flight_requests: usize,
+    /// Bytes of request bodies held at once, over every route that takes a body; past it, 429.
+    /// A body without a Content-Length counts as --max-body-bytes.
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    pub max_in_flight_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +161,10 @@ pub struct Shared {
     pub drain: Arc<DrainProgress>,
     /// Permits for searches and stats running at once.
     pub queries: tokio::sync::Semaphore,
+    /// What connections and request bodies may cost.
+    pub limits: http::ServeLimits,
+    /// Each topic's retention, for refusing events older than it.
+    pub retention: http::RetentionCache,
 }
 
 /// How far the store has taken in the log, shared by the drain (which moves it) and the webhook
@@ -180,25 +212,13 @@ pub async fn run(args: CollectorArgs) -> Result<(), CollectorError> {
     let auth = auth::Auth::from_args(&args).await?;
     let shared = start(&args, auth).await?;
     let router = http::router(shared.clone());
-    if args.insecure_dev {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .map_err(|source| CollectorError::Listen {
-                addr: args.listen,
-                source,
-            })?;
+    let tls = if args.insecure_dev {
         tracing::warn!(addr = %args.listen, "serving plain HTTP without authentication (--insecure-dev)");
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(|source| CollectorError::Listen {
-                addr: args.listen,
-                source,
-            })?;
+        None
     } else {
-        http::serve_tls(&args, router).await?;
-    }
-    Ok(())
+        Some(http::tls_acceptor(&args)?)
+    };
+    http::serve(&args, tls, router, shared.metrics.clone()).await
 }
 
 async fn shutdown_signal() {
@@ -264,5 +284,7 @@ pub async fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>
         max_backlog_bytes: args.max_backlog_bytes,
         drain,
         queries: tokio::sync::Semaphore::new(http::MAX_CONCURRENT_QUERIES),
+        limits: http::ServeLimits::from_args(args),
+        retention: http::RetentionCache::default(),
     }))
 }
