@@ -4,5 +4,6 @@
 pub mod node;
 pub mod run;
 pub mod step;
+pub mod trust;
 
 pub use run::{AgentArgs, AgentError, run};

@@ -160,7 +160,13 @@ impl Node {
             original_saved: self.audited(),
             manifest_matches: current == desired.as_bytes(),
         };
-        let mut rollout = Rollout::new(Goal::Revision(revision.name.clone()), health_timeout);
+        let mut rollout = Rollout::new(
+            Goal::Revision {
+                name: revision.name.clone(),
+                hash: revision.hash.clone(),
+            },
+            health_timeout,
+        );
         let mut ready = None;
         loop {
             match rollout.step(&facts, ready.take(), Instant::now()) {

@@ -21,6 +21,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 
 use crate::node::{Node, NodeError, NodePaths, NodeState};
 use crate::step::{self, Pass, Refused};
+use crate::trust;
 use clusteraudit_core::{
     api::{ClusterAudit, SINGLETON_NAME},
     rollout::{
@@ -56,6 +57,16 @@ pub struct AgentArgs {
     /// How often the target is looked at without a change being seen.
     #[arg(long, default_value_t = 30)]
     pub resync_seconds: u64,
+    /// The webhook server a revision may send the audit stream to, exactly as its kubeconfig
+    /// must name it (repeat for more than one). A host name also allows the same URL with each
+    /// address it resolves to on this node, looked up on every pass (the operator names the
+    /// collector Service by its ClusterIP). Without it, every revision is refused.
+    #[arg(long = "webhook-server")]
+    pub webhook_servers: Vec<String>,
+    /// The CA certificates (PEM) a revision's webhook kubeconfig must trust: these and no
+    /// others. Read on every pass. Without it, every revision is refused.
+    #[arg(long)]
+    pub webhook_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +101,9 @@ struct Agent {
     node: Node,
     /// What the node's Lease says now, so it is written only when it changes.
     last_report: std::sync::Mutex<Option<NodeReport>>,
+    /// The revision this agent refuses to write to its host, and why: checked again on every
+    /// pass, so fixing the pins or the revision clears it.
+    refused: std::sync::Mutex<Option<Refused>>,
 }
 
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
@@ -107,6 +121,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         client: client.clone(),
         node,
         last_report: std::sync::Mutex::new(None),
+        refused: std::sync::Mutex::new(None),
     };
     let audits: Api<ClusterAudit> = Api::all(client);
     let mut changes = watcher(
@@ -149,11 +164,25 @@ impl Agent {
             .await
             .map_err(kube("reading the ClusterAudit"))?;
         let health_timeout = step::health_timeout(audit.as_ref());
-        match step::pass(&state, &step::target(audit.as_ref()), self.node.audited()) {
+        let target = step::target(audit.as_ref());
+        let released_hash = step::released_hash(audit.as_ref());
+        let pass = step::pass(&state, &target, self.node.audited());
+        if !matches!(pass, Pass::Resume(_) | Pass::Apply(_)) {
+            self.refuse(None);
+            self.report(&state).await?;
+        }
+        match pass {
             Pass::Nothing => Ok(()),
             Pass::Resume(applying) => {
                 tracing::info!(revision = %applying, "resuming an interrupted rollout on this node");
-                let revision = self.fetch_revision(&applying).await?;
+                let hash =
+                    step::expected_hash(&applying, &state, &target, released_hash.as_deref());
+                let Some(revision) = self
+                    .trusted_revision(&applying, hash.as_deref(), &state)
+                    .await?
+                else {
+                    return Ok(());
+                };
                 self.apply(revision, health_timeout).await
             }
             Pass::Restore => {
@@ -178,10 +207,93 @@ impl Agent {
                     tracing::info!(revision = %target, node = %failed, "not applying: it fell back on another node");
                     return Ok(());
                 }
-                let revision = self.fetch_revision(&target).await?;
+                let hash = step::expected_hash(
+                    &target,
+                    &state,
+                    &step::Target::Revision(target.clone()),
+                    released_hash.as_deref(),
+                );
+                let Some(revision) = self
+                    .trusted_revision(&target, hash.as_deref(), &state)
+                    .await?
+                else {
+                    return Ok(());
+                };
                 self.apply(revision, health_timeout).await
             }
         }
+    }
+
+    /// The revision `name` from its Secret, if it may be written to this host; otherwise None,
+    /// and the refusal goes into this node's report (and so into the ClusterAudit's status).
+    async fn trusted_revision(
+        &self,
+        name: &str,
+        hash: Option<&str>,
+        state: &NodeState,
+    ) -> Result<Option<Revision>, AgentError> {
+        let checked = match self.fetch_revision(name).await {
+            Ok(revision) => {
+                let pins = self.pins().await;
+                step::verify(name, hash, &revision, pins.as_ref()).map(|()| revision)
+            }
+            Err(AgentError::Revision(objects::ObjectError::Tampered {
+                expected, actual, ..
+            })) => Err(Refused::Tampered {
+                released: name.to_string(),
+                recorded: hash.unwrap_or(&expected).to_string(),
+                actual,
+            }),
+            Err(err) => return Err(err),
+        };
+        match checked {
+            Ok(revision) => {
+                self.refuse(None);
+                Ok(Some(revision))
+            }
+            Err(refused) => {
+                let first = self.refuse(Some(refused.clone()));
+                if first {
+                    tracing::warn!(revision = %name, reason = %refused, "refusing the revision: nothing of it is written to this node");
+                }
+                self.report(state).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Sets the refusal this node reports; true when it is a new one.
+    fn refuse(&self, refused: Option<Refused>) -> bool {
+        let mut current = self.refused.lock().expect("not poisoned");
+        let new = *current != refused;
+        *current = refused;
+        new
+    }
+
+    /// What a revision's webhook may name, from this agent's own arguments: None when they pin
+    /// nothing (or the CA file cannot be read), and then nothing is trusted.
+    async fn pins(&self) -> Option<trust::Pins> {
+        let ca_file = self.args.webhook_ca_file.as_ref()?;
+        if self.args.webhook_servers.is_empty() {
+            return None;
+        }
+        let ca = match std::fs::read(ca_file) {
+            Ok(pem) => trust::certificates(&pem),
+            Err(err) => {
+                tracing::warn!(path = %ca_file.display(), %err, "cannot read the pinned webhook CA");
+                None
+            }
+        };
+        let Some(ca) = ca else {
+            tracing::warn!(path = %ca_file.display(), "the pinned webhook CA file holds no certificate");
+            return None;
+        };
+        let mut servers = Vec::new();
+        for pinned in &self.args.webhook_servers {
+            servers.push(pinned.clone());
+            servers.extend(resolved(pinned).await);
+        }
+        Some(trust::Pins { servers, ca })
     }
 
     /// Applies under the rollout Lease and reports the outcome before letting the Lease go, so
@@ -308,13 +420,12 @@ impl Agent {
             .await
             .map_err(kube("reading a revision Secret"))?
             .ok_or_else(|| AgentError::RevisionMissing(name.to_string()))?;
-        let revision = objects::revision_from_secret(&secret, name)?;
-        step::verify(name, &revision)?;
-        Ok(revision)
+        Ok(objects::revision_from_secret(&secret, name)?)
     }
 
     fn report_of(&self, state: &NodeState) -> NodeReport {
-        step::report(&self.args.node_name, state)
+        let refused = self.refused.lock().expect("not poisoned");
+        step::report(&self.args.node_name, state, refused.as_ref())
     }
 
     /// Writes the node's report when it changed.
@@ -386,5 +497,36 @@ async fn hold_while<T>(
     tokio::select! {
         result = work => result,
         _ = renew => unreachable!("renewing never ends"),
+    }
+}
+
+/// The same webhook URL with each address its host name resolves to here, spelt as the operator
+/// spells a ClusterIP (`https://10.96.0.10:443/v1/webhook`, `https://[fd00::a]:443/...`); none
+/// for a URL that names an address already or that does not resolve now.
+async fn resolved(pinned: &str) -> Vec<String> {
+    let Ok(url) = reqwest::Url::parse(pinned) else {
+        return Vec::new();
+    };
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return Vec::new();
+    };
+    if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
+        return Vec::new();
+    }
+    let suffix = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_string(),
+    };
+    match tokio::net::lookup_host((host, port)).await {
+        Ok(addresses) => addresses
+            .map(|address| match address.ip() {
+                std::net::IpAddr::V4(ip) => format!("{}://{ip}:{port}{suffix}", url.scheme()),
+                std::net::IpAddr::V6(ip) => format!("{}://[{ip}]:{port}{suffix}", url.scheme()),
+            })
+            .collect(),
+        Err(err) => {
+            tracing::warn!(%host, %err, "cannot resolve the pinned webhook server");
+            Vec::new()
+        }
     }
 }

@@ -11,7 +11,7 @@ use clusteraudit_core::{
     api::ClusterAudit,
     rollout::{
         objects::NodeReport,
-        revision::{ORIGINAL, Revision},
+        revision::{ORIGINAL, POLICY_FILE, Revision, WEBHOOK_CONFIG_FILE},
     },
 };
 
@@ -23,6 +23,11 @@ pub struct NodeState {
     pub current: Option<String>,
     /// A revision being applied: the manifest may already name it.
     pub applying: Option<String>,
+    /// The full hash of the revision being applied, checked before anything of it was written:
+    /// an agent resuming after a crash checks the revision against this, whatever the status
+    /// says by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applying_hash: Option<String>,
     pub last_failed: Option<String>,
     pub reason: Option<String>,
 }
@@ -52,6 +57,37 @@ pub fn target(audit: Option<&ClusterAudit>) -> Target {
         None => Target::Unreleased,
         Some(ORIGINAL) => Target::Original,
         Some(name) => Target::Revision(name.to_string()),
+    }
+}
+
+/// The full hash the status records for the released revision.
+pub fn released_hash(audit: Option<&ClusterAudit>) -> Option<String> {
+    audit?
+        .status
+        .as_ref()?
+        .revision
+        .as_ref()?
+        .latest_hash
+        .clone()
+}
+
+/// The full SHA-256 a revision must hash to before anything of it is written here: for one an
+/// earlier run started, the hash it checked then; otherwise the one the status records, if the
+/// status releases that revision.
+pub fn expected_hash(
+    name: &str,
+    state: &NodeState,
+    target: &Target,
+    released_hash: Option<&str>,
+) -> Option<String> {
+    if state.applying.as_deref() == Some(name)
+        && let Some(hash) = &state.applying_hash
+    {
+        return Some(hash.clone());
+    }
+    match target {
+        Target::Revision(released) if released == name => released_hash.map(str::to_string),
+        _ => None,
     }
 }
 
@@ -109,31 +145,95 @@ pub fn failed_elsewhere<'r>(
         .map(|r| r.node.as_str())
 }
 
-/// A revision whose content is not what its name says.
+/// Why the agent writes nothing of a revision to its host.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("revision {released} is refused: its content hashes to {actual}")]
-pub struct Refused {
-    pub released: String,
-    /// The name and full hash the content has.
-    pub actual: String,
+pub enum Refused {
+    #[error("the status records no full hash for {released}")]
+    NoHash { released: String },
+    #[error(
+        "{released} holds content hashing to {actual}, not to the {recorded} the status records"
+    )]
+    Tampered {
+        released: String,
+        recorded: String,
+        /// The name and full hash the content has.
+        actual: String,
+    },
+    #[error("{released} holds a file the agent does not write: {file}")]
+    UnknownFile { released: String, file: String },
+    #[error("{released}: {reason}")]
+    Untrusted {
+        released: String,
+        reason: crate::trust::Untrusted,
+    },
 }
 
-/// Whether `revision` may be applied as the revision the API released under `released`: its
-/// content, hashed again here, must give that name and the full hash it carries. The agent
-/// restarts a kube-apiserver with it, so it trusts nothing it cannot check.
-pub fn verify(released: &str, revision: &Revision) -> Result<(), Refused> {
-    let rehashed = Revision::new(revision.files.clone(), revision.flags.clone());
-    if rehashed.name == released && rehashed.hash == revision.hash && revision.name == released {
-        return Ok(());
+impl Refused {
+    /// The revision refused.
+    pub fn revision(&self) -> &str {
+        match self {
+            Refused::NoHash { released }
+            | Refused::Tampered { released, .. }
+            | Refused::UnknownFile { released, .. }
+            | Refused::Untrusted { released, .. } => released,
+        }
     }
-    Err(Refused {
-        released: released.to_string(),
-        actual: format!("{} ({})", rehashed.name, rehashed.hash),
+}
+
+/// Whether `revision` may be written to this host as the revision the API released under
+/// `released`. Its content, hashed again here, must give that name and the full hash
+/// `recorded` in the status: the name alone carries 40 bits, and content matching 40 bits of a
+/// hash can be found by brute force, whereas the full hash is written only through the status.
+/// It must hold the policy and the webhook kubeconfig and nothing else, and its webhook must be
+/// the pinned one ([`crate::trust`]).
+pub fn verify(
+    released: &str,
+    recorded: Option<&str>,
+    revision: &Revision,
+    pins: Option<&crate::trust::Pins>,
+) -> Result<(), Refused> {
+    let released_name = || released.to_string();
+    let recorded = recorded.ok_or_else(|| Refused::NoHash {
+        released: released_name(),
+    })?;
+    let rehashed = Revision::new(revision.files.clone(), revision.flags.clone());
+    if rehashed.name != released
+        || rehashed.hash != recorded
+        || revision.name != released
+        || revision.hash != recorded
+    {
+        return Err(Refused::Tampered {
+            released: released_name(),
+            recorded: recorded.to_string(),
+            actual: format!("{} ({})", rehashed.name, rehashed.hash),
+        });
+    }
+    if let Some(file) = revision
+        .files
+        .keys()
+        .find(|f| ![POLICY_FILE, WEBHOOK_CONFIG_FILE].contains(&f.as_str()))
+    {
+        return Err(Refused::UnknownFile {
+            released: released_name(),
+            file: file.clone(),
+        });
+    }
+    let kubeconfig = revision
+        .files
+        .get(WEBHOOK_CONFIG_FILE)
+        .ok_or_else(|| Refused::Untrusted {
+            released: released_name(),
+            reason: crate::trust::Untrusted::Missing("webhook kubeconfig"),
+        })?;
+    crate::trust::check_webhook_kubeconfig(kubeconfig, pins).map_err(|reason| Refused::Untrusted {
+        released: released_name(),
+        reason,
     })
 }
 
-/// What this node's report (its Lease) says, from its state.
-pub fn report(node: &str, state: &NodeState) -> NodeReport {
+/// What this node's report (its Lease) says, from its state and the revision its agent refuses
+/// now, if any.
+pub fn report(node: &str, state: &NodeState, refused: Option<&Refused>) -> NodeReport {
     NodeReport {
         node: node.to_string(),
         current: state
@@ -143,8 +243,8 @@ pub fn report(node: &str, state: &NodeState) -> NodeReport {
         applying: state.applying.clone(),
         last_failed: state.last_failed.clone(),
         reason: state.reason.clone(),
-        refused: None,
-        refused_reason: None,
+        refused: refused.map(|r| r.revision().to_string()),
+        refused_reason: refused.map(ToString::to_string),
     }
 }
 
@@ -163,8 +263,8 @@ pub const RESTART_GRACE: Duration = Duration::from_secs(20);
 /// Where this node is being moved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Goal {
-    /// The revision of this name.
-    Revision(String),
+    /// The revision of this name, its content hashing to `hash` (checked before).
+    Revision { name: String, hash: String },
     /// The manifest found before auditing.
     Original,
 }
@@ -307,7 +407,7 @@ impl Rollout {
     /// [`Action::CheckHealth`] (none otherwise) and the time `now`.
     pub fn step(&mut self, facts: &Facts, ready: Option<bool>, now: Instant) -> Action {
         match self.goal.clone() {
-            Goal::Revision(name) => self.towards_revision(&name, facts, ready, now),
+            Goal::Revision { name, hash } => self.towards_revision(&name, &hash, facts, ready, now),
             Goal::Original => self.towards_original(facts, ready, now),
         }
     }
@@ -315,6 +415,7 @@ impl Rollout {
     fn towards_revision(
         &mut self,
         name: &str,
+        hash: &str,
         facts: &Facts,
         ready: Option<bool>,
         now: Instant,
@@ -340,17 +441,18 @@ impl Rollout {
                         manifest: !facts.manifest_matches,
                         state: NodeState {
                             applying: Some(name.to_string()),
+                            applying_hash: Some(hash.to_string()),
                             ..state.clone()
                         },
                     };
                 }
                 // Resuming after the manifest was written: no second restart, just the wait.
-                self.towards_revision(name, facts, ready, now)
+                self.towards_revision(name, hash, facts, ready, now)
             }
             Phase::Written => {
                 let watch = Watch::start(now, self.health_timeout);
                 self.phase = Phase::Waiting(watch);
-                self.towards_revision(name, facts, None, now)
+                self.towards_revision(name, hash, facts, None, now)
             }
             Phase::Waiting(mut watch) => match self.wait(&mut watch, ready, now) {
                 Waited::Next(action) => {
@@ -361,6 +463,7 @@ impl Rollout {
                     Some(NodeState {
                         current: Some(name.to_string()),
                         applying: None,
+                        applying_hash: None,
                         ..state.clone()
                     }),
                     Outcome::Current {
@@ -378,7 +481,7 @@ impl Rollout {
             Phase::FellBack { reason } => {
                 let watch = Watch::start(now, self.health_timeout);
                 self.phase = Phase::FallingBack { reason, watch };
-                self.towards_revision(name, facts, None, now)
+                self.towards_revision(name, hash, facts, None, now)
             }
             Phase::FallingBack { reason, mut watch } => {
                 let restored = match self.wait(&mut watch, ready, now) {
@@ -392,6 +495,7 @@ impl Rollout {
                 self.finish(
                     Some(NodeState {
                         applying: None,
+                        applying_hash: None,
                         last_failed: Some(name.to_string()),
                         reason: Some(reason.clone()),
                         ..state.clone()
@@ -591,7 +695,14 @@ mod tests {
     }
 
     fn rev(name: &str) -> Goal {
-        Goal::Revision(name.to_string())
+        Goal::Revision {
+            name: name.to_string(),
+            hash: hash_of(name),
+        }
+    }
+
+    fn hash_of(name: &str) -> String {
+        format!("{name}-full-sha256")
     }
 
     fn audited_on(current: &str) -> Facts {
@@ -623,6 +734,7 @@ mod tests {
                     manifest: true,
                     state: NodeState {
                         applying: Some("rev-a".into()),
+                        applying_hash: Some(hash_of("rev-a")),
                         ..NodeState::default()
                     },
                 },
@@ -728,6 +840,7 @@ mod tests {
             NodeState {
                 current: Some("rev-a".into()),
                 applying: None,
+                applying_hash: None,
                 last_failed: Some("rev-bad".into()),
                 reason: Some(reason),
             }
@@ -791,6 +904,7 @@ mod tests {
         // The state says applying, but the manifest is still the one before.
         let mut facts = audited_on("rev-a");
         facts.state.applying = Some("rev-b".into());
+        facts.state.applying_hash = Some(hash_of("rev-b"));
         let mut rollout = Rollout::new(rev("rev-b"), TIMEOUT);
         assert_eq!(
             rollout.step(&facts, None, Instant::now()),
@@ -871,9 +985,41 @@ mod tests {
         assert_eq!(node.facts.state.current.as_deref(), Some("rev-a"));
     }
 
+    static CA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["collector-ca".to_string()]).unwrap();
+        params.self_signed(&key).unwrap().pem()
+    });
+
+    fn pins() -> crate::trust::Pins {
+        crate::trust::Pins {
+            servers: vec!["https://10.96.0.50:8443/v1/webhook".into()],
+            ca: crate::trust::certificates(CA.as_bytes()).unwrap(),
+        }
+    }
+
+    fn kubeconfig(server: &str) -> String {
+        clusteraudit_core::rollout::revision::build(
+            "rules: []\n",
+            &clusteraudit_core::rollout::revision::WebhookTarget {
+                server: server.into(),
+                ca_pem: CA.clone(),
+                token: "t0ken".into(),
+            },
+        )
+        .files[WEBHOOK_CONFIG_FILE]
+            .clone()
+    }
+
     fn revision(policy: &str) -> Revision {
         Revision::new(
-            BTreeMap::from([("policy.yaml".to_string(), policy.to_string())]),
+            BTreeMap::from([
+                ("policy.yaml".to_string(), policy.to_string()),
+                (
+                    "webhook.kubeconfig".to_string(),
+                    kubeconfig("https://10.96.0.50:8443/v1/webhook"),
+                ),
+            ]),
             vec![("--audit-webhook-mode".into(), "batch".into())],
         )
     }
@@ -881,26 +1027,157 @@ mod tests {
     #[test]
     fn a_revision_whose_content_does_not_hash_to_what_was_released_is_refused() {
         let genuine = revision("rules: [{level: Metadata}]\n");
-        assert_eq!(verify(&genuine.name, &genuine), Ok(()));
+        let pins = pins();
+        let recorded = Some(genuine.hash.as_str());
+        assert_eq!(
+            verify(&genuine.name, recorded, &genuine, Some(&pins)),
+            Ok(())
+        );
 
         let mut edited = genuine.clone();
         edited
             .files
             .insert("policy.yaml".into(), "rules: [{level: None}]\n".into());
-        let refused = verify(&genuine.name, &edited).unwrap_err();
-        assert_eq!(refused.released, genuine.name);
-        assert!(refused.actual.starts_with("rev-"), "{refused}");
+        let refused = verify(&genuine.name, recorded, &edited, Some(&pins)).unwrap_err();
+        assert_eq!(refused.revision(), genuine.name);
+        assert!(
+            matches!(&refused, Refused::Tampered { actual, .. } if actual.starts_with("rev-")),
+            "{refused}"
+        );
 
         let mut flagged = genuine.clone();
         flagged.flags[0].1 = "blocking".into();
-        assert!(verify(&genuine.name, &flagged).is_err());
+        assert!(verify(&genuine.name, recorded, &flagged, Some(&pins)).is_err());
 
         // Content addressed to another name than the one released.
         let other = revision("rules: [{level: Request}]\n");
-        assert!(verify(&genuine.name, &other).is_err());
+        assert!(verify(&genuine.name, recorded, &other, Some(&pins)).is_err());
         let mut hash_swapped = genuine.clone();
         hash_swapped.hash = other.hash.clone();
-        assert!(verify(&genuine.name, &hash_swapped).is_err());
+        assert!(verify(&genuine.name, recorded, &hash_swapped, Some(&pins)).is_err());
+
+        // Without the full hash from the status nothing is written.
+        assert_eq!(
+            verify(&genuine.name, None, &genuine, Some(&pins)),
+            Err(Refused::NoHash {
+                released: genuine.name.clone()
+            })
+        );
+    }
+
+    #[test]
+    fn content_matching_the_name_but_not_the_full_hash_is_refused() {
+        // A forger who can replace the Secret can afford content whose hash starts with the 40
+        // bits in the released name (about 2^40 tries), not content with the full hash. Such
+        // content agrees with the name and disagrees with the status past the name's digits.
+        let content = revision("rules: [{level: None}]\n");
+        let recorded = format!("{}{}", &content.hash[..10], "0".repeat(54));
+        assert_ne!(recorded, content.hash);
+        let refused = verify(&content.name, Some(&recorded), &content, Some(&pins())).unwrap_err();
+        assert!(
+            matches!(&refused, Refused::Tampered { recorded: r, .. } if *r == recorded),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains(&content.hash), "{refused}");
+    }
+
+    #[test]
+    fn a_revision_writes_only_its_two_files_and_only_a_pinned_webhook() {
+        let pins = pins();
+        let mut files = BTreeMap::from([
+            ("policy.yaml".to_string(), "rules: []\n".to_string()),
+            (
+                "webhook.kubeconfig".to_string(),
+                kubeconfig("https://10.96.0.50:8443/v1/webhook"),
+            ),
+        ]);
+        let good = Revision::new(files.clone(), Vec::new());
+        assert_eq!(
+            verify(&good.name, Some(&good.hash), &good, Some(&pins)),
+            Ok(())
+        );
+        files.insert("kube-apiserver.yaml".into(), "kind: Pod\n".into());
+        let extra = Revision::new(files.clone(), Vec::new());
+        assert!(matches!(
+            verify(&extra.name, Some(&extra.hash), &extra, Some(&pins)),
+            Err(Refused::UnknownFile { file, .. }) if file == "kube-apiserver.yaml"
+        ));
+        files.remove("kube-apiserver.yaml");
+        files.insert(
+            "webhook.kubeconfig".into(),
+            kubeconfig("https://203.0.113.9/v1/webhook"),
+        );
+        let elsewhere = Revision::new(files, Vec::new());
+        let refused = verify(
+            &elsewhere.name,
+            Some(&elsewhere.hash),
+            &elsewhere,
+            Some(&pins),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                &refused,
+                Refused::Untrusted {
+                    reason: crate::trust::Untrusted::OtherServer { .. },
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("203.0.113.9"), "{refused}");
+        // Refused, and said so in the node's report.
+        let reported = report("node-1", &NodeState::default(), Some(&refused));
+        assert_eq!(reported.refused.as_deref(), Some(elsewhere.name.as_str()));
+        assert!(
+            reported
+                .refused_reason
+                .unwrap()
+                .contains("not to the pinned webhook server")
+        );
+        // An agent started without pins trusts nothing.
+        assert!(matches!(
+            verify(&good.name, Some(&good.hash), &good, None),
+            Err(Refused::Untrusted {
+                reason: crate::trust::Untrusted::NotPinned,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_hash_checked_is_the_status_s_or_for_a_resumed_apply_the_one_checked_then() {
+        let released = Target::Revision("rev-b".into());
+        let fresh = NodeState::default();
+        assert_eq!(
+            expected_hash("rev-b", &fresh, &released, Some("hash-b")),
+            Some("hash-b".into())
+        );
+        assert_eq!(expected_hash("rev-b", &fresh, &released, None), None);
+        assert_eq!(
+            expected_hash(
+                "rev-b",
+                &fresh,
+                &Target::Revision("rev-c".into()),
+                Some("hash-c")
+            ),
+            None
+        );
+        let resuming = NodeState {
+            applying: Some("rev-b".into()),
+            applying_hash: Some("hash-b".into()),
+            ..NodeState::default()
+        };
+        // The status moved on meanwhile: the interrupted apply keeps its own hash.
+        assert_eq!(
+            expected_hash(
+                "rev-b",
+                &resuming,
+                &Target::Revision("rev-c".into()),
+                Some("hash-c")
+            ),
+            Some("hash-b".into())
+        );
     }
 
     #[test]
@@ -984,15 +1261,16 @@ mod tests {
 
     #[test]
     fn the_report_says_original_until_a_revision_is_current() {
-        let report_of = report("node-1", &NodeState::default());
+        let report_of = report("node-1", &NodeState::default(), None);
         assert_eq!(report_of.current, ORIGINAL);
         let applying = NodeState {
             current: Some("rev-a".into()),
             applying: Some("rev-b".into()),
+            applying_hash: Some(hash_of("rev-b")),
             last_failed: Some("rev-x".into()),
             reason: Some("not ready within 3m".into()),
         };
-        let report_of = report("node-1", &applying);
+        let report_of = report("node-1", &applying, None);
         assert_eq!(report_of.current, "rev-a");
         assert_eq!(report_of.applying.as_deref(), Some("rev-b"));
         assert_eq!(report_of.last_failed.as_deref(), Some("rev-x"));
