@@ -425,3 +425,117 @@ networkPolicy:
         );
     }
 }
+
+/// The agent's DaemonSet as `helm template` renders it with `extra` values, without a cluster.
+fn rendered_agent(extra: &[&str]) -> serde_json::Value {
+    let binaries = clusteraudit_testkit::Binaries::locate().expect("helm is provided");
+    let home = tempfile::tempdir().unwrap();
+    let output = Command::new(binaries.helm())
+        .args([
+            "template",
+            "clusteraudit",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/charts/clusteraudit"),
+            "--namespace",
+            NAMESPACE,
+            "--kube-version",
+            &kubernetes_version(),
+            "--set",
+            "networkPolicy.allowWebhookFromAnywhere=true",
+        ])
+        .args(extra)
+        .env("HELM_CACHE_HOME", home.path().join("cache"))
+        .env("HELM_CONFIG_HOME", home.path().join("config"))
+        .env("HELM_DATA_HOME", home.path().join("data"))
+        .output()
+        .expect("helm runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    text.split("\n---")
+        .filter(|doc| doc.contains("kind: DaemonSet"))
+        .map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).expect("a YAML document"))
+        .next()
+        .expect("the chart renders the agent's DaemonSet")
+}
+
+#[test]
+#[ignore = "needs helm from the control plane's binaries: scripts/test runs it"]
+fn the_agent_mounts_only_what_it_writes_and_pins_the_webhook() {
+    for (extra, dir, pinned) in [
+        (
+            vec![],
+            "/etc/kubernetes",
+            vec!["https://clusteraudit-collector.clusteraudit-system.svc:8443/v1/webhook"],
+        ),
+        (
+            vec![
+                "--set",
+                "agent.kubernetesDir=/srv/kubernetes",
+                "--set",
+                "collector.service.clusterIP=10.96.0.50",
+                "--set",
+                "collector.port=9443",
+                "--set",
+                "agent.extraWebhookServers[0]=https://127.0.0.1:9443/v1/webhook",
+            ],
+            "/srv/kubernetes",
+            vec![
+                "https://clusteraudit-collector.clusteraudit-system.svc:9443/v1/webhook",
+                "https://10.96.0.50:9443/v1/webhook",
+                "https://127.0.0.1:9443/v1/webhook",
+            ],
+        ),
+    ] {
+        let daemonset = rendered_agent(&extra);
+        let pod = &daemonset["spec"]["template"]["spec"];
+        // The manifests and the agent's own directory; not the directory holding pki/ca.key.
+        let host_paths: Vec<&str> = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["hostPath"]["path"].as_str())
+            .collect();
+        assert_eq!(
+            host_paths,
+            [format!("{dir}/manifests"), format!("{dir}/clusteraudit")],
+            "{extra:?}"
+        );
+        let container = &pod["containers"][0];
+        let mounts: Vec<&str> = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["mountPath"].as_str())
+            .collect();
+        assert!(mounts.contains(&format!("{dir}/manifests").as_str()));
+        assert!(mounts.contains(&format!("{dir}/clusteraudit").as_str()));
+        assert!(!mounts.contains(&dir), "{mounts:?}");
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        let servers: Vec<&str> = args
+            .iter()
+            .filter_map(|a| a.strip_prefix("--webhook-server="))
+            .collect();
+        assert_eq!(servers, pinned, "{args:?}");
+        assert!(args.contains(&"--webhook-ca-file=/etc/clusteraudit/collector-tls/ca.crt"));
+        assert!(args.contains(&format!("--state-dir={dir}/clusteraudit").as_str()));
+        // The CA comes from the collector's TLS Secret, and only the CA.
+        let secret = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|v| v.get("secret"))
+            .expect("the CA's Secret volume");
+        assert_eq!(
+            secret["items"],
+            serde_json::json!([{"key": "ca.crt", "path": "ca.crt"}])
+        );
+    }
+}
