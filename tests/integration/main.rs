@@ -11,6 +11,7 @@ mod agent_node;
 mod chart;
 mod collector_api;
 mod collector_e2e;
+mod collector_hostile;
 mod collector_opensearch;
 mod control_plane;
 mod crd;
