@@ -1,0 +1,208 @@
+//! The agent binary on one control-plane node writes to its host only what it can check: a
+//! revision sending the audit stream to another server than its pinned one, or whose content
+//! does not have the full hash the status records, is refused with the reason in the node's
+//! report, and the kube-apiserver is not restarted; the genuine revision then rolls out, its
+//! files readable by root alone. The test plays the operator (the revision Secrets, the status).
+
+use std::{os::unix::fs::PermissionsExt, path::PathBuf, time::Duration};
+
+use clusteraudit_core::{
+    api::{ClusterAudit, PolicySpec},
+    policy::render,
+    rollout::{
+        objects::{self, NodeReport, node_report_from_lease},
+        revision::{self, Revision, WebhookTarget},
+    },
+};
+use clusteraudit_testkit::{eventually, process::ManagedProcess};
+use k8s_openapi::{
+    api::{
+        coordination::v1::Lease,
+        core::v1::{Namespace, Secret},
+    },
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+const NAMESPACE: &str = "clusteraudit";
+const PINNED: &str = "https://127.0.0.1:9/v1/webhook";
+const READY: Duration = Duration::from_secs(180);
+
+fn binary() -> PathBuf {
+    std::env::var_os("CLUSTERAUDIT_TEST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_clusteraudit")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane: scripts/test runs it"]
+async fn the_agent_refuses_a_foreign_webhook_and_a_forged_hash_and_applies_the_genuine_revision() {
+    let control_plane = crate::support::one_static_pod_node().await;
+    let node = control_plane.node("node-1").unwrap();
+    assert!(node.wait_ready(READY).await, "{:#?}", node.kubelet.events());
+    let crd = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/clusteraudit.yaml");
+    control_plane.apply_file(&crd).unwrap();
+    let established = control_plane
+        .kubectl()
+        .args([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=120s",
+            "crd/clusteraudits.clusteraudit.io",
+        ])
+        .output()
+        .unwrap();
+    assert!(established.status.success(), "{established:?}");
+    let client = control_plane.client().await.unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let audits: Api<ClusterAudit> = Api::all(client.clone());
+    let audit = audits
+        .create(
+            &PostParams::default(),
+            &ClusterAudit::new("cluster", serde_json::from_value(json!({})).unwrap()),
+        )
+        .await
+        .unwrap();
+    let owner = OwnerReference {
+        api_version: ClusterAudit::api_version(&()).into(),
+        kind: ClusterAudit::kind(&()).into(),
+        name: audit.name_any(),
+        uid: audit.uid().unwrap(),
+        ..Default::default()
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let publish = async |revision: &Revision| {
+        secrets
+            .create(
+                &PostParams::default(),
+                &objects::revision_secret(revision, NAMESPACE, owner.clone()),
+            )
+            .await
+            .unwrap();
+    };
+    let release = async |name: &str, hash: &str| {
+        audits
+            .patch_status(
+                "cluster",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"revision": {
+                    "latest": name, "desired": name, "latestHash": hash,
+                }}})),
+            )
+            .await
+            .unwrap();
+    };
+
+    let ca_pem = std::fs::read_to_string(control_plane.pki_dir().join("ca.crt")).unwrap();
+    let policy = render(&PolicySpec::default()).unwrap().yaml;
+    let target = |server: &str| WebhookTarget {
+        // Nothing listens there: the kube-apiserver starts anyway and retries its batches.
+        server: server.into(),
+        ca_pem: ca_pem.clone(),
+        token: "webhook-token".into(),
+    };
+    let genuine = revision::build(&policy, &target(PINNED));
+    let hostile = revision::build(&policy, &target("https://203.0.113.9/v1/webhook"));
+
+    let state_dir = node.kubernetes_dir.join("clusteraudit");
+    let mut args = node.agent_args(NAMESPACE, control_plane.kubeconfig_path());
+    args.push(format!("--webhook-server={PINNED}"));
+    args.push(format!(
+        "--webhook-ca-file={}",
+        control_plane.pki_dir().join("ca.crt").display()
+    ));
+    let log = control_plane.dir().join("agent.log");
+    let agent = ManagedProcess::spawn("agent", &binary(), &args, &log).unwrap();
+
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
+    let report = async || -> Result<NodeReport, String> {
+        let lease = leases
+            .get_opt(&objects::node_report_name("node-1"))
+            .await
+            .map_err(|err| err.to_string())?
+            .ok_or("no report yet")?;
+        node_report_from_lease(&lease).ok_or_else(|| "not a report".to_string())
+    };
+    let original = std::fs::read(&node.manifest_path).unwrap();
+    let starts = || node.kubelet.starts("kube-apiserver").len();
+    assert_eq!(starts(), 1);
+
+    // Released with its genuine full hash, but sending the audit stream elsewhere.
+    publish(&hostile).await;
+    release(&hostile.name, &hostile.hash).await;
+    let refused = eventually(
+        "the foreign webhook refused",
+        Duration::from_secs(60),
+        async || {
+            let report = report().await?;
+            match (&report.refused, &report.refused_reason) {
+                (Some(refused), Some(reason)) if *refused == hostile.name => Ok(reason.clone()),
+                _ => Err(format!("{report:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|err| panic!("{err}\n{}", agent.log_tail(30)));
+    eprintln!("refused: {refused}");
+    assert!(
+        refused.contains("203.0.113.9") && refused.contains("not to the pinned webhook server"),
+        "{refused}"
+    );
+
+    // The genuine content, but the status records another full hash (what a forger who can
+    // write Secrets but not the status would face: the name's 40 bits match, the rest not).
+    publish(&genuine).await;
+    let forged = format!("{}{}", &genuine.hash[..10], "0".repeat(54));
+    release(&genuine.name, &forged).await;
+    let refused = eventually(
+        "the unrecorded hash refused",
+        Duration::from_secs(60),
+        async || {
+            let report = report().await?;
+            match (&report.refused, &report.refused_reason) {
+                (Some(refused), Some(reason)) if *refused == genuine.name => Ok(reason.clone()),
+                _ => Err(format!("{report:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|err| panic!("{err}\n{}", agent.log_tail(30)));
+    eprintln!("refused: {refused}");
+    assert!(refused.contains("the status records"), "{refused}");
+    // Nothing of either was written, nothing restarted.
+    assert_eq!(std::fs::read(&node.manifest_path).unwrap(), original);
+    assert!(!state_dir.join(&hostile.name).exists());
+    assert!(!state_dir.join(&genuine.name).exists());
+    assert_eq!(starts(), 1, "{:#?}", node.kubelet.events());
+
+    // The hash the operator records: rolled out, the refusal gone, the token root's alone.
+    release(&genuine.name, &genuine.hash).await;
+    let report = eventually("the genuine revision rolled out", READY, async || {
+        let report = report().await?;
+        if report.current == genuine.name && report.applying.is_none() {
+            Ok(report)
+        } else {
+            Err(format!("{report:?}"))
+        }
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}\n{}", agent.log_tail(30)));
+    assert_eq!(report.refused, None);
+    assert_eq!(starts(), 2, "{:#?}", node.kubelet.events());
+    let mode = |path: PathBuf| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode(state_dir.join(&genuine.name).join("webhook.kubeconfig")),
+        0o600
+    );
+    assert_eq!(mode(state_dir.clone()), 0o700);
+}
