@@ -11,7 +11,6 @@ mod agent_node;
 mod agent_trust;
 mod chart;
 mod collector_api;
-mod collector_durability;
 mod collector_e2e;
 mod collector_hostile;
 mod collector_opensearch;
