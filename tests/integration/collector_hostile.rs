@@ -605,3 +605,143 @@ async fn hostile_clients_cost_the_collector_nothing_while_the_kube_apiserver_sen
     println!("{unauthenticated}");
     assert!(!unauthenticated.is_empty(), "{metrics}");
 }
+
+/// A batch with an event from two hours ahead and one from 1999: those two are left out and
+/// counted by reason, the rest of the batch is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_from_the_future_or_past_retention_are_left_out_and_the_rest_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let collector = crate::support::start_dev_collector(
+        &dir.path().join("data"),
+        &dir.path().join("collector.log"),
+        port,
+    )
+    .await;
+    let now = jiff::Timestamp::now();
+    let at = |i: usize, time: jiff::Timestamp| {
+        let mut event = crate::collector_api::event(i, &format!("user-{i}"), "get", 200);
+        event["requestReceivedTimestamp"] = time.to_string().into();
+        event["stageTimestamp"] = time.to_string().into();
+        event
+    };
+    let batch = [
+        at(1, now),
+        at(2, now + jiff::SignedDuration::from_hours(2)),
+        at(3, "1999-01-01T00:00:00Z".parse().unwrap()),
+        at(4, now - jiff::SignedDuration::from_hours(1)),
+    ];
+    let body =
+        serde_json::json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": batch});
+    let (status, answer) = collector
+        .post_raw(serde_json::to_vec(&body).unwrap(), "application/json")
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["refused"],
+        serde_json::json!([{"index": 1, "reason": "future"}, {"index": 2, "reason": "past-retention"}])
+    );
+    let (_, route) = collector
+        .call(reqwest::Method::GET, "/v1/route", None)
+        .await;
+    let topic = route["topicId"].as_str().unwrap().to_string();
+    let users = |events: &[serde_json::Value]| {
+        let mut users: Vec<String> = events
+            .iter()
+            .map(|e| e["user"]["username"].as_str().unwrap().to_string())
+            .collect();
+        users.sort();
+        users
+    };
+    // The events of a batch are committed together: what is found once two are is all there is.
+    let stored = collector.wait_count(&topic, "", 2).await;
+    assert_eq!(users(&stored), ["user-1", "user-4"]);
+    let metrics = collector
+        .http
+        .get(format!("{}/metrics", collector.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (reason, count) in [("future", 1), ("past-retention", 1)] {
+        let line =
+            format!(r#"clusteraudit_collector_events_refused_total{{reason="{reason}"}} {count}"#);
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
+    let received = metrics
+        .lines()
+        .find(|l| l.starts_with("clusteraudit_collector_events_received_total "))
+        .unwrap_or_default();
+    assert_eq!(received, "clusteraudit_collector_events_received_total 2");
+}
+
+/// Readers cannot take the machine from the webhook: past eight searches at once, the next is
+/// refused with 429 rather than queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_eight_searches_at_once_are_refused_with_429() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let collector = crate::support::start_dev_collector(
+        &dir.path().join("data"),
+        &dir.path().join("collector.log"),
+        port,
+    )
+    .await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_clusteraudit"))
+        .args([
+            "loadgen".to_string(),
+            format!("--target={}/v1/webhook", collector.url),
+            "--events=20000".into(),
+            "--json".into(),
+        ])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let (_, route) = collector
+        .call(reqwest::Method::GET, "/v1/route", None)
+        .await;
+    let topic = route["topicId"].as_str().unwrap().to_string();
+    collector.wait_count(&topic, "verb:get", 1).await;
+    let search = format!(
+        "{}/v1/topics/{topic}/events?limit=1000&q=verb%3Aget",
+        collector.url
+    );
+    let busy = eventually(
+        "a search refused while eight run",
+        Duration::from_secs(60),
+        async || {
+            let answers = futures::future::join_all((0..64).map(|_| async {
+                let response = collector.http.get(&search).send().await.unwrap();
+                (response.status().as_u16(), response.text().await.unwrap())
+            }))
+            .await;
+            let ok = answers.iter().filter(|(status, _)| *status == 200).count();
+            match answers.into_iter().find(|(status, _)| *status == 429) {
+                Some(refused) if ok >= 8 => Ok(refused),
+                _ => Err(ok),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(busy.1.contains("searches are running"), "{busy:?}");
+    let metrics = collector
+        .http
+        .get(format!("{}/metrics", collector.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            r#"clusteraudit_collector_batches_rejected_total{reason="queries-busy"}"#
+        )),
+        "{metrics}"
+    );
+}

@@ -126,6 +126,7 @@ pub struct ServeLimits {
 
 impl ServeLimits {
     pub fn from_args(args: &CollectorArgs) -> ServeLimits {
+        let args = &args.serve;
         ServeLimits {
             max_connections: args.max_connections.max(1),
             header_read_timeout: args.header_read_timeout.into(),

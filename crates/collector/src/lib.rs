@@ -92,6 +92,14 @@ pub struct CollectorArgs {
     /// Plain HTTP with authentication off, for local development; loopback addresses only.
     #[arg(long)]
     pub insecure_dev: bool,
+    /// What connections and request bodies may cost (boxed: the arguments of every subcommand
+    /// share one enum).
+    #[command(flatten)]
+    pub serve: Box<ServeArgs>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
     /// Connections open at once; past it, new ones wait in the listen backlog.
     #[arg(long, default_value_t = 4096)]
     pub max_connections: usize,
