@@ -86,8 +86,6 @@ pub enum AgentError {
     #[error(transparent)]
     Revision(#[from] objects::ObjectError),
     #[error(transparent)]
-    Refused(#[from] Refused),
-    #[error(transparent)]
     Node(#[from] NodeError),
 }
 
