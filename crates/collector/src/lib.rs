@@ -121,7 +121,7 @@ pub struct ServeArgs {
     pub max_in_flight_requests: usize,
     /// Bytes of request bodies held at once, over every route that takes a body; past it, 429.
     /// A body without a Content-Length counts as --max-body-bytes.
-    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    #[arg(long, default_value_t = 128 * 1024 * 1024)]
     pub max_in_flight_bytes: usize,
 }
 
