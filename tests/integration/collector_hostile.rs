@@ -36,6 +36,11 @@ struct Collector {
 /// TokenReview), with short timeouts; its Kubernetes API is unreachable, which only calls with a
 /// bearer token to the read and admin API would notice.
 async fn start_collector(dir: &Path) -> Collector {
+    start_collector_with(dir, None).await
+}
+
+/// [`start_collector`], with at most `max_files` file descriptors if given.
+async fn start_collector_with(dir: &Path, max_files: Option<u32>) -> Collector {
     clusteraudit_io::tls::install_crypto_provider();
     let ca = CertificateAuthority::generate("collector-ca").unwrap();
     let serving = ca
@@ -56,7 +61,7 @@ async fn start_collector(dir: &Path) -> Collector {
     );
     let port = free_port().unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let args: Vec<String> = vec![
+    let mut args: Vec<String> = vec![
         "collector".into(),
         format!("--data-dir={}", dir.join("data").display()),
         format!("--listen={addr}"),
@@ -71,13 +76,19 @@ async fn start_collector(dir: &Path) -> Collector {
         format!("--body-read-timeout={}s", BODY_READ_TIMEOUT.as_secs()),
         "--idle-timeout=30s".into(),
     ];
-    let process = ManagedProcess::spawn(
-        "collector",
-        Path::new(env!("CARGO_BIN_EXE_clusteraudit")),
-        &args,
-        &dir.join("collector.log"),
-    )
-    .unwrap();
+    let mut program = Path::new(env!("CARGO_BIN_EXE_clusteraudit"));
+    if let Some(max_files) = max_files {
+        args.splice(
+            0..0,
+            [
+                format!("--nofile={max_files}:{max_files}"),
+                program.display().to_string(),
+            ],
+        );
+        program = Path::new("/usr/bin/prlimit");
+    }
+    let process =
+        ManagedProcess::spawn("collector", program, &args, &dir.join("collector.log")).unwrap();
     let http = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap())
         .timeout(Duration::from_secs(10))
@@ -744,4 +755,64 @@ async fn more_than_eight_searches_at_once_are_refused_with_429() {
         )),
         "{metrics}"
     );
+}
+
+/// Out of file descriptors, a failing accept() is tried again after a pause that grows, not in a
+/// loop that takes a core and floods the log; once descriptors are free, it serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_accept_is_retried_after_a_growing_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = start_collector_with(dir.path(), Some(128)).await;
+    let log = dir.path().join("collector.log");
+    let (port, process) = (collector.addr.port(), &collector.process);
+    let failures = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("accepting a connection failed"))
+            .count()
+    };
+    // More connections than descriptors: the kernel completes them, the collector cannot take
+    // them all.
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        held.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+    }
+    eventually(
+        "five failed accepts logged",
+        Duration::from_secs(30),
+        async || match failures() {
+            5.. => Ok(()),
+            n => Err(n),
+        },
+    )
+    .await
+    .unwrap();
+    let logged = failures();
+    println!("{logged} failed accepts logged when five were first seen");
+    assert!(
+        logged < 50,
+        "accept() failures are retried in a tight loop: {}",
+        process.log_tail(5)
+    );
+    drop(held);
+    eventually(
+        "serving again",
+        Duration::from_secs(30),
+        async || match collector
+            .http
+            .get(format!("https://{}/livez", collector.addr))
+            .send()
+            .await
+        {
+            Ok(response) if response.status() == 200 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await
+    .unwrap();
 }
