@@ -126,6 +126,15 @@ pub async fn start_tls_collector(
             "--webhook-token-file={}",
             dir.join("webhook-token").display()
         ),
+        // What a token rotation adds to the Secret volume, while it lasts.
+        format!(
+            "--webhook-token-file={}",
+            dir.join("webhook-token.previous").display()
+        ),
+        format!(
+            "--webhook-token-file={}",
+            dir.join("webhook-token.next").display()
+        ),
         format!(
             "--webhook-client-ca={}",
             dir.join("webhook-client-ca.crt").display()

@@ -73,7 +73,9 @@ pub enum AuthError {
 
 pub struct Auth {
     insecure: bool,
-    webhook_token: Option<TokenFile>,
+    /// Any of these tokens is accepted: the current one, and during a rotation the previous and
+    /// the next (files that exist only then).
+    webhook_tokens: Vec<TokenFile>,
     kube: Option<kube::Client>,
     /// The audience TokenReviews ask for; none: the kube-apiserver's own.
     audience: Option<String>,
@@ -145,7 +147,7 @@ impl TokenFile {
                     .map(|t| t.trim().to_string())
                     .filter(|t| !t.is_empty());
                 if state.token.is_none() && (had || first) {
-                    tracing::warn!(path = %self.path.display(), "no webhook token (yet): webhook calls with a token are refused");
+                    tracing::info!(path = %self.path.display(), "no webhook token in this file (yet): it lets no call in");
                 }
             }
         }
@@ -155,7 +157,12 @@ impl TokenFile {
 
 impl Auth {
     pub async fn from_args(args: &CollectorArgs) -> Result<Auth, CollectorError> {
-        let webhook_token = args.webhook_token_file.clone().map(TokenFile::new);
+        let webhook_tokens = args
+            .webhook_token_file
+            .iter()
+            .cloned()
+            .map(TokenFile::new)
+            .collect();
         let kube = if args.insecure_dev {
             None
         } else {
@@ -167,7 +174,7 @@ impl Auth {
         };
         Ok(Auth {
             insecure: args.insecure_dev,
-            webhook_token,
+            webhook_tokens,
             kube,
             audience: Some(args.token_audience.clone()).filter(|a| !a.is_empty()),
             cache: Mutex::new(BoundedCache::new(CACHE_ENTRIES, CACHE_FOR)),
@@ -179,7 +186,7 @@ impl Auth {
     pub fn disabled() -> Auth {
         Auth {
             insecure: true,
-            webhook_token: None,
+            webhook_tokens: Vec::new(),
             kube: None,
             audience: None,
             cache: Mutex::new(BoundedCache::new(CACHE_ENTRIES, CACHE_FOR)),
@@ -192,12 +199,16 @@ impl Auth {
         if self.insecure || verified_client_certificate {
             return true;
         }
-        match (&self.webhook_token, bearer(headers)) {
-            (Some(file), Some(given)) => file
+        let Some(given) = bearer(headers) else {
+            return false;
+        };
+        // Every file is compared, so the time taken does not tell which token matched.
+        self.webhook_tokens.iter().fold(false, |accepted, file| {
+            let matches = file
                 .current()
-                .is_some_and(|expected| constant_time_eq(expected.as_bytes(), given.as_bytes())),
-            _ => false,
-        }
+                .is_some_and(|expected| constant_time_eq(expected.as_bytes(), given.as_bytes()));
+            accepted | matches
+        })
     }
 
     /// Checks a read or admin call against the cluster's RBAC. `client` is the caller's address,
@@ -468,6 +479,32 @@ mod tests {
 
     fn ip(text: &str) -> Option<IpAddr> {
         Some(text.parse().unwrap())
+    }
+
+    #[test]
+    fn during_a_rotation_any_of_the_token_files_lets_a_webhook_call_in() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "new-token\n").unwrap();
+        std::fs::write(dir.path().join("previous"), "old-token").unwrap();
+        let mut auth = Auth::disabled();
+        auth.insecure = false;
+        auth.webhook_tokens = ["token", "previous", "next"]
+            .into_iter()
+            .map(|name| TokenFile::new(dir.path().join(name)))
+            .collect();
+        let call = |token: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                axum::http::header::AUTHORIZATION,
+                format!("Bearer {token}").parse().unwrap(),
+            );
+            auth.webhook_allowed(&headers, false)
+        };
+        assert!(call("new-token"));
+        assert!(call("old-token"));
+        assert!(!call("next-token"), "a missing file accepts nothing");
+        assert!(!call(""));
+        assert!(!auth.webhook_allowed(&HeaderMap::new(), false));
     }
 
     #[test]

@@ -53,9 +53,11 @@ pub struct CollectorArgs {
     pub tls_cert: Option<PathBuf>,
     #[arg(long, required_unless_present = "insecure_dev")]
     pub tls_key: Option<PathBuf>,
-    /// File holding the bearer token the webhook's callers present.
+    /// File holding a bearer token the webhook's callers may present; repeatable, any of them is
+    /// accepted (during a token rotation: the token Secret's `token`, `previous` and `next`). A
+    /// missing or empty file accepts nothing.
     #[arg(long)]
-    pub webhook_token_file: Option<PathBuf>,
+    pub webhook_token_file: Vec<PathBuf>,
     /// CA (PEM) whose client certificates may post to the webhook.
     #[arg(long)]
     pub webhook_client_ca: Option<PathBuf>,
@@ -214,7 +216,7 @@ pub async fn run(args: CollectorArgs) -> Result<(), CollectorError> {
     if args.insecure_dev && !args.listen.ip().is_loopback() {
         return Err(CollectorError::InsecureOnNonLoopback(args.listen));
     }
-    if !args.insecure_dev && args.webhook_token_file.is_none() && args.webhook_client_ca.is_none() {
+    if !args.insecure_dev && args.webhook_token_file.is_empty() && args.webhook_client_ca.is_none() {
         return Err(CollectorError::NoWebhookCredentials);
     }
     let auth = auth::Auth::from_args(&args).await?;
