@@ -64,10 +64,10 @@ pub struct CollectorArgs {
     /// Kubeconfig for TokenReview and SubjectAccessReview (default: in-cluster or $KUBECONFIG).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
-    /// The audience readers' tokens must be for (`kubectl create token SA --audience
-    /// clusteraudit`), so that a token handed to the collector is no good against the
-    /// kube-apiserver. Empty: the kube-apiserver's own audiences, as any kubeconfig token.
-    #[arg(long, default_value = "clusteraudit")]
+    /// The audience TokenReviews ask for: readers' tokens must be for it (`kubectl create token
+    /// SA --audience clusteraudit`), so that a token handed to the collector is no good against
+    /// the kube-apiserver. Empty: the kube-apiserver's own audiences, so any token kubectl uses.
+    #[arg(long, env = "CLUSTERAUDIT_TOKEN_AUDIENCE", default_value = "")]
     pub token_audience: String,
     /// Largest request body accepted.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
