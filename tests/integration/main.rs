@@ -11,6 +11,7 @@ mod agent_node;
 mod agent_trust;
 mod chart;
 mod collector_api;
+mod collector_durability;
 mod collector_e2e;
 mod collector_hostile;
 mod collector_opensearch;

@@ -76,7 +76,6 @@ fn retries() -> backon::ExponentialBackoff {
     backon::ExponentialBuilder::default()
         .with_min_delay(FIRST_RETRY)
         .with_max_delay(LONGEST_RETRY)
-        .with_jitter()
         .without_max_times()
         .build()
 }

@@ -83,6 +83,11 @@ pub struct CollectorArgs {
     /// (deleted) segment by segment once the store holds what is in it.
     #[arg(long, default_value_t = wal::SEGMENT_BYTES, value_parser = clap::value_parser!(u64).range(1024 * 1024..))]
     pub wal_segment_bytes: u64,
+    /// Batches are refused (503) while the data directory's disk would have less than this free
+    /// after them, so that the store always has room to commit what the log holds; the commit
+    /// releases the log, which frees its space again.
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    pub min_free_bytes: u64,
     /// How often days past their topic's retention are looked for and deleted.
     #[arg(long, default_value = "10m")]
     pub retention_interval: humantime::Duration,
@@ -249,6 +254,7 @@ pub async fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>
             queue: args.queue_batches,
             segment_bytes: args.wal_segment_bytes,
             quarantine: args.data_dir.join("quarantine"),
+            min_free_bytes: args.min_free_bytes,
         },
         &metrics,
     )?;

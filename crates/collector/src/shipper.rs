@@ -20,6 +20,7 @@ use clusteraudit_opensearch_store::{
     bulk::{Item, Outcome},
     document,
 };
+use clusteraudit_store::AuditStore;
 
 use super::{CollectorError, DrainProgress, batch, metrics::Metrics, wal};
 
@@ -285,6 +286,21 @@ async fn ship(store: Arc<OpenSearchStore>, metrics: Metrics, job: Job) -> Shippe
     let mut stored = 0u64;
     let mut backoff = BACKOFF_FIRST;
     while !remaining.is_empty() {
+        // A topic deleted since its events were logged: indexing them would create its index
+        // again, which no catalog entry (and so no retention) names.
+        if let Ok(catalog) = store.catalog().await {
+            let before = remaining.len();
+            remaining.retain(|item| catalog.topic(&item.topic).is_ok());
+            if remaining.len() < before {
+                tracing::info!(
+                    events = before - remaining.len(),
+                    "dropping events of a deleted topic"
+                );
+            }
+            if remaining.is_empty() {
+                break;
+            }
+        }
         let started = Instant::now();
         match store.bulk(&remaining).await {
             Ok(outcomes) => {

@@ -68,6 +68,10 @@ pub struct WalOptions {
     pub segment_bytes: u64,
     /// Where copies of segments that could not be read whole are kept.
     pub quarantine: PathBuf,
+    /// Batches are refused while the log's file system would have less than this free after
+    /// them: the store needs room to commit what the log holds, which is what releases the log.
+    /// A disk the log filled to the last byte would hold both up for good.
+    pub min_free_bytes: u64,
 }
 
 impl WalOptions {
@@ -76,6 +80,7 @@ impl WalOptions {
             queue,
             segment_bytes: SEGMENT_BYTES,
             quarantine,
+            min_free_bytes: 0,
         }
     }
 }
@@ -135,6 +140,8 @@ impl Wal {
         let writer = Writer {
             dir: dir.to_path_buf(),
             segment_bytes: options.segment_bytes.max(1),
+            min_free_bytes: options.min_free_bytes,
+            short_of_space: false,
             segments: segments.iter().map(|(s, _)| *s).collect(),
             file,
             segment_start: start,
@@ -356,6 +363,9 @@ fn is_torn(tail: &[u8]) -> bool {
 struct Writer {
     dir: PathBuf,
     segment_bytes: u64,
+    min_free_bytes: u64,
+    /// Whether the last group was refused for want of space (to log the change only).
+    short_of_space: bool,
     segments: Vec<Position>,
     file: File,
     segment_start: Position,
@@ -405,6 +415,12 @@ impl Writer {
             position += (HEADER + payload.len()) as u64;
             ends.push(position);
         }
+        if let Err(reason) = self.check_space(buffer.len() as u64) {
+            for append in group {
+                let _ = append.done.send(Err(reason.clone()));
+            }
+            return;
+        }
         if self.dirty_tail {
             self.cut_back();
         }
@@ -436,6 +452,37 @@ impl Writer {
         {
             tracing::error!(error = %err, "starting a new log segment failed");
         }
+    }
+
+    /// Refuses a write that would leave less than the reserve free.
+    fn check_space(&mut self, bytes: u64) -> Result<(), String> {
+        if self.min_free_bytes == 0 {
+            return Ok(());
+        }
+        let Ok(stat) = nix::sys::statvfs::statvfs(&self.dir) else {
+            return Ok(());
+        };
+        let free = stat.blocks_available().saturating_mul(stat.fragment_size());
+        let short = free < bytes.saturating_add(self.min_free_bytes);
+        if short != self.short_of_space {
+            self.short_of_space = short;
+            if short {
+                tracing::error!(
+                    free,
+                    reserve = self.min_free_bytes,
+                    "the write-ahead log's disk is nearly full: batches are refused (503) until the store's commits release the log or space is freed"
+                );
+            } else {
+                tracing::info!(free, "the write-ahead log's disk has room again");
+            }
+        }
+        if short {
+            return Err(format!(
+                "the disk has {free} bytes free, and {} are kept for the store to commit what the log holds (--min-free-bytes)",
+                self.min_free_bytes
+            ));
+        }
+        Ok(())
     }
 
     /// Cuts what a failed write may have left in the file, so that a restart does not take
@@ -536,7 +583,8 @@ pub struct WalReader {
 }
 
 struct OpenSegment {
-    file: BufReader<File>,
+    start: Position,
+    file: BufReader<Durable>,
     /// Whether nothing was read from it yet: a read that fails then is not a stale buffer.
     fresh: bool,
 }
@@ -563,6 +611,7 @@ impl WalReader {
                 self.open = Some(self.open_segment()?);
             }
             let open = self.open.as_mut().expect("just opened");
+            open.file.get_mut().end = limit - open.start;
             let fresh = std::mem::replace(&mut open.fresh, false);
             let read = read_record(&mut open.file, limit - self.position);
             match read.map_err(file_error("reading", &self.dir))? {
@@ -570,8 +619,7 @@ impl WalReader {
                     self.position += (HEADER + payload.len()) as u64;
                     return Ok(Some((self.position, payload)));
                 }
-                // A buffer may hold bytes a failed write left past the durable end, or a
-                // segment may have ended where the next one starts: read again from the files.
+                // A segment may have ended where the next one starts: look again.
                 None if !fresh => self.open = None,
                 None => {
                     self.open = None;
@@ -587,8 +635,17 @@ impl WalReader {
         let mut file = File::open(&path).map_err(file_error("opening", &path))?;
         file.seek(SeekFrom::Start(self.position - start))
             .map_err(file_error("reading", &path))?;
+        let offset = self.position - start;
         Ok(OpenSegment {
-            file: BufReader::with_capacity(1024 * 1024, file),
+            start,
+            file: BufReader::with_capacity(
+                1024 * 1024,
+                Durable {
+                    file,
+                    offset,
+                    end: offset,
+                },
+            ),
             fresh: true,
         })
     }
@@ -640,6 +697,28 @@ impl WalReader {
             .found(&path, offset as u64, to - self.position, Kind::Damaged);
         self.position = to;
         Ok(())
+    }
+}
+
+/// A segment read no further than the durable end: bytes past it may be what a failed write
+/// left, to be overwritten by the next write, and a buffer must never hold them.
+struct Durable {
+    file: File,
+    /// The offset in the file the next read starts at.
+    offset: u64,
+    /// The durable end, as an offset in the file.
+    end: u64,
+}
+
+impl Read for Durable {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let room = self.end.saturating_sub(self.offset).min(buf.len() as u64) as usize;
+        if room == 0 {
+            return Ok(0);
+        }
+        let read = self.file.read(&mut buf[..room])?;
+        self.offset += read as u64;
+        Ok(read)
     }
 }
 
@@ -833,6 +912,48 @@ mod tests {
         assert_eq!(wal.durable_end(), first);
         assert_eq!(metrics.wal_damaged.get(), 1);
         assert_eq!(quarantined(dir.path()).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_reader_never_takes_what_a_failed_write_left_for_a_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _) = open(dir.path(), SEGMENT_BYTES);
+        let end = append(&wal, vec![1; 100]).await;
+        // A failed write left a whole frame past the durable end (and cutting it off failed).
+        let leftover = vec![9u8; 100];
+        let mut frame = (leftover.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&crc32fast::hash(&leftover).to_le_bytes());
+        frame.extend_from_slice(&leftover);
+        let segment = segment_path(&dir.path().join("wal"), 0);
+        OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap()
+            .write_all_at(&frame, end)
+            .unwrap();
+        let mut reader = wal.reader().unwrap();
+        assert_eq!(reader.next(wal.durable_end()).unwrap().unwrap().0, end);
+        assert!(reader.next(wal.durable_end()).unwrap().is_none());
+        // The next write goes where the leftover is.
+        append(&wal, vec![2; 100]).await;
+        assert_eq!(
+            reader.next(wal.durable_end()).unwrap().unwrap().1,
+            vec![2; 100]
+        );
+    }
+
+    #[tokio::test]
+    async fn batches_are_refused_while_the_disk_is_short_of_the_reserve() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = WalOptions {
+            min_free_bytes: u64::MAX / 4,
+            ..WalOptions::new(8, dir.path().join("quarantine"))
+        };
+        let metrics = crate::metrics::Metrics::new();
+        let wal = Wal::open(&dir.path().join("wal"), options, &metrics).unwrap();
+        let refused = wal.try_append(vec![1; 10]).unwrap().unwrap().await.unwrap();
+        assert!(refused.unwrap_err().contains("--min-free-bytes"));
+        assert_eq!(wal.durable_end(), 0);
     }
 
     #[tokio::test]

@@ -201,6 +201,28 @@ impl Window {
         Ok(self.writer.as_mut().expect("just opened"))
     }
 
+    /// Drops what was added since the last commit, and the files already written for it: after
+    /// a failure on a full disk, they would keep it full through every retry.
+    pub fn discard(&mut self) -> u64 {
+        let dropped = std::mem::take(&mut self.pending);
+        // Dropping a writer discards what it has not committed.
+        self.writer = None;
+        let path = self.path.clone();
+        let collected = self
+            .writer()
+            .and_then(|writer| {
+                writer
+                    .garbage_collect_files()
+                    .wait()
+                    .map_err(|err| super::index_error(&path, err))
+            })
+            .map(|_| ());
+        if let Err(err) = collected {
+            tracing::warn!(path = %self.path.display(), error = %err, "removing the files of what was not committed failed");
+        }
+        dropped
+    }
+
     /// Commits what was added, recording the log position it reaches.
     pub fn commit(&mut self, position: u64) -> Result<(), StoreError> {
         let Some(writer) = self.writer.as_mut() else {

@@ -158,10 +158,7 @@ impl Store {
         let mut dropped = 0;
         for window in self.windows().values_mut() {
             if window.pending > 0 {
-                dropped += window.pending;
-                window.pending = 0;
-                // Dropping a writer discards what it has not committed.
-                window.writer = None;
+                dropped += window.discard();
             }
         }
         dropped
