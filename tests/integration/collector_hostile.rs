@@ -846,3 +846,38 @@ async fn a_failing_accept_is_retried_after_a_growing_pause() {
     .await
     .unwrap();
 }
+
+/// Guessing tokens against the read API costs the kube-apiserver ten TokenReviews per address,
+/// then one every five seconds: past that, 429 without a review. A reader's decision, and a
+/// guess already refused, come from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the control plane: scripts/test runs it"]
+async fn failed_token_reviews_are_limited_per_client() {
+    let control_plane = clusteraudit_testkit::ControlPlane::start()
+        .await
+        .expect("the control plane starts");
+    let dir = control_plane.dir().join("collector");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (collector, _) =
+        crate::support::start_tls_collector(control_plane.kubeconfig_path(), &dir, "webhook-token")
+            .await;
+    let alice = control_plane.user("alice").unwrap().token.clone();
+    // A real token, reviewed: alice has no grant to read audit events here.
+    assert_eq!(collector.get("/v1/route", Some(&alice)).await.0, 403);
+    for i in 0..10 {
+        let (status, body) = collector
+            .get("/v1/route", Some(&format!("guess-{i}")))
+            .await;
+        assert_eq!(status, 401, "guess {i}: {body}");
+    }
+    let (status, body) = collector.get("/v1/route", Some("guess-10")).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("too many refused tokens")),
+        "{body}"
+    );
+    assert_eq!(collector.get("/v1/route", Some("guess-3")).await.0, 401);
+    assert_eq!(collector.get("/v1/route", Some(&alice)).await.0, 403);
+}
