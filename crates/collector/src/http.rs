@@ -1050,9 +1050,9 @@ pub async fn serve(
                         .1
                         .peer_certificates()
                         .is_some_and(|chain| !chain.is_empty());
-                    serve_connection(tls, peer, verified, router, &limits, &activity).await
+                    serve_connection(tls, peer, verified, router, &limits, activity).await
                 }
-                None => serve_connection(tcp, peer, false, router, &limits, &activity).await,
+                None => serve_connection(tcp, peer, false, router, &limits, activity).await,
             }
         });
     }
@@ -1064,10 +1064,11 @@ async fn serve_connection<I>(
     verified: bool,
     router: Router,
     limits: &ServeLimits,
-    activity: &Activity,
+    activity: Arc<Activity>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let watched = activity.clone();
     let service =
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let mut request = request.map(axum::body::Body::new);
@@ -1076,9 +1077,13 @@ async fn serve_connection<I>(
                 .insert(VerifiedClientCertificate(verified));
             request.extensions_mut().insert(Peer(peer));
             let mut router = router.clone();
+            // A request being handled (a long search, say) keeps its connection, quiet or not.
+            let handling = Handling::new(watched.clone());
             async move {
                 use tower::Service;
-                router.call(request).await
+                let response = router.call(request).await;
+                drop(handling);
+                response
             }
         });
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -1098,7 +1103,9 @@ async fn serve_connection<I>(
                 return;
             }
             _ = tokio::time::sleep_until(quiet_until.into()) => {
-                if activity.last() + limits.idle_timeout <= Instant::now() {
+                if activity.handling.load(Ordering::Relaxed) == 0
+                    && activity.last() + limits.idle_timeout <= Instant::now()
+                {
                     tracing::debug!(%peer, "closing a connection that moved no byte for the idle timeout");
                     return;
                 }
@@ -1123,11 +1130,31 @@ impl Drop for OpenConnection {
     }
 }
 
-/// When a connection last moved a byte, either way.
+/// When a connection last moved a byte, either way, and how many of its requests are being
+/// handled.
 struct Activity {
     start: Instant,
     /// Milliseconds after `start`.
     last: AtomicU64,
+    handling: std::sync::atomic::AtomicUsize,
+}
+
+/// A request of the connection being handled, for as long as it lives.
+struct Handling(Arc<Activity>);
+
+impl Handling {
+    fn new(activity: Arc<Activity>) -> Handling {
+        activity.handling.fetch_add(1, Ordering::Relaxed);
+        Handling(activity)
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.handling.fetch_sub(1, Ordering::Relaxed);
+        // The idle time counts from the answer, not from before the request.
+        self.0.touch();
+    }
 }
 
 impl Activity {
@@ -1135,6 +1162,7 @@ impl Activity {
         Activity {
             start: Instant::now(),
             last: AtomicU64::new(0),
+            handling: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
