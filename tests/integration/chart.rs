@@ -428,6 +428,11 @@ networkPolicy:
 
 /// The agent's DaemonSet as `helm template` renders it with `extra` values, without a cluster.
 fn rendered_agent(extra: &[&str]) -> serde_json::Value {
+    rendered(&["kind: DaemonSet"], extra)
+}
+
+/// The first document `helm template` renders with `extra` values that holds all of `lines`.
+fn rendered(lines: &[&str], extra: &[&str]) -> serde_json::Value {
     let binaries = clusteraudit_testkit::Binaries::locate().expect("helm is provided");
     let home = tempfile::tempdir().unwrap();
     let output = Command::new(binaries.helm())
@@ -455,10 +460,60 @@ fn rendered_agent(extra: &[&str]) -> serde_json::Value {
     );
     let text = String::from_utf8(output.stdout).unwrap();
     text.split("\n---")
-        .filter(|doc| doc.contains("kind: DaemonSet"))
+        .filter(|doc| lines.iter().all(|line| doc.contains(line)))
         .map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).expect("a YAML document"))
         .next()
-        .expect("the chart renders the agent's DaemonSet")
+        .unwrap_or_else(|| panic!("the chart renders no document with {lines:?}"))
+}
+
+#[test]
+#[ignore = "needs helm from the control plane's binaries: scripts/test runs it"]
+fn the_operator_presents_a_token_minted_for_the_collectors_audience() {
+    let operator = |extra: &[&str]| {
+        let deployment = rendered(&["kind: Deployment", "component: operator"], extra);
+        let pod = deployment["spec"]["template"]["spec"].clone();
+        let args: Vec<String> = pod["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect();
+        (pod, args)
+    };
+    let (pod, args) = operator(&[]);
+    assert!(
+        args.contains(
+            &"--collector-token-file=/var/run/secrets/clusteraudit/collector-token/token"
+                .to_string()
+        ),
+        "{args:?}"
+    );
+    let projected = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "collector-token")
+        .expect("a projected token volume");
+    assert_eq!(
+        projected["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "clusteraudit"
+    );
+    // Without an audience the collector takes the kube-apiserver's own, and so the plain token.
+    let (pod, args) = operator(&["--set", "collector.tokenAudience="]);
+    assert!(
+        args.contains(
+            &"--collector-token-file=/var/run/secrets/kubernetes.io/serviceaccount/token"
+                .to_string()
+        ),
+        "{args:?}"
+    );
+    assert!(
+        !pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "collector-token")
+    );
 }
 
 #[test]

@@ -185,10 +185,7 @@ impl Harness {
             let mut args = node.agent_args(NAMESPACE, &kubeconfig);
             // The agents trust only a webhook to this collector, with its CA.
             args.push(format!("--webhook-server={}/v1/webhook", collector.url));
-            args.push(format!(
-                "--webhook-ca-file={}",
-                collector.ca_path.display()
-            ));
+            args.push(format!("--webhook-ca-file={}", collector.ca_path.display()));
             agents.insert(node.name.clone(), (args, None));
         }
         let mut harness = Harness {

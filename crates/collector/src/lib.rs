@@ -67,7 +67,11 @@ pub struct CollectorArgs {
     /// The audience TokenReviews ask for: readers' tokens must be for it (`kubectl create token
     /// SA --audience clusteraudit`), so that a token handed to the collector is no good against
     /// the kube-apiserver. Empty: the kube-apiserver's own audiences, so any token kubectl uses.
-    #[arg(long, env = "CLUSTERAUDIT_TOKEN_AUDIENCE", default_value = "")]
+    #[arg(
+        long,
+        env = "CLUSTERAUDIT_TOKEN_AUDIENCE",
+        default_value = "clusteraudit"
+    )]
     pub token_audience: String,
     /// Largest request body accepted.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
@@ -221,7 +225,8 @@ pub async fn run(args: CollectorArgs) -> Result<(), CollectorError> {
     if args.insecure_dev && !args.listen.ip().is_loopback() {
         return Err(CollectorError::InsecureOnNonLoopback(args.listen));
     }
-    if !args.insecure_dev && args.webhook_token_file.is_empty() && args.webhook_client_ca.is_none() {
+    if !args.insecure_dev && args.webhook_token_file.is_empty() && args.webhook_client_ca.is_none()
+    {
         return Err(CollectorError::NoWebhookCredentials);
     }
     let auth = auth::Auth::from_args(&args).await?;

@@ -206,12 +206,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         ],
         &dir.join("operator.log"),
     )?;
-    let agent = ManagedProcess::spawn(
-        "agent",
-        &binary,
-        &node.agent_args(NAMESPACE, control_plane.kubeconfig_path()),
-        &dir.join("agent.log"),
-    )?;
+    // The agent writes to the host only a webhook to this collector, with its CA.
+    let mut agent_args = node.agent_args(NAMESPACE, control_plane.kubeconfig_path());
+    agent_args.push(format!("--webhook-server={url}/v1/webhook"));
+    agent_args.push(format!("--webhook-ca-file={}", ca_path.display()));
+    let agent = ManagedProcess::spawn("agent", &binary, &agent_args, &dir.join("agent.log"))?;
 
     step(&format!(
         "applying {} and waiting for the rollout (the restart guard lets edits settle first)",

@@ -43,6 +43,9 @@ impl ApiServerConfig {
             format!("--service-account-key-file={}", pki("sa.pub")),
             format!("--service-account-signing-key-file={}", pki("sa.key")),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_string(),
+            // The collector asks TokenReviews for its own audience; the test users' static tokens
+            // count for it only if the kube-apiserver lists it.
+            "--api-audiences=https://kubernetes.default.svc.cluster.local,clusteraudit".to_string(),
             "--service-cluster-ip-range=10.96.0.0/12".to_string(),
             // Every test kube-apiserver advertises 127.0.0.1, which the endpoints of the
             // `kubernetes` Service may not hold; nothing in the tests routes through it.
