@@ -626,3 +626,74 @@ impl AuditStore for Embedded {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str) -> Vec<u8> {
+        let now = jiff::Timestamp::now();
+        serde_json::to_vec(&serde_json::json!({
+            "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+            "auditID": id, "stage": "ResponseComplete", "requestURI": "/api/v1/pods",
+            "verb": "list", "user": {"username": "ann"},
+            "requestReceivedTimestamp": now.to_string(), "stageTimestamp": now.to_string(),
+        }))
+        .unwrap()
+    }
+
+    fn count(store: &Store, topic: &str) -> u64 {
+        store.usage(topic).unwrap().event_count
+    }
+
+    fn new_topic(store: &Store) -> String {
+        let mut catalog = store.catalog_file();
+        let Edited::Logset { logset, .. } = catalog
+            .edit(&CatalogEdit::CreateLogset { name: "l".into() })
+            .unwrap()
+        else {
+            panic!("a logset")
+        };
+        let Edited::Topic { topic, .. } = catalog
+            .edit(&CatalogEdit::CreateTopic {
+                logset_id: logset.id,
+                name: "t".into(),
+                retention_days: 30,
+            })
+            .unwrap()
+        else {
+            panic!("a topic")
+        };
+        topic.id
+    }
+
+    #[test]
+    fn a_rolled_back_record_is_applied_again_once_and_a_deleted_topic_is_not_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let topic = new_topic(&store);
+        let (a, b) = (event("a"), event("b"));
+        assert_eq!(store.apply(10, &topic, &[&a]).unwrap(), 1);
+        store.commit(10).unwrap();
+        // A failure after the next record was added: it is dropped, and applied again.
+        assert_eq!(store.apply(20, &topic, &[&b]).unwrap(), 1);
+        assert_eq!(store.rollback(), 1);
+        assert!(!store.has_pending());
+        // The replay from the last commit skips what is committed.
+        assert_eq!(store.apply(10, &topic, &[&a]).unwrap(), 0);
+        assert_eq!(store.apply(20, &topic, &[&b]).unwrap(), 1);
+        store.commit(20).unwrap();
+        assert_eq!(count(&store, &topic), 2);
+
+        store
+            .catalog_file()
+            .edit(&CatalogEdit::DeleteTopic { id: topic.clone() })
+            .unwrap();
+        store.delete_topic_data(&topic).unwrap();
+        // A replay of the log after the deletion.
+        assert_eq!(store.apply(10, &topic, &[&a]).unwrap(), 0);
+        assert_eq!(store.apply(20, &topic, &[&b]).unwrap(), 0);
+        assert!(!store.has_pending());
+        assert!(!dir.path().join("topics").join(&topic).exists());
+    }
+}
