@@ -87,7 +87,17 @@ fn urlencode(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
+/// The day the suite's events happened: yesterday (UTC), well within any topic's retention and
+/// never in the future.
+pub fn event_day() -> String {
+    (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24))
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%Y-%m-%d")
+        .to_string()
+}
+
 pub fn event(i: usize, user: &str, verb: &str, code: u16) -> Value {
+    let day = event_day();
     json!({
         "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
         "auditID": format!("00000000-0000-0000-0000-{i:012}"),
@@ -99,8 +109,8 @@ pub fn event(i: usize, user: &str, verb: &str, code: u16) -> Value {
         "userAgent": "kubectl/v1.36.3",
         "objectRef": {"resource": "deployments", "namespace": "shop", "name": format!("web-{}", i % 5), "apiGroup": "apps", "apiVersion": "v1"},
         "responseStatus": {"metadata": {}, "code": code},
-        "requestReceivedTimestamp": format!("2026-11-26T10:00:{:02}.{:06}Z", i % 60, i),
-        "stageTimestamp": format!("2026-11-26T10:00:{:02}.{:06}Z", i % 60, i + 1),
+        "requestReceivedTimestamp": format!("{day}T10:00:{:02}.{:06}Z", i % 60, i),
+        "stageTimestamp": format!("{day}T10:00:{:02}.{:06}Z", i % 60, i + 1),
         "annotations": {"authorization.k8s.io/decision": if code == 403 { "forbid" } else { "allow" }},
     })
 }
@@ -269,7 +279,7 @@ async fn api_suite(store_args: &[String]) {
 
     // Stats: counts over time and the top users.
     let (status, stats) = collector
-        .call(reqwest::Method::GET, &format!("/v1/topics/{default_topic}/stats?from=2026-11-26T10:00:00Z&to=2026-11-26T11:00:00Z&by=user&interval=10s"), None)
+        .call(reqwest::Method::GET, &format!("/v1/topics/{default_topic}/stats?from={day}T10:00:00Z&to={day}T11:00:00Z&by=user&interval=10s", day = event_day()), None)
         .await;
     assert_eq!(status, 200, "{stats}");
     assert_eq!(stats["total"], 60);

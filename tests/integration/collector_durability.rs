@@ -13,7 +13,7 @@ use std::{
 use clusteraudit_testkit::{eventually, free_port, process::ManagedProcess};
 use serde_json::{Value, json};
 
-use crate::collector_api::event;
+use crate::collector_api::{event, event_day};
 use crate::support::{DevCollector as Collector, start_dev_collector_with as start};
 
 async fn route(collector: &Collector) -> String {
@@ -209,7 +209,11 @@ async fn a_batch_the_store_cannot_take_is_retried_until_it_can() {
     let port = free_port().unwrap();
     let collector = start(&data, &dir.path().join("collector.log"), port, &[]).await;
     let topic = route(&collector).await;
-    let window = data.join("store/topics").join(&topic).join("20261126");
+    // The day's window the events go to, blocked by a file where its directory would be.
+    let window = data
+        .join("store/topics")
+        .join(&topic)
+        .join(event_day().replace('-', ""));
     std::fs::create_dir_all(window.parent().unwrap()).unwrap();
     std::fs::write(&window, "not a directory").unwrap();
 
