@@ -408,37 +408,29 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         .load(std::sync::atomic::Ordering::SeqCst)
     {
         shared.metrics.reject("store-unavailable");
-        let mut response = ApiError(
+        return retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
             "the store cannot take batches (a full or failing disk); retry shortly".into(),
-        )
-        .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return response;
+            5,
+        );
     }
     let backlog = shared.backlog_bytes();
     if backlog > shared.max_backlog_bytes {
         shared.metrics.reject("store-backlog");
-        let mut response = ApiError(
+        return retry_later(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
                 "the store is {backlog} bytes behind the log (bound {}); retry shortly",
                 shared.max_backlog_bytes
             ),
-        )
-        .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
+            1,
+        );
     }
     let topic = match shared.store.route().await {
         Ok(topic) => topic,
         Err(err) => {
             shared.metrics.reject("route-unavailable");
-            return ApiError(StatusCode::SERVICE_UNAVAILABLE, err.to_string()).into_response();
+            return retry_later(StatusCode::SERVICE_UNAVAILABLE, err.to_string(), 5);
         }
     };
     // Each event's time decides the day it is kept under: one from a far future or from before
@@ -479,19 +471,15 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         Ok(Some(pending)) => pending,
         Ok(None) => {
             shared.metrics.reject("queue-full");
-            let mut response = ApiError(
+            return retry_later(
                 StatusCode::TOO_MANY_REQUESTS,
                 "the collector is catching up; retry shortly".into(),
-            )
-            .into_response();
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return response;
+                1,
+            );
         }
         Err(err) => {
             shared.metrics.reject("log-unavailable");
-            return ApiError(StatusCode::SERVICE_UNAVAILABLE, err.to_string()).into_response();
+            return retry_later(StatusCode::SERVICE_UNAVAILABLE, err.to_string(), 5);
         }
     };
     match pending.await {
@@ -505,21 +493,31 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         }
         Ok(Err(reason)) => {
             shared.metrics.reject("log-write");
-            ApiError(
+            retry_later(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("the write-ahead log could not make the batch durable: {reason}"),
+                5,
             )
-            .into_response()
         }
         Err(_) => {
             shared.metrics.reject("log-write");
-            ApiError(
+            retry_later(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the write-ahead log stopped".into(),
+                5,
             )
-            .into_response()
         }
     }
+}
+
+/// A refusal the caller should try again after `seconds`: the kube-apiserver's webhook retries a
+/// 429 or 503 with backoff and keeps the batch meanwhile.
+fn retry_later(status: StatusCode, message: String, seconds: u32) -> Response {
+    let mut response = ApiError(status, message).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
 }
 
 /// Ready while the webhook can take batches: it knows where they go, and the backlog is below
