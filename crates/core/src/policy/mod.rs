@@ -2,6 +2,7 @@
 //! the kube-apiserver's matching semantics, and the preview of a candidate policy against recorded
 //! events. Pure code: no IO, no kube client.
 
+pub mod enforce;
 pub mod eval;
 pub mod preview;
 pub mod render;
