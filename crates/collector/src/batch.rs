@@ -39,6 +39,14 @@ pub fn decode_event_list(body: &[u8]) -> Result<Vec<&str>, BatchError> {
 
 /// [`decode_event_list`], with each item's time (micros).
 pub fn decode_timed_event_list(body: &[u8]) -> Result<Vec<(&str, i64)>, BatchError> {
+    Ok(decode_parsed_event_list(body)?
+        .into_iter()
+        .map(|(item, time, _)| (item, time))
+        .collect())
+}
+
+/// [`decode_timed_event_list`], with each item parsed, for the policy to judge it.
+pub fn decode_parsed_event_list(body: &[u8]) -> Result<Vec<(&str, i64, Event)>, BatchError> {
     let list: RawEventList<'_> =
         serde_json::from_slice(body).map_err(|err| BatchError::NotJson(err.to_string()))?;
     match list.kind.as_deref() {
@@ -67,7 +75,7 @@ pub fn decode_timed_event_list(body: &[u8]) -> Result<Vec<(&str, i64)>, BatchErr
                     .into(),
             });
         };
-        items.push((item.get(), time));
+        items.push((item.get(), time, event));
     }
     Ok(items)
 }
@@ -116,13 +124,14 @@ pub fn check_time(time: i64, now: i64, retention_days: Option<u32>) -> Result<()
 }
 
 /// `[topic length u16][topic][count u32]([length u32][event])*`
-pub fn encode_record(topic: &str, events: &[&str]) -> Vec<u8> {
-    let size = 6 + topic.len() + events.iter().map(|e| 4 + e.len()).sum::<usize>();
+pub fn encode_record<S: AsRef<str>>(topic: &str, events: &[S]) -> Vec<u8> {
+    let size = 6 + topic.len() + events.iter().map(|e| 4 + e.as_ref().len()).sum::<usize>();
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
     out.extend_from_slice(topic.as_bytes());
     out.extend_from_slice(&(events.len() as u32).to_le_bytes());
     for event in events {
+        let event = event.as_ref();
         out.extend_from_slice(&(event.len() as u32).to_le_bytes());
         out.extend_from_slice(event.as_bytes());
     }

@@ -29,6 +29,7 @@ use super::{
     auth::{Access, AuthError},
     batch,
 };
+use clusteraudit_core::policy::enforce::Enforced;
 use clusteraudit_store::{CatalogEdit, Edited, SearchRequest, StoreError};
 
 /// Whether the TLS connection carried a client certificate the configured CA verified.
@@ -171,6 +172,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/v1/topics/{id}",
             get(get_topic).patch(update_topic).delete(delete_topic),
         )
+        .route(
+            "/v1/topics/{id}/policy",
+            get(get_policy).put(set_policy).delete(delete_policy),
+        )
         .route("/v1/topics/{id}/events", get(search_events))
         .route("/v1/topics/{id}/stats", get(topic_stats))
         .route("/v1/route", get(get_route).put(set_route))
@@ -186,8 +191,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
 /// How much of a body declared over the limit is read (and dropped) before the 413.
 const OVERSIZED_DRAIN_BYTES: u64 = 64 * 1024 * 1024;
 
-/// What a call of the read and admin API needs, by its method.
-fn access_for(method: &Method) -> Access {
+/// What a call of the read and admin API needs, by its method. Setting or removing a topic's
+/// policy changes the topic: `update` either way, so one permission covers what the operator does.
+fn access_for(method: &Method, path: &str) -> Access {
+    if path.ends_with("/policy") && (method == Method::PUT || method == Method::DELETE) {
+        return Access::Update;
+    }
     match *method {
         Method::POST => Access::Create,
         Method::PUT | Method::PATCH => Access::Update,
@@ -250,7 +259,7 @@ async fn guard(State(budget): State<Arc<BodyBudget>>, request: Request, next: Ne
         let peer = request.extensions().get::<Peer>().map(|p| p.0.ip());
         if let Err(err) = shared
             .auth
-            .authorize(request.headers(), peer, access_for(request.method()))
+            .authorize(request.headers(), peer, access_for(request.method(), path))
             .await
         {
             let ApiError(status, message) = err.into();
@@ -394,7 +403,7 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         )
         .into_response();
     }
-    let timed = match batch::decode_timed_event_list(&body) {
+    let timed = match batch::decode_parsed_event_list(&body) {
         Ok(items) => items,
         Err(err) => {
             shared.metrics.reject("invalid");
@@ -437,16 +446,30 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     // the topic's retention is left out, and the rest of the batch stored.
     let retention = shared.retention.days(&shared.store, &topic).await;
     let now = now_micros();
-    let mut items = Vec::with_capacity(timed.len());
+    // The topic's policy decides what of each event is kept, before the log: what it drops costs
+    // no disk. What it keeps whole stays the kube-apiserver's exact bytes.
+    let policy = shared.enforcement.for_topic(&topic);
+    let mut tally = super::policy::Tally::default();
+    let mut items: Vec<std::borrow::Cow<'_, str>> = Vec::with_capacity(timed.len());
     let mut refused = Vec::new();
-    for (index, (item, time)) in timed.into_iter().enumerate() {
-        match batch::check_time(time, now, retention) {
-            Ok(()) => items.push(item),
-            Err(refusal) => refused.push((index, refusal)),
+    for (index, (item, time, event)) in timed.into_iter().enumerate() {
+        if let Err(refusal) = batch::check_time(time, now, retention) {
+            refused.push((index, refusal));
+            continue;
+        }
+        let Some(policy) = &policy else {
+            items.push(item.into());
+            continue;
+        };
+        match policy.judge(item, &event, &mut tally) {
+            Enforced::Keep => items.push(item.into()),
+            Enforced::Reduce(reduced) => items.push(reduced.into()),
+            Enforced::Drop(_) => {}
         }
     }
     let count = items.len() as u64;
     let accepted = |shared: &Shared| {
+        tally.record(&shared.metrics);
         for (_, refusal) in &refused {
             shared.metrics.refuse_event(refusal.reason());
         }
@@ -657,6 +680,7 @@ fn created_or_found(edited: Edited) -> Response {
             (created_status(created), Json(logset)).into_response()
         }
         Edited::Topic { topic, created } => (created_status(created), Json(topic)).into_response(),
+        Edited::Policy(policy) => Json(policy).into_response(),
         Edited::Done => StatusCode::NO_CONTENT.into_response(),
     }
 }
@@ -719,6 +743,58 @@ async fn delete_topic(
         .store
         .edit_catalog(CatalogEdit::DeleteTopic { id })
         .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn get_policy(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let catalog = shared.store.catalog().await?;
+    catalog.topic(&id)?;
+    match catalog.policy(&id) {
+        Some(policy) => Ok(Json(policy).into_response()),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("topic {id:?} enforces no policy: its events are stored as received"),
+        )),
+    }
+}
+
+/// Takes an `audit.k8s.io/v1` Policy (JSON, decoded strictly and validated as the kube-apiserver
+/// would); a policy refused changes nothing. Enforced on this replica before the answer.
+async fn set_policy(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let policy: clusteraudit_core::audit::Policy =
+        serde_json::from_slice(&body).map_err(|err| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not an audit.k8s.io/v1 Policy: {err}"),
+            )
+        })?;
+    let edited = shared
+        .store
+        .edit_catalog(CatalogEdit::SetPolicy {
+            topic_id: id,
+            policy: Box::new(policy),
+        })
+        .await?;
+    shared.enforcement.refresh(&shared.store).await;
+    Ok(created_or_found(edited))
+}
+
+async fn delete_policy(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    shared
+        .store
+        .edit_catalog(CatalogEdit::DeletePolicy { topic_id: id })
+        .await?;
+    shared.enforcement.refresh(&shared.store).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

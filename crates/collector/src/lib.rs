@@ -14,6 +14,7 @@ pub mod batch;
 pub mod http;
 mod indexer;
 pub mod metrics;
+pub mod policy;
 mod shipper;
 pub mod ui;
 pub mod wal;
@@ -184,6 +185,8 @@ pub struct Shared {
     pub limits: http::ServeLimits,
     /// Each topic's retention, for refusing events older than it.
     pub retention: http::RetentionCache,
+    /// Each topic's policy, applied to its events before they are logged.
+    pub enforcement: Arc<policy::Enforcement>,
 }
 
 /// How far the store has taken in the log, shared by the drain (which moves it) and the webhook
@@ -282,6 +285,12 @@ pub async fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>
             store
         }
     };
+    // The policies are known before the first batch is taken: the embedded catalog is in memory,
+    // OpenSearch's is one read away (while OpenSearch is down events are stored unreduced until
+    // it answers; nothing is lost, more is kept than asked).
+    let enforcement = Arc::new(policy::Enforcement::default());
+    enforcement.refresh(&store).await;
+    enforcement.follow(store.clone());
     let retention = store.clone();
     let every = Duration::from(args.retention_interval).max(Duration::from_secs(1));
     tokio::spawn(async move {
@@ -307,5 +316,6 @@ pub async fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>
         queries: tokio::sync::Semaphore::new(http::MAX_CONCURRENT_QUERIES),
         limits: http::ServeLimits::from_args(args),
         retention: http::RetentionCache::default(),
+        enforcement,
     }))
 }

@@ -13,8 +13,17 @@ pub struct Reason {
     pub reason: String,
 }
 
+/// The policy rule that decided an event's fate: its index in the topic's policy, `none` (no
+/// rule matched), or `policy-omitted-stage`. Bounded by the length of a policy.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Rule {
+    pub rule: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    pub policy_dropped: Family<Rule, Counter>,
+    pub policy_reduced: Family<Rule, Counter>,
     pub events_received: Counter,
     pub events_stored: Counter,
     pub rejected: Family<Reason, Counter>,
@@ -58,6 +67,18 @@ impl Metrics {
         let wal_damaged = Counter::default();
         let wal_skipped_bytes = Counter::default();
         let index_failures = Counter::default();
+        let policy_dropped = Family::<Rule, Counter>::default();
+        let policy_reduced = Family::<Rule, Counter>::default();
+        registry.register(
+            "policy_events_dropped",
+            "Events of accepted batches not stored because the topic's policy does not record them, by rule (its index, none when no rule matched, policy-omitted-stage)",
+            policy_dropped.clone(),
+        );
+        registry.register(
+            "policy_events_reduced",
+            "Events stored with less than the kube-apiserver sent (bodies or managed fields removed) because of the topic's policy, by rule",
+            policy_reduced.clone(),
+        );
         registry.register(
             "events_received",
             "Audit events accepted by the webhook",
@@ -139,6 +160,8 @@ impl Metrics {
             index_failures.clone(),
         );
         Metrics {
+            policy_dropped,
+            policy_reduced,
             wal_damaged,
             wal_skipped_bytes,
             index_failures,

@@ -1,7 +1,9 @@
-//! Logsets, topics and the webhook's route: the catalog's rules, without its storage. The
+//! Logsets, topics, the webhook's route and the policy each topic enforces at intake: the
+//! catalog's rules, without its storage. The
 //! embedded store keeps it in a file, OpenSearch in one document written with optimistic
 //! concurrency; both apply edits through [`Catalog::apply`], so every replica decides alike.
 
+use clusteraudit_core::audit::Policy;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
@@ -31,6 +33,23 @@ pub struct Catalog {
     topics: Vec<Topic>,
     /// The topic the webhook writes to.
     route: Option<String>,
+    /// The policies the collector applies to events before storing them, one per topic at most.
+    /// Absent from catalogs written before there were any, so those still read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    policies: Vec<TopicPolicy>,
+}
+
+/// The audit policy a topic's events are held to: each event is stored only as far as this
+/// policy records it (see `clusteraudit_core::policy::enforce`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicPolicy {
+    pub topic_id: String,
+    /// `clusteraudit_core::policy::enforce::policy_hash` of the policy.
+    pub hash: String,
+    /// When this policy was set.
+    pub set: String,
+    pub policy: Policy,
 }
 
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
@@ -62,6 +81,16 @@ pub enum CatalogEdit {
     SetRoute {
         topic_id: String,
     },
+    /// Enforces a policy on the topic's events from now on; validated as the kube-apiserver
+    /// would validate it.
+    SetPolicy {
+        topic_id: String,
+        policy: Box<Policy>,
+    },
+    /// Stops enforcing any policy on the topic's events.
+    DeletePolicy {
+        topic_id: String,
+    },
 }
 
 /// What an edit did.
@@ -77,6 +106,8 @@ pub enum Edited {
         topic: Topic,
         created: bool,
     },
+    /// The policy a topic enforces now.
+    Policy(TopicPolicy),
     Done,
 }
 
@@ -152,6 +183,15 @@ impl Catalog {
             .iter()
             .find(|t| t.id == id)
             .ok_or_else(|| StoreError::TopicNotFound(id.into()))
+    }
+
+    pub fn policies(&self) -> &[TopicPolicy] {
+        &self.policies
+    }
+
+    /// The policy a topic enforces, if any.
+    pub fn policy(&self, topic_id: &str) -> Option<&TopicPolicy> {
+        self.policies.iter().find(|p| p.topic_id == topic_id)
     }
 
     /// The topics of a logset, which must exist.
@@ -261,11 +301,39 @@ impl Catalog {
                     return Err(StoreError::TopicInUse(id.clone()));
                 }
                 self.topics.retain(|t| &t.id != id);
+                self.policies.retain(|p| &p.topic_id != id);
                 Edited::Done
             }
             CatalogEdit::SetRoute { topic_id } => {
                 self.topic(topic_id)?;
                 self.route = Some(topic_id.clone());
+                Edited::Done
+            }
+            CatalogEdit::SetPolicy { topic_id, policy } => {
+                self.topic(topic_id)?;
+                policy
+                    .validate()
+                    .map_err(|err| StoreError::Invalid(format!("the policy: {err}")))?;
+                let hash = clusteraudit_core::policy::enforce::policy_hash(policy);
+                match self.policies.iter().find(|p| &p.topic_id == topic_id) {
+                    // The same policy again keeps the time it was first set.
+                    Some(current) if current.hash == hash => Edited::Policy(current.clone()),
+                    _ => {
+                        let set = TopicPolicy {
+                            topic_id: topic_id.clone(),
+                            hash,
+                            set: origin.now(),
+                            policy: (**policy).clone(),
+                        };
+                        self.policies.retain(|p| &p.topic_id != topic_id);
+                        self.policies.push(set.clone());
+                        Edited::Policy(set)
+                    }
+                }
+            }
+            CatalogEdit::DeletePolicy { topic_id } => {
+                self.topic(topic_id)?;
+                self.policies.retain(|p| &p.topic_id != topic_id);
                 Edited::Done
             }
         };
@@ -351,6 +419,99 @@ mod tests {
         assert_eq!(catalog.logset(&default.logset_id).unwrap().name, "default");
         assert!(!apply(&mut catalog, CatalogEdit::Initialize).unwrap().1);
         assert_eq!(catalog.route(), route);
+    }
+
+    #[test]
+    fn a_topic_policy_is_set_validated_replaced_and_goes_with_its_topic() {
+        use clusteraudit_core::audit::{Level, PolicyRule};
+        let mut catalog = Catalog::default();
+        apply(&mut catalog, CatalogEdit::Initialize).unwrap();
+        // A catalog written before there were policies reads, and writes the same way back.
+        let old = serde_json::to_string(&catalog).unwrap();
+        assert!(!old.contains("policies"));
+        assert_eq!(serde_json::from_str::<Catalog>(&old).unwrap(), catalog);
+        let route = catalog.route().to_string();
+        let policy = |level| Policy {
+            api_version: "audit.k8s.io/v1".into(),
+            kind: "Policy".into(),
+            metadata: None,
+            rules: vec![PolicyRule::at(level)],
+            omit_stages: vec![],
+            omit_managed_fields: None,
+        };
+        let set = |catalog: &mut Catalog, topic: &str, level| {
+            apply(
+                catalog,
+                CatalogEdit::SetPolicy {
+                    topic_id: topic.into(),
+                    policy: Box::new(policy(level)),
+                },
+            )
+        };
+        let (Edited::Policy(first), changed) = set(&mut catalog, &route, Level::Metadata).unwrap()
+        else {
+            panic!("a policy")
+        };
+        assert!(changed);
+        assert_eq!(
+            first.hash,
+            clusteraudit_core::policy::enforce::policy_hash(&policy(Level::Metadata))
+        );
+        assert_eq!(catalog.policy(&route), Some(&first));
+        let (again, changed) = set(&mut catalog, &route, Level::Metadata).unwrap();
+        assert!(!changed);
+        assert_eq!(again, Edited::Policy(first.clone()));
+        let (Edited::Policy(second), _) = set(&mut catalog, &route, Level::Request).unwrap() else {
+            panic!("a policy")
+        };
+        assert_ne!(second.hash, first.hash);
+        assert_eq!(catalog.policies().len(), 1);
+        let read: Catalog =
+            serde_json::from_str(&serde_json::to_string(&catalog).unwrap()).unwrap();
+        assert_eq!(read, catalog);
+
+        let before = catalog.clone();
+        let mut no_rules = policy(Level::Metadata);
+        no_rules.rules.clear();
+        let refused = apply(
+            &mut catalog,
+            CatalogEdit::SetPolicy {
+                topic_id: route.clone(),
+                policy: Box::new(no_rules),
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(refused, StoreError::Invalid(_)), "{refused:?}");
+        assert!(matches!(
+            set(&mut catalog, "tp-missing", Level::Metadata).unwrap_err(),
+            StoreError::TopicNotFound(_)
+        ));
+        assert_eq!(catalog, before);
+
+        apply(
+            &mut catalog,
+            CatalogEdit::DeletePolicy {
+                topic_id: route.clone(),
+            },
+        )
+        .unwrap();
+        assert_eq!(catalog.policy(&route), None);
+        set(&mut catalog, &route, Level::Metadata).unwrap();
+        let logset = catalog.topic(&route).unwrap().logset_id.clone();
+        let (Edited::Topic { topic, .. }, _) = apply(
+            &mut catalog,
+            CatalogEdit::CreateTopic {
+                logset_id: logset,
+                name: "other".into(),
+                retention_days: 7,
+            },
+        )
+        .unwrap() else {
+            panic!("a topic")
+        };
+        apply(&mut catalog, CatalogEdit::SetRoute { topic_id: topic.id }).unwrap();
+        apply(&mut catalog, CatalogEdit::DeleteTopic { id: route.clone() }).unwrap();
+        assert!(catalog.policies().is_empty());
     }
 
     #[test]

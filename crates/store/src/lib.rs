@@ -10,7 +10,7 @@ pub mod catalog;
 
 use std::{future::Future, pin::Pin};
 
-pub use catalog::{Catalog, CatalogEdit, Edited, Logset, Topic};
+pub use catalog::{Catalog, CatalogEdit, Edited, Logset, Topic, TopicPolicy};
 use clusteraudit_core::query::Query;
 use clusteraudit_io::FileError;
 

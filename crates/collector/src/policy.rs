@@ -1,0 +1,187 @@
+//! The policies enforced at intake: each topic's policy from the catalog, compiled once per
+//! change, so that an event costs one evaluation and, when it is kept as it is, no copy.
+//!
+//! The catalog is reread every [`POLICY_REFRESH`], so a policy set through another replica (one
+//! OpenSearch catalog shared by all) is followed within about that long; one set through this
+//! replica is enforced before its API call answers.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use clusteraudit_core::policy::{
+    Evaluator, RequestAttributes,
+    enforce::{DropReason, Enforced, OMITTED_STAGE_LABEL, enforce, rule_label},
+};
+use clusteraudit_store::{AuditStore, Catalog};
+
+/// How often the catalog is reread for policies set elsewhere.
+pub const POLICY_REFRESH: Duration = Duration::from_secs(1);
+
+/// A topic's policy, ready to evaluate.
+pub struct Compiled {
+    pub hash: String,
+    pub evaluator: Evaluator,
+}
+
+impl Compiled {
+    /// What the policy makes of one event, counted in `tally`.
+    pub fn judge(
+        &self,
+        raw: &str,
+        event: &clusteraudit_core::audit::Event,
+        tally: &mut Tally,
+    ) -> Enforced {
+        let decision = self.evaluator.evaluate(&RequestAttributes::of_event(event));
+        let enforced = enforce(raw, event, decision);
+        match &enforced {
+            Enforced::Keep => {}
+            Enforced::Reduce(_) => tally.add_reduced(Label::Rule(decision.rule)),
+            Enforced::Drop(DropReason::OmittedStage) => tally.add_dropped(Label::OmittedStage),
+            Enforced::Drop(DropReason::LevelNone { rule }) => tally.add_dropped(Label::Rule(*rule)),
+        }
+        enforced
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Label {
+    Rule(Option<usize>),
+    OmittedStage,
+}
+
+impl Label {
+    fn text(self) -> String {
+        match self {
+            Label::Rule(rule) => rule_label(rule),
+            Label::OmittedStage => OMITTED_STAGE_LABEL.to_string(),
+        }
+    }
+}
+
+/// A batch's events dropped and reduced, by rule; counted in /metrics once the batch is taken.
+#[derive(Default, Debug)]
+pub struct Tally {
+    dropped: Vec<(Label, u64)>,
+    reduced: Vec<(Label, u64)>,
+}
+
+impl Tally {
+    fn bump(counts: &mut Vec<(Label, u64)>, label: Label) {
+        // A batch meets few rules: a short list beats a map.
+        match counts.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((label, 1)),
+        }
+    }
+
+    fn add_dropped(&mut self, label: Label) {
+        Self::bump(&mut self.dropped, label);
+    }
+
+    fn add_reduced(&mut self, label: Label) {
+        Self::bump(&mut self.reduced, label);
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.iter().map(|(_, n)| n).sum()
+    }
+
+    pub fn reduced(&self) -> u64 {
+        self.reduced.iter().map(|(_, n)| n).sum()
+    }
+
+    pub fn record(&self, metrics: &crate::metrics::Metrics) {
+        for (family, counts) in [
+            (&metrics.policy_dropped, &self.dropped),
+            (&metrics.policy_reduced, &self.reduced),
+        ] {
+            for (label, n) in counts {
+                family
+                    .get_or_create(&crate::metrics::Rule { rule: label.text() })
+                    .inc_by(*n);
+            }
+        }
+    }
+}
+
+/// The compiled policy of each topic that has one.
+#[derive(Default)]
+pub struct Enforcement {
+    by_topic: RwLock<HashMap<String, Arc<Compiled>>>,
+}
+
+impl Enforcement {
+    /// The policy the topic's events are held to now, if any.
+    pub fn for_topic(&self, topic: &str) -> Option<Arc<Compiled>> {
+        self.by_topic
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+            .cloned()
+    }
+
+    /// Takes the catalog's policies; only a policy whose hash changed is compiled again.
+    pub fn update(&self, catalog: &Catalog) {
+        let current = self
+            .by_topic
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let unchanged = current.len() == catalog.policies().len()
+            && catalog
+                .policies()
+                .iter()
+                .all(|p| current.get(&p.topic_id).is_some_and(|c| c.hash == p.hash));
+        if unchanged {
+            return;
+        }
+        let next: HashMap<String, Arc<Compiled>> = catalog
+            .policies()
+            .iter()
+            .map(|p| {
+                let compiled = match current.get(&p.topic_id) {
+                    Some(c) if c.hash == p.hash => c.clone(),
+                    _ => {
+                        tracing::info!(topic = %p.topic_id, hash = %p.hash, "enforcing a new policy");
+                        Arc::new(Compiled {
+                            hash: p.hash.clone(),
+                            evaluator: Evaluator::new(&p.policy),
+                        })
+                    }
+                };
+                (p.topic_id.clone(), compiled)
+            })
+            .collect();
+        for topic in current.keys().filter(|t| !next.contains_key(*t)) {
+            tracing::info!(%topic, "no longer enforcing a policy");
+        }
+        *self.by_topic.write().unwrap_or_else(|e| e.into_inner()) = next;
+    }
+
+    /// Reads the catalog once, waiting at most a few seconds (a store that does not answer
+    /// leaves the policies as they were).
+    pub async fn refresh(&self, store: &Arc<dyn AuditStore>) {
+        match tokio::time::timeout(Duration::from_secs(5), store.catalog()).await {
+            Ok(Ok(catalog)) => self.update(&catalog),
+            Ok(Err(err)) => tracing::debug!(error = %err, "rereading the policies failed"),
+            Err(_) => tracing::debug!("rereading the policies timed out"),
+        }
+    }
+
+    /// Rereads the catalog every [`POLICY_REFRESH`] for as long as `self` lives.
+    pub fn follow(self: &Arc<Self>, store: Arc<dyn AuditStore>) {
+        let enforcement = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(POLICY_REFRESH).await;
+                let Some(enforcement) = enforcement.upgrade() else {
+                    return;
+                };
+                enforcement.refresh(&store).await;
+            }
+        });
+    }
+}
