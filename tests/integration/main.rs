@@ -15,6 +15,7 @@ mod collector_durability;
 mod collector_e2e;
 mod collector_hostile;
 mod collector_opensearch;
+mod collector_policy;
 mod control_plane;
 mod crd;
 mod opensearch_server;
