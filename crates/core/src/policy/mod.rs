@@ -4,6 +4,7 @@
 
 pub mod enforce;
 pub mod eval;
+pub mod narrows;
 pub mod preview;
 pub mod render;
 
