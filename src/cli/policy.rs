@@ -1,4 +1,4 @@
-//! `clusteraudit policy render | check | preview`.
+//! `clusteraudit policy render | check | preview | compare`.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -11,6 +11,7 @@ use clusteraudit_core::{
     api::{ClusterAudit, unknown_fields},
     audit::{Event, Policy, PolicyError},
     policy::{
+        narrows::{Comparison, narrows},
         preview::Preview,
         render::{lint, render},
     },
@@ -42,6 +43,18 @@ pub enum PolicyCommand {
         /// One JSON line per event instead of the table: {"auditID", "level", "rule"}.
         #[arg(long)]
         per_event: bool,
+    },
+    /// Whether a candidate policy only narrows the running one, for every possible request: then
+    /// the collector can enforce it without restarting the kube-apiservers. Prints `narrows`
+    /// (exit 0), or `widens` and a request the candidate records more of as one JSON line (exit
+    /// 1), the same in words on standard error; exit 2 when a file does not parse.
+    Compare {
+        /// The policy the kube-apiservers run: a ClusterAudit or an audit.k8s.io/v1 Policy.
+        #[arg(long)]
+        running: PathBuf,
+        /// The new policy: a ClusterAudit or an audit.k8s.io/v1 Policy.
+        #[arg(long)]
+        candidate: PathBuf,
     },
 }
 
@@ -96,6 +109,33 @@ pub fn run(command: PolicyCommand) -> Result<(), PolicyCliError> {
         } => {
             let (policy, _) = load_candidate(&file)?;
             preview(&policy, &events, per_event)
+        }
+        PolicyCommand::Compare { running, candidate } => compare(&running, &candidate),
+    }
+}
+
+/// Exit 0 when the candidate narrows, 1 when it widens, 2 when a file does not parse: the
+/// status a script branches on, so it does not go through the usual error path (always 1).
+fn compare(running: &Path, candidate: &Path) -> Result<(), PolicyCliError> {
+    let (running, candidate) = match (load_candidate(running), load_candidate(candidate)) {
+        (Ok((running, _)), Ok((candidate, _))) => (running, candidate),
+        (Err(err), _) | (_, Err(err)) => {
+            eprintln!("error: {err}");
+            std::process::exit(2);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match narrows(&running, &candidate) {
+        Comparison::Narrows => {
+            writeln!(out, "narrows").map_err(PolicyCliError::Write)?;
+            out.flush().map_err(PolicyCliError::Write)
+        }
+        Comparison::Widens(found) => {
+            let line = serde_json::to_string(&found).expect("a counterexample serializes");
+            writeln!(out, "widens\n{line}").map_err(PolicyCliError::Write)?;
+            out.flush().map_err(PolicyCliError::Write)?;
+            eprintln!("{}", found.describe());
+            std::process::exit(1);
         }
     }
 }

@@ -22,4 +22,5 @@ mod opensearch_server;
 mod operator_rollout;
 mod operator_sink;
 mod policy_apiserver;
+mod policy_compare;
 mod ui_browser;
