@@ -78,9 +78,23 @@ mod tests {
         else {
             panic!("a logset")
         };
+        let policy: clusteraudit_core::audit::Policy = serde_json::from_str(
+            r#"{"apiVersion":"audit.k8s.io/v1","kind":"Policy","rules":[{"level":"Metadata"}]}"#,
+        )
+        .unwrap();
+        let Edited::Policy(set) = file
+            .edit(&CatalogEdit::SetPolicy {
+                topic_id: route.clone(),
+                policy: Box::new(policy),
+            })
+            .unwrap()
+        else {
+            panic!("a policy")
+        };
         drop(file);
         let mut file = CatalogFile::open(&path).unwrap();
         assert_eq!(file.catalog().route(), route);
+        assert_eq!(file.catalog().policy(&route), Some(&set));
         assert_eq!(file.catalog().logset(&logset.id).unwrap().name, "k8s-audit");
 
         // The directory vanishes under it: the edit fails and the catalog in memory is unchanged.
