@@ -7,8 +7,9 @@
 //! - level None, or a stage the decision omits: no event at all;
 //! - Metadata: neither `requestObject` nor `responseObject`;
 //! - Request: no `responseObject`;
-//! - `omitManagedFields`: `metadata.managedFields` removed from the bodies kept (and from each
-//!   item of a list), as the kube-apiserver clears them before logging.
+//! - `omitManagedFields`: `metadata.managedFields` removed from the objects kept (and from each
+//!   item of a list), as the kube-apiserver clears them before logging; a patch's request body
+//!   is the patch as sent, which the kube-apiserver logs untouched, and so is it here.
 //!
 //! An event left as it is keeps its exact bytes; one that is reduced keeps every other field's
 //! bytes and order, with `level` saying the level it was reduced to.
@@ -79,20 +80,38 @@ pub fn enforce(raw: &str, event: &Event, decision: &Decision) -> Enforced {
     }
     let level = event.level.min(decision.level);
     let lower = level < event.level;
-    let strip_managed_fields = decision.omit_managed_fields
-        && [&event.request_object, &event.response_object]
-            .into_iter()
-            .flatten()
-            .any(has_managed_fields);
+    let strip = Strip {
+        request: decision.omit_managed_fields && event.verb != "patch",
+        response: decision.omit_managed_fields,
+    };
+    let strip_managed_fields = (strip.request
+        && level >= Level::Request
+        && event
+            .request_object
+            .as_ref()
+            .is_some_and(has_managed_fields))
+        || (strip.response
+            && level >= Level::RequestResponse
+            && event
+                .response_object
+                .as_ref()
+                .is_some_and(has_managed_fields));
     if !lower && !strip_managed_fields {
         return Enforced::Keep;
     }
-    match rewrite(raw, level, lower, decision.omit_managed_fields) {
+    match rewrite(raw, level, lower, strip) {
         Some(reduced) => Enforced::Reduce(reduced),
         // The typed event parsed from these very bytes, so they are an object; should they
         // somehow not be, storing less than asked is not an option the collector has.
         None => Enforced::Keep,
     }
+}
+
+/// Which bodies lose their managed fields.
+#[derive(Clone, Copy)]
+struct Strip {
+    request: bool,
+    response: bool,
 }
 
 fn has_managed_fields(object: &serde_json::Value) -> bool {
@@ -149,7 +168,7 @@ impl<'de> Deserialize<'de> for Fields<'de> {
     }
 }
 
-fn rewrite(raw: &str, level: Level, set_level: bool, strip: bool) -> Option<String> {
+fn rewrite(raw: &str, level: Level, set_level: bool, strip: Strip) -> Option<String> {
     let Fields(fields) = serde_json::from_str(raw).ok()?;
     let mut out = String::with_capacity(raw.len().min(4096));
     out.push('{');
@@ -173,7 +192,10 @@ fn rewrite(raw: &str, level: Level, set_level: bool, strip: bool) -> Option<Stri
             "level" if set_level => {
                 let _ = write!(out, "\"{}\"", level.as_str());
             }
-            "requestObject" | "responseObject" if strip => {
+            "requestObject" if strip.request => {
+                out.push_str(&without_managed_fields(value));
+            }
+            "responseObject" if strip.response => {
                 out.push_str(&without_managed_fields(value));
             }
             _ => out.push_str(value.get()),
@@ -355,6 +377,21 @@ mod tests {
         for item in stripped["responseObject"]["items"].as_array().unwrap() {
             assert!(item["metadata"].get("managedFields").is_none());
         }
+        // A patch is logged as sent; the object it answers with loses them.
+        let patch = event("RequestResponse", "ResponseComplete", "patch", "alice");
+        let stripped = reduced(run(&omitting, &patch));
+        assert!(
+            stripped["requestObject"]["metadata"]
+                .get("managedFields")
+                .is_some()
+        );
+        assert!(
+            stripped["responseObject"]["metadata"]
+                .get("managedFields")
+                .is_none()
+        );
+        let patch_at_request = patch.replace(&format!(r#","responseObject":{POD}"#), "");
+        assert_eq!(run(&omitting, &patch_at_request), Enforced::Keep);
         // Nothing to remove: the bytes are kept.
         let plain = raw.replace(r#","managedFields":[{"manager":"kubectl"}]"#, "");
         assert_eq!(run(&omitting, &plain), Enforced::Keep);
