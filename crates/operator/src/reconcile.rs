@@ -25,12 +25,19 @@ use serde_json::json;
 
 use super::{
     metrics::Metrics,
-    plan::{self, Desired, Event, Inputs, Lifecycle, Sink, Tally, guard::GuardConfig},
+    plan::{
+        self, Desired, Event, Inputs, Lifecycle, PolicyChange, Sink, Tally, guard::GuardConfig,
+    },
     sink::{SinkClient, SinkError},
     token,
 };
 use clusteraudit_core::{
     api::{ClusterAudit, ClusterAuditSpec, FIELD_MANAGER, SINGLETON_NAME},
+    audit::Policy,
+    policy::{
+        Rendered,
+        narrows::{Comparison, narrows},
+    },
     rollout::{
         objects::{self, NODE_REPORT_LABEL, REVISION_LABEL, node_report_from_lease},
         revision::{self, WebhookTarget},
@@ -212,10 +219,12 @@ async fn reconcile_inner(
 
     let spec = &audit.spec;
     let mut token_requeue = None;
+    let mut policy_comparison = PolicyChange::NotCompared;
+    let mut enforced = None;
     let (desired, sink) = match validate(spec) {
         Err(message) => (Desired::Invalid { message }, Sink::NotChecked),
         Ok(_) if !spec.enabled => (Desired::Off, Sink::NotChecked),
-        Ok((policy_yaml, policy_hash)) => {
+        Ok(rendered) => {
             let sink = match context
                 .sink_client()?
                 .ensure(&spec.sink, previous.sink.as_ref())
@@ -227,6 +236,24 @@ async fn reconcile_inner(
                     message: err.to_string(),
                 },
             };
+            // The revision carries the released revision's policy while the spec's only narrows
+            // it: the kube-apiservers already send more than it wants, so no restart is needed.
+            let released = match previous.revision.as_ref().and_then(|r| r.latest.as_deref()) {
+                Some(name) if name != revision::ORIGINAL => released_policy(context, name).await?,
+                _ => None,
+            };
+            let (policy_yaml, policy_change) = match released {
+                Some((yaml, _)) if yaml == rendered.yaml => (yaml, PolicyChange::NotCompared),
+                Some((yaml, running)) => match narrows(&running, &rendered.policy) {
+                    Comparison::Narrows => (yaml, PolicyChange::Narrows),
+                    Comparison::Widens(example) => (
+                        rendered.yaml.clone(),
+                        PolicyChange::Widens(example.describe()),
+                    ),
+                },
+                None => (rendered.yaml.clone(), PolicyChange::NotCompared),
+            };
+            policy_comparison = policy_change;
             let server = webhook_url(context).await?;
             let target = |token: &str| WebhookTarget {
                 server: server.clone(),
@@ -259,11 +286,27 @@ async fn reconcile_inner(
                 revision = revision.with_flag("--audit-webhook-mode", mode);
             }
             ensure_revision_secret(audit, context, &revision).await?;
+            // The collector enforces the spec's policy once every node runs a revision that sends
+            // no less; until then, what it enforced before.
+            if let Sink::Ready(status) = &sink
+                && let Some(topic) = &status.topic_id
+                && !reports.is_empty()
+                && reports.iter().all(|r| r.current == revision.name)
+            {
+                match enforce(context, topic, &rendered.policy).await {
+                    Ok(()) => enforced = Some(rendered.hash.clone()),
+                    Err(err) => {
+                        tracing::warn!(%err, "the collector does not enforce the spec's policy yet");
+                        token_requeue =
+                            Some(token_requeue.unwrap_or(ENFORCE_RETRY).min(ENFORCE_RETRY));
+                    }
+                }
+            }
             (
                 Desired::Revision {
                     name: revision.name,
                     hash: revision.hash,
-                    policy_hash,
+                    policy_hash: rendered.hash,
                 },
                 sink,
             )
@@ -282,6 +325,8 @@ async fn reconcile_inner(
             .annotations()
             .get(FORCE_ROLLOUT_ANNOTATION)
             .map(String::as_str),
+        policy_change: policy_comparison,
+        enforced_policy_hash: enforced,
     });
     let actions = actions
         .into_iter()
@@ -357,7 +402,45 @@ async fn execute(
 
 /// What CEL cannot check: the rules' meaning (a rule for both resources and non-resource URLs,
 /// say) and durations beyond their syntax. Returns the policy YAML and its hash.
-fn validate(spec: &ClusterAuditSpec) -> Result<(String, String), String> {
+/// How soon to try again when the collector does not take the policy to enforce.
+const ENFORCE_RETRY: Duration = Duration::from_secs(5);
+
+/// The policy a released revision carries (its text and parsed), None when its Secret is gone.
+async fn released_policy(
+    context: &Context,
+    name: &str,
+) -> Result<Option<(String, Policy)>, ReconcileError> {
+    let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &context.namespace);
+    let Some(secret) = secrets
+        .get_opt(&objects::revision_secret_name(name))
+        .await
+        .map_err(kube("reading the released revision"))?
+    else {
+        return Ok(None);
+    };
+    let yaml = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(revision::POLICY_FILE))
+        .map(|b| String::from_utf8_lossy(&b.0).to_string());
+    Ok(yaml.and_then(|yaml| Policy::from_yaml(&yaml).ok().map(|policy| (yaml, policy))))
+}
+
+/// Has the collector enforce `policy` on `topic`, unless it already does.
+async fn enforce(context: &Context, topic: &str, policy: &Policy) -> Result<(), SinkError> {
+    let sink = context.sink_client().map_err(|err| SinkError::Refused {
+        what: "reading the collector token".into(),
+        status: 0,
+        message: err.to_string(),
+    })?;
+    let wanted = clusteraudit_core::policy::enforce::policy_hash(policy);
+    if sink.enforced_policy(topic).await?.as_deref() == Some(wanted.as_str()) {
+        return Ok(());
+    }
+    sink.enforce_policy(topic, policy).await
+}
+
+fn validate(spec: &ClusterAuditSpec) -> Result<Rendered, String> {
     for (field, duration) in [
         ("spec.rollout.settleTime", &spec.rollout.settle_time),
         (
@@ -374,9 +457,7 @@ fn validate(spec: &ClusterAuditSpec) -> Result<(String, String), String> {
             .to_duration()
             .map_err(|err| format!("{field}: {err}"))?;
     }
-    let rendered =
-        clusteraudit_core::policy::render(&spec.policy).map_err(|err| err.to_string())?;
-    Ok((rendered.yaml, rendered.hash))
+    clusteraudit_core::policy::render(&spec.policy).map_err(|err| err.to_string())
 }
 
 pub fn guard_config(spec: &ClusterAuditSpec) -> GuardConfig {
@@ -522,8 +603,8 @@ mod tests {
             "{message}"
         );
         let fine: ClusterAuditSpec = serde_json::from_value(json!({})).unwrap();
-        let (yaml, hash) = validate(&fine).unwrap();
-        assert!(yaml.contains("audit.k8s.io/v1") && hash.len() == 64);
+        let rendered = validate(&fine).unwrap();
+        assert!(rendered.yaml.contains("audit.k8s.io/v1") && rendered.hash.len() == 64);
     }
 
     /// A request that never left, as a failure to reach the collector.

@@ -294,6 +294,46 @@ impl SinkClient {
     /// Deletes what the operator created, and only that (deleteOnDisable). The webhook is routed
     /// back to the collector's `default` topic first, since a routed topic cannot go. A created
     /// logset that still holds other topics (ones it did not create, or no longer uses) is kept.
+    /// The hash (`clusteraudit_core::policy::enforce::policy_hash`) of the policy the collector
+    /// enforces on a topic, None when it enforces none.
+    pub async fn enforced_policy(&self, topic_id: &str) -> Result<Option<String>, SinkError> {
+        let (status, body) = self
+            .expect(
+                Method::GET,
+                &format!("/v1/topics/{topic_id}/policy"),
+                None,
+                "reading the topic's enforced policy",
+            )
+            .await?;
+        Ok((status != StatusCode::NOT_FOUND)
+            .then(|| body["hash"].as_str().map(str::to_string))
+            .flatten())
+    }
+
+    /// Has the collector enforce `policy` on the events of a topic from now on.
+    pub async fn enforce_policy(
+        &self,
+        topic_id: &str,
+        policy: &clusteraudit_core::audit::Policy,
+    ) -> Result<(), SinkError> {
+        let body = serde_json::to_value(policy).expect("a policy serializes");
+        let (status, answer) = self
+            .call(
+                Method::PUT,
+                &format!("/v1/topics/{topic_id}/policy"),
+                Some(body),
+            )
+            .await?;
+        if status.is_success() {
+            return Ok(());
+        }
+        Err(SinkError::Refused {
+            what: "setting the topic's enforced policy".into(),
+            status: status.as_u16(),
+            message: answer.to_string(),
+        })
+    }
+
     pub async fn delete_created(&self, status: &SinkStatus) -> Result<Deleted, SinkError> {
         let mut deleted = Deleted::default();
         if status.created.topic

@@ -268,6 +268,11 @@ pub struct ClusterAuditStatus {
     /// Content hash of the rendered policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_hash: Option<String>,
+    /// Content hash of the rendered policy the collector enforces on the events it receives. A
+    /// policy change that only narrows what the running revision records takes effect here,
+    /// without a kube-apiserver restart: then it differs from the revision's policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced_policy_hash: Option<String>,
     /// The latest revision and where each control-plane node stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<RevisionStatus>,

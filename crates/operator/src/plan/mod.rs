@@ -70,6 +70,23 @@ pub struct Inputs<'a> {
     pub reports: &'a [NodeReport],
     /// The force-rollout annotation's value, if set.
     pub force_rollout: Option<&'a str>,
+    /// How the spec's policy compares with the policy of the revision the nodes were given.
+    pub policy_change: PolicyChange,
+    /// The hash of the spec's policy once the collector enforces it; None leaves the status's.
+    pub enforced_policy_hash: Option<String>,
+}
+
+/// How the spec's policy compares with the released revision's (what the kube-apiservers send).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PolicyChange {
+    /// Nothing to compare with (no released revision, auditing off, an invalid spec).
+    #[default]
+    NotCompared,
+    /// The spec asks for no more than the released revision records: the collector enforces it
+    /// and the revision stays.
+    Narrows,
+    /// The spec records more than the released revision: a new revision, and why, in words.
+    Widens(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,10 +212,13 @@ pub fn plan(inputs: Inputs<'_>) -> Vec<Action> {
         guard,
         reports,
         force_rollout,
+        policy_change,
+        enforced_policy_hash,
     } = inputs;
     let mut draft = Draft::new(now, generation, previous);
     let mut requeue_after = IDLE_REQUEUE;
     let desired_name = policy::plan(&mut draft, desired);
+    policy::enforcement(&mut draft, policy_change, enforced_policy_hash);
     if let Some(desired_name) = &desired_name {
         let blocked = sink::plan(&mut draft, sink, desired_name);
         let release = release::plan(
@@ -350,6 +370,8 @@ mod testing {
             guard: guard(),
             reports,
             force_rollout: None,
+            policy_change: PolicyChange::NotCompared,
+            enforced_policy_hash: None,
         }
     }
 

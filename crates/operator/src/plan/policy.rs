@@ -1,7 +1,7 @@
 //! The policy: whether the spec could be rendered, and which revision it asks the nodes to run.
 //! A new ask restarts the settle time, since edits made close together are one change.
 
-use super::{Desired, Draft};
+use super::{Desired, Draft, PolicyChange};
 use crate::conditions::{Observed, POLICY_RENDERED, READY};
 use clusteraudit_core::rollout::revision::ORIGINAL;
 
@@ -66,6 +66,36 @@ pub(super) fn plan(draft: &mut Draft<'_>, desired: Desired) -> Option<String> {
     Some(desired_name)
 }
 
+/// Says how a change of the spec's policy takes effect (once, when the policy changes), and
+/// records what the collector enforces.
+pub(super) fn enforcement(
+    draft: &mut Draft<'_>,
+    change: PolicyChange,
+    enforced_policy_hash: Option<String>,
+) {
+    let changed = draft.status.policy_hash.is_some()
+        && draft.previous.policy_hash.is_some()
+        && draft.status.policy_hash != draft.previous.policy_hash;
+    if changed {
+        match change {
+            PolicyChange::NotCompared => {}
+            PolicyChange::Narrows => draft.event(
+                false,
+                "PolicyNarrowed",
+                "the new policy records nothing the running revision does not: the collector \
+                 enforces it, and no kube-apiserver restarts"
+                    .into(),
+            ),
+            PolicyChange::Widens(why) => draft.event(false, "PolicyWidened", why),
+        }
+    }
+    if draft.status.policy_hash.is_none() {
+        draft.status.enforced_policy_hash = None;
+    } else if enforced_policy_hash.is_some() {
+        draft.status.enforced_policy_hash = enforced_policy_hash;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{super::testing::*, *};
@@ -95,6 +125,86 @@ mod tests {
         plan(&mut again, rev("rev-1"));
         assert!(again.actions.is_empty());
         assert_eq!(again.status.guard, previous.guard);
+    }
+
+    /// The spec's policy changed, the same revision asked for: the status and the Events.
+    fn changed(
+        change: PolicyChange,
+        enforced: Option<&str>,
+    ) -> (ClusterAuditStatus, Vec<&'static str>) {
+        let mut previous = ClusterAuditStatus {
+            policy_hash: Some("0000000000000000".into()),
+            enforced_policy_hash: Some("0000000000000000".into()),
+            ..Default::default()
+        };
+        previous.revision.get_or_insert_default().desired = Some("rev-1".into());
+        let mut draft = Draft::new(at(100), Some(2), &previous);
+        plan(&mut draft, rev("rev-1"));
+        enforcement(&mut draft, change, enforced.map(str::to_string));
+        let events = published(&draft.actions);
+        (draft.status, events)
+    }
+
+    #[test]
+    fn a_narrowing_change_is_announced_once_and_the_enforced_hash_follows_the_collector() {
+        let (status, events) = changed(PolicyChange::Narrows, Some("0123456789abcdef"));
+        assert_eq!(events, ["PolicyNarrowed"]);
+        assert_eq!(
+            status.enforced_policy_hash.as_deref(),
+            Some("0123456789abcdef")
+        );
+        // Not enforced yet (the collector refused, or nodes still roll out): the old hash stays.
+        let (status, _) = changed(PolicyChange::Narrows, None);
+        assert_eq!(
+            status.enforced_policy_hash.as_deref(),
+            Some("0000000000000000")
+        );
+        // The same policy again: nothing to announce.
+        let previous = ClusterAuditStatus {
+            policy_hash: Some("0123456789abcdef".into()),
+            ..Default::default()
+        };
+        let mut draft = Draft::new(at(100), Some(2), &previous);
+        plan(&mut draft, rev("rev-1"));
+        enforcement(&mut draft, PolicyChange::Narrows, None);
+        assert!(!published(&draft.actions).contains(&"PolicyNarrowed"));
+    }
+
+    #[test]
+    fn a_widening_change_says_why_a_restart_is_needed() {
+        let previous = ClusterAuditStatus {
+            policy_hash: Some("0000000000000000".into()),
+            ..Default::default()
+        };
+        let mut draft = Draft::new(at(100), Some(2), &previous);
+        plan(&mut draft, rev("rev-2"));
+        let why = "a get of secrets in kube-system by alice would be recorded at Request; the \
+                   running policy records Metadata: a restart is needed";
+        enforcement(&mut draft, PolicyChange::Widens(why.into()), None);
+        let notes: Vec<_> = draft
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                super::super::Action::Publish(e) if e.reason == "PolicyWidened" => {
+                    Some(e.note.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(notes, [why]);
+    }
+
+    #[test]
+    fn with_auditing_off_nothing_is_enforced() {
+        let previous = ClusterAuditStatus {
+            policy_hash: Some("0000000000000000".into()),
+            enforced_policy_hash: Some("0000000000000000".into()),
+            ..Default::default()
+        };
+        let mut draft = Draft::new(at(100), Some(2), &previous);
+        plan(&mut draft, Desired::Off);
+        enforcement(&mut draft, PolicyChange::NotCompared, None);
+        assert_eq!(draft.status.enforced_policy_hash, None);
     }
 
     #[test]
