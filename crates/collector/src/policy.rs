@@ -111,6 +111,9 @@ impl Tally {
 #[derive(Default)]
 pub struct Enforcement {
     by_topic: RwLock<HashMap<String, Arc<Compiled>>>,
+    /// One catalog read at a time: a periodic read that began before an edit cannot land after
+    /// the edit's own read and bring the old policy back.
+    reading: tokio::sync::Mutex<()>,
 }
 
 impl Enforcement {
@@ -164,6 +167,7 @@ impl Enforcement {
     /// Reads the catalog once, waiting at most a few seconds (a store that does not answer
     /// leaves the policies as they were).
     pub async fn refresh(&self, store: &Arc<dyn AuditStore>) {
+        let _reading = self.reading.lock().await;
         match tokio::time::timeout(Duration::from_secs(5), store.catalog()).await {
             Ok(Ok(catalog)) => self.update(&catalog),
             Ok(Err(err)) => tracing::debug!(error = %err, "rereading the policies failed"),
@@ -183,5 +187,91 @@ impl Enforcement {
                 enforcement.refresh(&store).await;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clusteraudit_core::audit::{Event, Level, Policy, PolicyRule};
+    use clusteraudit_store::{CatalogEdit, catalog::SystemOrigin};
+
+    fn policy(level: Level) -> Box<Policy> {
+        Box::new(Policy {
+            api_version: "audit.k8s.io/v1".into(),
+            kind: "Policy".into(),
+            metadata: None,
+            rules: vec![PolicyRule::at(level)],
+            omit_stages: vec![],
+            omit_managed_fields: None,
+        })
+    }
+
+    #[test]
+    fn a_policy_is_compiled_once_per_change_and_counted_by_rule() {
+        let mut catalog = Catalog::default();
+        catalog
+            .apply(&CatalogEdit::Initialize, &mut SystemOrigin)
+            .unwrap();
+        let topic = catalog.route().to_string();
+        let set = |catalog: &mut Catalog, level| {
+            catalog
+                .apply(
+                    &CatalogEdit::SetPolicy {
+                        topic_id: topic.clone(),
+                        policy: policy(level),
+                    },
+                    &mut SystemOrigin,
+                )
+                .unwrap();
+        };
+        let enforcement = Enforcement::default();
+        enforcement.update(&catalog);
+        assert!(enforcement.for_topic(&topic).is_none());
+        set(&mut catalog, Level::Metadata);
+        enforcement.update(&catalog);
+        let first = enforcement.for_topic(&topic).unwrap();
+        enforcement.update(&catalog);
+        assert!(Arc::ptr_eq(&first, &enforcement.for_topic(&topic).unwrap()));
+        set(&mut catalog, Level::None);
+        enforcement.update(&catalog);
+        let second = enforcement.for_topic(&topic).unwrap();
+        assert_ne!(second.hash, first.hash);
+
+        let raw = r#"{"level":"RequestResponse","auditID":"a","stage":"ResponseComplete","requestURI":"/api","verb":"get","user":{"username":"u"},"requestObject":{"a":1},"stageTimestamp":"2026-11-30T10:00:00Z"}"#;
+        let event: Event = serde_json::from_str(raw).unwrap();
+        let mut tally = Tally::default();
+        assert!(matches!(
+            first.judge(raw, &event, &mut tally),
+            Enforced::Reduce(_)
+        ));
+        assert!(matches!(
+            second.judge(raw, &event, &mut tally),
+            Enforced::Drop(_)
+        ));
+        assert!(matches!(
+            second.judge(raw, &event, &mut tally),
+            Enforced::Drop(_)
+        ));
+        assert_eq!((tally.reduced(), tally.dropped()), (1, 2));
+        let metrics = crate::metrics::Metrics::new();
+        tally.record(&metrics);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"clusteraudit_collector_policy_events_dropped_total{rule="0"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"clusteraudit_collector_policy_events_reduced_total{rule="0"} 1"#));
+
+        catalog
+            .apply(
+                &CatalogEdit::DeletePolicy {
+                    topic_id: topic.clone(),
+                },
+                &mut SystemOrigin,
+            )
+            .unwrap();
+        enforcement.update(&catalog);
+        assert!(enforcement.for_topic(&topic).is_none());
     }
 }
