@@ -1549,13 +1549,18 @@ async fn narrowing_policy_edits_take_effect_without_a_restart() {
     );
 
     // Write bodies again: still within what the kept revision (all request bodies) sends.
-    h.apply(json!({"spec": profile("WriteRequestBodies")})).await;
+    h.apply(json!({"spec": profile("WriteRequestBodies")}))
+        .await;
     let audit = h
         .wait_for("write bodies enforced", Duration::from_secs(60), |a| {
             enforcing_the_spec(a) && rolled_out_on(a, 1)
         })
         .await;
-    assert_eq!(latest(&audit).as_deref(), Some(first.as_str()), "no new revision");
+    assert_eq!(
+        latest(&audit).as_deref(),
+        Some(first.as_str()),
+        "no new revision"
+    );
     assert_eq!(h.start_counts(), starts, "no kube-apiserver restarted");
     create_namespace(&h, "with-write-bodies").await;
     assert_eq!(
