@@ -39,15 +39,14 @@ pub fn decode_event_list(body: &[u8]) -> Result<Vec<&str>, BatchError> {
 
 /// [`decode_event_list`], with each item's time (micros).
 pub fn decode_timed_event_list(body: &[u8]) -> Result<Vec<(&str, i64)>, BatchError> {
-    decode_event_list_with(body, |item, time, _| (item, time))
+    Ok(decode_parsed_event_list(body)?
+        .into_iter()
+        .map(|(item, time, _)| (item, time))
+        .collect())
 }
 
-/// Checks an EventList and returns what `each` makes of every item's exact bytes, time (micros)
-/// and parsed form; the parsed form goes once `each` returns.
-pub fn decode_event_list_with<'a, T>(
-    body: &'a [u8],
-    mut each: impl FnMut(&'a str, i64, Event) -> T,
-) -> Result<Vec<T>, BatchError> {
+/// [`decode_timed_event_list`], with each item parsed, for the policy to judge it.
+pub fn decode_parsed_event_list(body: &[u8]) -> Result<Vec<(&str, i64, Event)>, BatchError> {
     let list: RawEventList<'_> =
         serde_json::from_slice(body).map_err(|err| BatchError::NotJson(err.to_string()))?;
     match list.kind.as_deref() {
@@ -76,7 +75,7 @@ pub fn decode_event_list_with<'a, T>(
                     .into(),
             });
         };
-        items.push(each(item.get(), time, event));
+        items.push((item.get(), time, event));
     }
     Ok(items)
 }

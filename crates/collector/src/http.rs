@@ -403,19 +403,7 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         )
         .into_response();
     }
-    // The route and its policy first, so that each event is judged as it is decoded and its
-    // parsed form dropped at once, rather than a whole batch of parsed events held; a route that
-    // cannot be read is answered below, after the body's own checks, as before.
-    let route = shared.store.route().await;
-    let policy = route
-        .as_ref()
-        .ok()
-        .and_then(|topic| shared.enforcement.for_topic(topic));
-    let decoded = batch::decode_event_list_with(&body, |item, time, event| {
-        let judged = policy.as_ref().map(|policy| policy.judge(item, &event));
-        (item, time, judged)
-    });
-    let timed = match decoded {
+    let timed = match batch::decode_parsed_event_list(&body) {
         Ok(items) => items,
         Err(err) => {
             shared.metrics.reject("invalid");
@@ -447,7 +435,7 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
             1,
         );
     }
-    let topic = match route {
+    let topic = match shared.store.route().await {
         Ok(topic) => topic,
         Err(err) => {
             shared.metrics.reject("route-unavailable");
@@ -460,20 +448,20 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     let now = now_micros();
     // The topic's policy decides what of each event is kept, before the log: what it drops costs
     // no disk. What it keeps whole stays the kube-apiserver's exact bytes.
+    let policy = shared.enforcement.for_topic(&topic);
     let mut tally = super::policy::Tally::default();
     let mut items: Vec<std::borrow::Cow<'_, str>> = Vec::with_capacity(timed.len());
     let mut refused = Vec::new();
-    for (index, (item, time, judged)) in timed.into_iter().enumerate() {
+    for (index, (item, time, event)) in timed.into_iter().enumerate() {
         if let Err(refusal) = batch::check_time(time, now, retention) {
             refused.push((index, refusal));
             continue;
         }
-        let Some(judged) = judged else {
+        let Some(policy) = &policy else {
             items.push(item.into());
             continue;
         };
-        tally.count(&judged);
-        match judged.enforced {
+        match policy.judge(item, &event, &mut tally) {
             Enforced::Keep => items.push(item.into()),
             Enforced::Reduce(reduced) => items.push(reduced.into()),
             Enforced::Drop(_) => {}

@@ -27,33 +27,23 @@ pub struct Compiled {
 }
 
 impl Compiled {
-    /// What the policy makes of one event.
-    pub fn judge(&self, raw: &str, event: &clusteraudit_core::audit::Event) -> Judged {
-        let decision = self.evaluator.evaluate(&RequestAttributes::of_event(event));
-        Judged {
-            enforced: enforce(raw, event, decision),
-            rule: decision.rule,
-        }
-    }
-
-    /// [`Compiled::judge`], counted in `tally`.
-    #[cfg(test)]
-    pub fn judge_counted(
+    /// What the policy makes of one event, counted in `tally`.
+    pub fn judge(
         &self,
         raw: &str,
         event: &clusteraudit_core::audit::Event,
         tally: &mut Tally,
     ) -> Enforced {
-        let judged = self.judge(raw, event);
-        tally.count(&judged);
-        judged.enforced
+        let decision = self.evaluator.evaluate(&RequestAttributes::of_event(event));
+        let enforced = enforce(raw, event, decision);
+        match &enforced {
+            Enforced::Keep => {}
+            Enforced::Reduce(_) => tally.add_reduced(Label::Rule(decision.rule)),
+            Enforced::Drop(DropReason::OmittedStage) => tally.add_dropped(Label::OmittedStage),
+            Enforced::Drop(DropReason::LevelNone { rule }) => tally.add_dropped(Label::Rule(*rule)),
+        }
+        enforced
     }
-}
-
-/// What a policy made of one event, and the rule that decided.
-pub struct Judged {
-    pub enforced: Enforced,
-    rule: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,15 +83,6 @@ impl Tally {
 
     fn add_reduced(&mut self, label: Label) {
         Self::bump(&mut self.reduced, label);
-    }
-
-    pub fn count(&mut self, judged: &Judged) {
-        match &judged.enforced {
-            Enforced::Keep => {}
-            Enforced::Reduce(_) => self.add_reduced(Label::Rule(judged.rule)),
-            Enforced::Drop(DropReason::OmittedStage) => self.add_dropped(Label::OmittedStage),
-            Enforced::Drop(DropReason::LevelNone { rule }) => self.add_dropped(Label::Rule(*rule)),
-        }
     }
 
     pub fn dropped(&self) -> u64 {
@@ -261,15 +242,15 @@ mod tests {
         let event: Event = serde_json::from_str(raw).unwrap();
         let mut tally = Tally::default();
         assert!(matches!(
-            first.judge_counted(raw, &event, &mut tally),
+            first.judge(raw, &event, &mut tally),
             Enforced::Reduce(_)
         ));
         assert!(matches!(
-            second.judge_counted(raw, &event, &mut tally),
+            second.judge(raw, &event, &mut tally),
             Enforced::Drop(_)
         ));
         assert!(matches!(
-            second.judge_counted(raw, &event, &mut tally),
+            second.judge(raw, &event, &mut tally),
             Enforced::Drop(_)
         ));
         assert_eq!((tally.reduced(), tally.dropped()), (1, 2));
