@@ -225,11 +225,8 @@ async fn reconcile_inner(
         Err(message) => (Desired::Invalid { message }, Sink::NotChecked),
         Ok(_) if !spec.enabled => (Desired::Off, Sink::NotChecked),
         Ok(rendered) => {
-            let sink = match context
-                .sink_client()?
-                .ensure(&spec.sink, previous.sink.as_ref())
-                .await
-            {
+            let sink_client = context.sink_client()?;
+            let sink = match sink_client.ensure(&spec.sink, previous.sink.as_ref()).await {
                 Ok(status) => Sink::Ready(status),
                 Err(err) => Sink::Failed {
                     reason: sink_reason(&err),
@@ -293,7 +290,7 @@ async fn reconcile_inner(
                 && !reports.is_empty()
                 && reports.iter().all(|r| r.current == revision.name)
             {
-                match enforce(context, topic, &rendered.policy).await {
+                match sink_client.ensure_policy(topic, &rendered.policy).await {
                     Ok(()) => enforced = Some(rendered.hash.clone()),
                     Err(err) => {
                         tracing::warn!(%err, "the collector does not enforce the spec's policy yet");
@@ -424,20 +421,6 @@ async fn released_policy(
         .and_then(|d| d.get(revision::POLICY_FILE))
         .map(|b| String::from_utf8_lossy(&b.0).to_string());
     Ok(yaml.and_then(|yaml| Policy::from_yaml(&yaml).ok().map(|policy| (yaml, policy))))
-}
-
-/// Has the collector enforce `policy` on `topic`, unless it already does.
-async fn enforce(context: &Context, topic: &str, policy: &Policy) -> Result<(), SinkError> {
-    let sink = context.sink_client().map_err(|err| SinkError::Refused {
-        what: "reading the collector token".into(),
-        status: 0,
-        message: err.to_string(),
-    })?;
-    let wanted = clusteraudit_core::policy::enforce::policy_hash(policy);
-    if sink.enforced_policy(topic).await?.as_deref() == Some(wanted.as_str()) {
-        return Ok(());
-    }
-    sink.enforce_policy(topic, policy).await
 }
 
 fn validate(spec: &ClusterAuditSpec) -> Result<Rendered, String> {

@@ -294,9 +294,22 @@ impl SinkClient {
     /// Deletes what the operator created, and only that (deleteOnDisable). The webhook is routed
     /// back to the collector's `default` topic first, since a routed topic cannot go. A created
     /// logset that still holds other topics (ones it did not create, or no longer uses) is kept.
+    /// Has the collector enforce `policy` on the events of a topic, unless it already does.
+    pub async fn ensure_policy(
+        &self,
+        topic_id: &str,
+        policy: &clusteraudit_core::audit::Policy,
+    ) -> Result<(), SinkError> {
+        let wanted = clusteraudit_core::policy::enforce::policy_hash(policy);
+        if self.enforced_policy(topic_id).await?.as_deref() == Some(wanted.as_str()) {
+            return Ok(());
+        }
+        self.enforce_policy(topic_id, policy).await
+    }
+
     /// The hash (`clusteraudit_core::policy::enforce::policy_hash`) of the policy the collector
     /// enforces on a topic, None when it enforces none.
-    pub async fn enforced_policy(&self, topic_id: &str) -> Result<Option<String>, SinkError> {
+    async fn enforced_policy(&self, topic_id: &str) -> Result<Option<String>, SinkError> {
         let (status, body) = self
             .expect(
                 Method::GET,
@@ -310,8 +323,7 @@ impl SinkClient {
             .flatten())
     }
 
-    /// Has the collector enforce `policy` on the events of a topic from now on.
-    pub async fn enforce_policy(
+    async fn enforce_policy(
         &self,
         topic_id: &str,
         policy: &clusteraudit_core::audit::Policy,
