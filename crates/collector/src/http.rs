@@ -36,77 +36,6 @@ use clusteraudit_store::{CatalogEdit, Edited, SearchRequest, StoreError};
 #[derive(Clone, Copy, Debug, Default)]
 pub struct VerifiedClientCertificate(pub bool);
 
-/// Each topic's retention as the catalog had it a little while ago: read at most every
-/// [`RETENTION_FRESH`] rather than per batch, since the OpenSearch catalog is a request away and
-/// the webhook goes on while OpenSearch is down.
-#[derive(Default)]
-pub struct RetentionCache {
-    state: std::sync::Mutex<RetentionState>,
-}
-
-#[derive(Default)]
-struct RetentionState {
-    days: std::collections::HashMap<String, u32>,
-    read: Option<Instant>,
-    reading: bool,
-}
-
-const RETENTION_FRESH: Duration = Duration::from_secs(30);
-
-impl RetentionCache {
-    /// The topic's retention in days; none while it is not known.
-    pub async fn days(
-        &self,
-        store: &Arc<dyn clusteraudit_store::AuditStore>,
-        topic: &str,
-    ) -> Option<u32> {
-        let lock = || self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (known, read_now) = {
-            let mut state = lock();
-            let known = state.days.get(topic).copied();
-            // A topic routed to since the last read is looked up within a second.
-            let fresh_for = if known.is_some() {
-                RETENTION_FRESH
-            } else {
-                Duration::from_secs(1)
-            };
-            let read_now = !state.reading && state.read.is_none_or(|at| at.elapsed() >= fresh_for);
-            if read_now {
-                state.reading = true;
-            }
-            (known, read_now)
-        };
-        if !read_now {
-            return known;
-        }
-        // Whatever happens to this batch (its caller may go away), the next may read again.
-        struct Reading<'a>(&'a RetentionCache);
-        impl Drop for Reading<'_> {
-            fn drop(&mut self) {
-                self.0
-                    .state
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .reading = false;
-            }
-        }
-        let reading = Reading(self);
-        // One batch at a time waits for the read, and not for long.
-        let catalog = tokio::time::timeout(Duration::from_secs(1), store.catalog()).await;
-        drop(reading);
-        let mut state = lock();
-        state.read = Some(Instant::now());
-        if let Ok(Ok(catalog)) = catalog {
-            state.days = catalog
-                .topics()
-                .iter()
-                .map(|t| (t.id.clone(), t.retention_days))
-                .collect();
-        }
-        state.days.get(topic).copied().or(known)
-    }
-}
-
 /// The address a request's connection comes from.
 #[derive(Clone, Copy, Debug)]
 pub struct Peer(pub SocketAddr);
@@ -444,7 +373,7 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     };
     // Each event's time decides the day it is kept under: one from a far future or from before
     // the topic's retention is left out, and the rest of the batch stored.
-    let retention = shared.retention.days(&shared.store, &topic).await;
+    let retention = shared.enforcement.retention_days(&topic);
     let now = now_micros();
     // The topic's policy decides what of each event is kept, before the log: what it drops costs
     // no disk. What it keeps whole stays the kube-apiserver's exact bytes.

@@ -183,9 +183,8 @@ pub struct Shared {
     pub queries: tokio::sync::Semaphore,
     /// What connections and request bodies may cost.
     pub limits: http::ServeLimits,
-    /// Each topic's retention, for refusing events older than it.
-    pub retention: http::RetentionCache,
-    /// Each topic's policy, applied to its events before they are logged.
+    /// Each topic's policy, applied to its events before they are logged, and its retention, for
+    /// refusing events older than it.
     pub enforcement: Arc<policy::Enforcement>,
 }
 
@@ -315,7 +314,6 @@ pub async fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>
         drain,
         queries: tokio::sync::Semaphore::new(http::MAX_CONCURRENT_QUERIES),
         limits: http::ServeLimits::from_args(args),
-        retention: http::RetentionCache::default(),
         enforcement,
     }))
 }

@@ -1,9 +1,11 @@
-//! The policies enforced at intake: each topic's policy from the catalog, compiled once per
-//! change, so that an event costs one evaluation and, when it is kept as it is, no copy.
+//! What intake takes from the catalog: each topic's policy, compiled once per change, so that an
+//! event costs one evaluation and, when it is kept as it is, no copy; and each topic's retention,
+//! for refusing events older than it.
 //!
-//! The catalog is reread every [`POLICY_REFRESH`], so a policy set through another replica (one
-//! OpenSearch catalog shared by all) is followed within about that long; one set through this
-//! replica is enforced before its API call answers.
+//! The catalog is reread every [`POLICY_REFRESH`] in the background, never per batch (the
+//! OpenSearch catalog is a request away, and the webhook goes on while OpenSearch is down), so a
+//! change made through another replica (one OpenSearch catalog shared by all) is followed within
+//! about that long; a policy set through this replica is enforced before its API call answers.
 
 use std::{
     collections::HashMap,
@@ -111,6 +113,8 @@ impl Tally {
 #[derive(Default)]
 pub struct Enforcement {
     by_topic: RwLock<HashMap<String, Arc<Compiled>>>,
+    /// Each topic's retention in days.
+    retention: RwLock<HashMap<String, u32>>,
     /// One catalog read at a time: a periodic read that began before an edit cannot land after
     /// the edit's own read and bring the old policy back.
     reading: tokio::sync::Mutex<()>,
@@ -126,8 +130,23 @@ impl Enforcement {
             .cloned()
     }
 
-    /// Takes the catalog's policies; only a policy whose hash changed is compiled again.
+    /// The topic's retention in days; none while the catalog has not been read with it.
+    pub fn retention_days(&self, topic: &str) -> Option<u32> {
+        self.retention
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+            .copied()
+    }
+
+    /// Takes the catalog's retentions and policies; only a policy whose hash changed is compiled
+    /// again.
     pub fn update(&self, catalog: &Catalog) {
+        *self.retention.write().unwrap_or_else(|e| e.into_inner()) = catalog
+            .topics()
+            .iter()
+            .map(|t| (t.id.clone(), t.retention_days))
+            .collect();
         let current = self
             .by_topic
             .read()
