@@ -473,15 +473,7 @@ async fn api_suite(store_args: &[String]) {
         long_user[0]["user"]["username"].as_str().map(str::len),
         Some(1_000_000)
     );
-    let metrics = collector
-        .http
-        .get(format!("{}/metrics", collector.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = collector.metrics().await;
     assert!(
         metrics.contains("clusteraudit_collector_events_received_total 62"),
         "{metrics}"

@@ -41,18 +41,6 @@ async fn post(collector: &Collector, events: &[Value]) -> (u16, Option<String>) 
     (response.status().as_u16(), retry_after)
 }
 
-async fn metrics(collector: &Collector) -> String {
-    collector
-        .http
-        .get(format!("{}/metrics", collector.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// The value of a metric line starting with `name` (labels included), 0 when absent.
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
@@ -248,7 +236,7 @@ async fn a_batch_the_store_cannot_take_is_retried_until_it_can() {
     .unwrap_or_else(|timed_out| panic!("{timed_out}: {}", collector.process.log_tail(20)));
     let to_503 = blocked.elapsed();
     assert!(refused.is_some(), "a 503 without Retry-After");
-    let text = metrics(&collector).await;
+    let text = collector.metrics().await;
     assert!(
         metric(&text, "clusteraudit_collector_index_failures_total") >= 1.0,
         "{text}"
@@ -345,7 +333,7 @@ async fn flipped_bytes_in_an_old_and_the_current_segment_cost_only_their_records
     let topic = route(&collector).await;
     let stored = stored_ids(&collector, &topic).await;
     assert_all_stored(&acked, &stored, &damaged);
-    let text = metrics(&collector).await;
+    let text = collector.metrics().await;
     assert_eq!(
         metric(&text, "clusteraudit_collector_wal_damaged_total"),
         2.0,
@@ -566,7 +554,7 @@ async fn a_full_disk_is_answered_with_503_and_nothing_acknowledged_is_lost() {
         )
     };
     eventually("503s", Duration::from_secs(60), async || {
-        let text = metrics(&collector).await;
+        let text = collector.metrics().await;
         if refused(&text) > 0.0 {
             Ok(())
         } else {
@@ -578,7 +566,7 @@ async fn a_full_disk_is_answered_with_503_and_nothing_acknowledged_is_lost() {
     let to_503 = full.elapsed();
     // Full for a while, then space again.
     let during = eventually("more 503s", Duration::from_secs(30), async || {
-        let text = metrics(&collector).await;
+        let text = collector.metrics().await;
         if refused(&text) >= 200.0 {
             Ok(refused(&text))
         } else {

@@ -697,15 +697,7 @@ async fn events_from_the_future_or_past_retention_are_left_out_and_the_rest_stor
     // The events of a batch are committed together: what is found once two are is all there is.
     let stored = collector.wait_count(&topic, "", 2).await;
     assert_eq!(users(&stored), ["user-1", "user-4"]);
-    let metrics = collector
-        .http
-        .get(format!("{}/metrics", collector.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = collector.metrics().await;
     for (reason, count) in [("future", 1), ("past-retention", 1)] {
         let line =
             format!(r#"clusteraudit_collector_events_refused_total{{reason="{reason}"}} {count}"#);
@@ -770,15 +762,7 @@ async fn more_than_eight_searches_at_once_are_refused_with_429() {
     .await
     .unwrap();
     assert!(busy.1.contains("searches are running"), "{busy:?}");
-    let metrics = collector
-        .http
-        .get(format!("{}/metrics", collector.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = collector.metrics().await;
     assert!(
         metrics.lines().any(|l| l.starts_with(
             r#"clusteraudit_collector_batches_rejected_total{reason="queries-busy"}"#

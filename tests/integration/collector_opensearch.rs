@@ -53,15 +53,7 @@ async fn route(collector: &Collector) -> String {
 }
 
 async fn metric(collector: &Collector, line_start: &str) -> f64 {
-    let text = collector
-        .http
-        .get(format!("{}/metrics", collector.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = collector.metrics().await;
     text.lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next())

@@ -144,15 +144,7 @@ fn expected(policy: &Value, events: &[Value]) -> Expected {
 
 /// The counters of a metric family by its `rule` label.
 async fn rule_counters(collector: &Collector, family: &str) -> HashMap<String, u64> {
-    let text = collector
-        .http
-        .get(format!("{}/metrics", collector.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = collector.metrics().await;
     let prefix = format!("clusteraudit_collector_{family}_total{{rule=\"");
     text.lines()
         .filter_map(|line| line.strip_prefix(&prefix))

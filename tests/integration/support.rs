@@ -15,6 +15,20 @@ pub struct DevCollector {
     pub http: reqwest::Client,
 }
 
+impl DevCollector {
+    /// The collector's /metrics page.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
 pub async fn start_dev_collector(data: &Path, log: &Path, port: u16) -> DevCollector {
     start_dev_collector_with(data, log, port, &[]).await
 }
