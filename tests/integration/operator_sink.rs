@@ -84,6 +84,7 @@ async fn the_sink_is_created_adopted_and_cleaned_up_as_the_spec_says() {
             ..Default::default()
         },
         delete_on_disable: true,
+        routes: Vec::new(),
     };
     let adopted = sink.ensure(&adopt, Some(&created)).await.unwrap();
     assert!(!adopted.created.logset && !adopted.created.topic);
@@ -148,6 +149,7 @@ async fn the_sink_is_created_adopted_and_cleaned_up_as_the_spec_says() {
                     ..Default::default()
                 },
                 delete_on_disable: false,
+                routes: Vec::new(),
             },
             "belongs to logset",
         ),

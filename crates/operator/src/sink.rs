@@ -157,6 +157,7 @@ impl SinkClient {
             },
             logset_id: Some(logset_id),
             topic_id: Some(topic_id),
+            routes: Vec::new(),
         })
     }
 

@@ -125,6 +125,25 @@ pub struct SinkSpec {
     /// On disable, delete the logset and topic, but only those the operator itself created.
     #[serde(default)]
     pub delete_on_disable: bool,
+    /// Events also stored in other topics of the logset: every event that matches a route's query
+    /// is stored in the route's topic as well, which keeps it for its own retentionDays (every
+    /// secrets access kept a year in a `security` topic, say). Routes never restart anything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// A route: the events matching `query` also go to `topic`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteSpec {
+    /// A query in the search language, as on the page: `resource=secrets or verb=delete`. An
+    /// empty query matches every event.
+    #[schemars(length(max = 1024))]
+    pub query: String,
+    /// The topic, in the sink's logset: by name (created when missing, unless `create: false`) or
+    /// an existing one adopted by id.
+    pub topic: TopicRef,
 }
 
 impl Default for SinkSpec {
@@ -133,6 +152,7 @@ impl Default for SinkSpec {
             logset: default_logset(),
             topic: default_topic(),
             delete_on_disable: false,
+            routes: Vec::new(),
         }
     }
 }
@@ -228,6 +248,23 @@ pub struct RolloutSpec {
     #[serde(default = "default_health_timeout")]
     #[x_kube(validation = duration_rule("healthTimeout", "10s", "1h"))]
     pub health_timeout: GoDuration,
+    /// What the kube-apiservers run. `Exact`: the spec's policy, restarted into whenever an edit
+    /// records more than the running revision sends (edits that only narrow are applied by the
+    /// collector). `Wide`: one fixed wide policy (bodies of everything but secret-bearing
+    /// resources, every stage but RequestReceived) that the collector narrows to the spec, so no
+    /// edit inside it restarts anything, at the cost of the kube-apiservers sending more.
+    #[serde(default)]
+    pub envelope: Envelope,
+}
+
+/// What the kube-apiservers' audit policy is: the spec's own, or a fixed wide one around it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Envelope {
+    /// The spec's policy; a widening edit restarts the kube-apiservers.
+    #[default]
+    Exact,
+    /// A fixed wide policy, narrowed to the spec by the collector; a spec outside it runs exactly.
+    Wide,
 }
 
 /// A CEL rule that a field is a Go-style duration within `[min, max]`.
@@ -250,6 +287,7 @@ impl Default for RolloutSpec {
             min_toggle_interval: default_min_toggle_interval(),
             max_restarts_per_hour: default_max_restarts_per_hour(),
             health_timeout: default_health_timeout(),
+            envelope: Envelope::default(),
         }
     }
 }
@@ -369,6 +407,22 @@ pub struct SinkStatus {
     /// What the operator created itself (and so may delete with deleteOnDisable).
     #[serde(default)]
     pub created: CreatedBySink,
+    /// The routes' topics, in the order of `spec.sink.routes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteStatus>,
+}
+
+/// Where a route's events go.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStatus {
+    /// The route's query, as in the spec.
+    pub query: String,
+    /// The topic the matching events are also stored in.
+    pub topic_id: String,
+    /// Whether the operator created the topic (and so may delete it with deleteOnDisable).
+    #[serde(default)]
+    pub created: bool,
 }
 
 /// Which parts of the sink the operator created.

@@ -331,6 +331,7 @@ mod testing {
                 logset: true,
                 topic: true,
             },
+            routes: Vec::new(),
         }
     }
 
