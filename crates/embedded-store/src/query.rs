@@ -76,8 +76,12 @@ pub fn translate(
             let target = schema_field(fields, *field);
             if field.is_numeric() {
                 let Value::Number(number) = value else {
-                    // `code:*`: any event that has a code.
-                    return Ok(range(Bound::Unbounded, Bound::Unbounded));
+                    // `code:*`: any event that has a code. Codes are stored from 0 up, and tantivy
+                    // refuses a range with no bound at all.
+                    return Ok(range(
+                        Bound::Included(Term::from_field_u64(target, 0)),
+                        Bound::Unbounded,
+                    ));
                 };
                 let term = |n: u64| Term::from_field_u64(target, n);
                 return Ok(match op {

@@ -19,9 +19,14 @@
 //! leftmost one a reader would hit. Every recursion goes through a `(` or a `not`/`-`, both of
 //! which count against [`MAX_DEPTH`] before recursing, so no input can exhaust the stack.
 
+mod matcher;
+
 use std::fmt;
 
-/// A parsed search query. Evaluation lives with the store; this is only the syntax tree.
+pub use matcher::{matches, parse_matchable};
+
+/// A parsed search query. The stores evaluate it in their own indexes; [`matches`] evaluates it
+/// on one event in memory, with the same answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Query {
     /// The empty query (only whitespace) matches everything.
@@ -34,8 +39,8 @@ pub enum Query {
         op: Op,
         value: Value,
     },
-    /// Free text (a bare word, or "a quoted phrase" without a field): matches the request URI or the
-    /// object name, case-insensitively, as a substring.
+    /// Free text (a bare word, or "a quoted phrase" without a field): every word of it (a run of
+    /// letters and digits) is a word of the request path or the object name, case-insensitively.
     Text(String),
 }
 
