@@ -1,4 +1,4 @@
-//! `clusteraudit policy render | check | preview | compare`.
+//! `clusteraudit policy render | check | preview | compare | replay`.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -8,9 +8,11 @@ use std::{
 use clap::Subcommand;
 
 use clusteraudit_core::{
-    api::{ClusterAudit, unknown_fields},
+    api::{ClusterAudit, Envelope, unknown_fields},
     audit::{Event, Policy, PolicyError},
     policy::{
+        Rendered,
+        envelope::{self, Choice, Released},
         narrows::{Comparison, narrows},
         preview::Preview,
         render::{lint, render},
@@ -55,6 +57,15 @@ pub enum PolicyCommand {
         /// The new policy: a ClusterAudit or an audit.k8s.io/v1 Policy.
         #[arg(long)]
         candidate: PathBuf,
+    },
+    /// Replay a history of ClusterAudit edits and count the kube-apiserver rollouts it costs:
+    /// with `rollout.envelope: Exact` (edits that only narrow are enforced by the collector),
+    /// with `Wide`, and restarting for every policy change as auditing did before.
+    Replay {
+        /// ClusterAudits, one YAML document per edit, oldest first; the first turns auditing on.
+        /// An edit may say what it is in the annotation `description`.
+        #[arg(long)]
+        edits: PathBuf,
     },
 }
 
@@ -111,6 +122,7 @@ pub fn run(command: PolicyCommand) -> Result<(), PolicyCliError> {
             preview(&policy, &events, per_event)
         }
         PolicyCommand::Compare { running, candidate } => compare(&running, &candidate),
+        PolicyCommand::Replay { edits } => replay(&edits),
     }
 }
 
@@ -151,24 +163,7 @@ fn load_candidate(path: &Path) -> Result<(Policy, String), PolicyCliError> {
     let kind = document["kind"].as_str().unwrap_or_default().to_string();
     match kind.as_str() {
         "ClusterAudit" => {
-            let unknown = unknown_fields(&document);
-            if !unknown.is_empty() {
-                return Err(PolicyCliError::NotAClusterAudit {
-                    path: path.into(),
-                    reason: format!("unknown field(s): {}", unknown.join(", ")),
-                });
-            }
-            let audit: ClusterAudit = serde_json::from_value(document).map_err(|err| {
-                PolicyCliError::NotAClusterAudit {
-                    path: path.into(),
-                    reason: err.to_string(),
-                }
-            })?;
-            let rendered =
-                render(&audit.spec.policy).map_err(|source| PolicyCliError::InvalidPolicy {
-                    path: path.into(),
-                    source,
-                })?;
+            let rendered = render_audit(path, document)?;
             for warning in lint(&rendered.policy) {
                 eprintln!("warning: {}", warning.message);
             }
@@ -187,6 +182,114 @@ fn load_candidate(path: &Path) -> Result<(Policy, String), PolicyCliError> {
             found: other.to_string(),
         }),
     }
+}
+
+/// A ClusterAudit document's policy, rendered.
+fn render_audit(path: &Path, document: serde_json::Value) -> Result<Rendered, PolicyCliError> {
+    let unknown = unknown_fields(&document);
+    if !unknown.is_empty() {
+        return Err(PolicyCliError::NotAClusterAudit {
+            path: path.into(),
+            reason: format!("unknown field(s): {}", unknown.join(", ")),
+        });
+    }
+    let audit: ClusterAudit =
+        serde_json::from_value(document).map_err(|err| PolicyCliError::NotAClusterAudit {
+            path: path.into(),
+            reason: err.to_string(),
+        })?;
+    let rendered = render(&audit.spec.policy).map_err(|source| PolicyCliError::InvalidPolicy {
+        path: path.into(),
+        source,
+    })?;
+    Ok(rendered)
+}
+
+/// What one way of running the kube-apiservers has released so far, and the rollouts it took.
+#[derive(Default)]
+struct Ledger {
+    released: Option<(String, Policy)>,
+    rollouts: usize,
+}
+
+impl Ledger {
+    /// Takes one edit; returns what it did, in a word.
+    fn take(&mut self, spec: &Rendered, envelope: Option<Envelope>) -> &'static str {
+        let Some(envelope) = envelope else {
+            // Before: every change of the rendered policy was a new revision.
+            if self
+                .released
+                .as_ref()
+                .is_some_and(|(yaml, _)| *yaml == spec.yaml)
+            {
+                return "-";
+            }
+            self.released = Some((spec.yaml.clone(), spec.policy.clone()));
+            self.rollouts += 1;
+            return "restart";
+        };
+        let released = self
+            .released
+            .as_ref()
+            .map(|(yaml, policy)| Released { yaml, policy });
+        let choice = envelope::choose(released, spec, envelope);
+        let word = match &choice {
+            Choice::Keep { narrowed: false } => "-",
+            Choice::Keep { narrowed: true } => "narrows",
+            Choice::Spec { .. } | Choice::Wide { .. } => "restart",
+        };
+        if choice.restarts() {
+            let runs = choice.runs(released, spec);
+            self.released = Some((runs.yaml.to_string(), runs.policy.clone()));
+            self.rollouts += 1;
+        }
+        word
+    }
+}
+
+fn replay(edits: &Path) -> Result<(), PolicyCliError> {
+    let text = read_text(edits)?;
+    let documents: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&text).map_err(|err| PolicyCliError::NotAClusterAudit {
+            path: edits.into(),
+            reason: err.to_string(),
+        })?;
+    let documents: Vec<_> = documents.into_iter().filter(|d| !d.is_null()).collect();
+    if documents.is_empty() {
+        return Err(PolicyCliError::NotAClusterAudit {
+            path: edits.into(),
+            reason: "no ClusterAudit document".into(),
+        });
+    }
+    let (mut exact, mut wide, mut before) =
+        (Ledger::default(), Ledger::default(), Ledger::default());
+    let mut out = std::io::stdout().lock();
+    let mut line = |text: String| writeln!(out, "{text}").map_err(PolicyCliError::Write);
+    line(format!(
+        "{:>4}  {:<8}  {:<8}  {:<13}  description",
+        "edit", "exact", "wide", "every-change"
+    ))?;
+    for (index, document) in documents.into_iter().enumerate() {
+        let description = document["metadata"]["annotations"]["description"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let at = PathBuf::from(format!("{} (document {index})", edits.display()));
+        let spec = render_audit(&at, document)?;
+        let row = (
+            exact.take(&spec, Some(Envelope::Exact)),
+            wide.take(&spec, Some(Envelope::Wide)),
+            before.take(&spec, None),
+        );
+        line(format!(
+            "{index:>4}  {:<8}  {:<8}  {:<13}  {description}",
+            row.0, row.1, row.2
+        ))?;
+    }
+    line(format!(
+        "rollouts (each restarts every kube-apiserver once): exact {}, wide {}, every-change {}",
+        exact.rollouts, wide.rollouts, before.rollouts
+    ))
 }
 
 fn preview(policy: &Policy, events: &Path, per_event: bool) -> Result<(), PolicyCliError> {

@@ -202,3 +202,53 @@ fn a_file_that_does_not_parse_exits_2_with_the_reason() {
     let outcome = compare(Path::new(EXAMPLE), &misspelt);
     assert!(outcome.stderr.contains("resource"), "{}", outcome.stderr);
 }
+
+/// The README's figure: the twenty edits of `examples/policy-edits.yaml` cost nine rollouts with
+/// the exact envelope, three with the wide one, and twenty when every change restarted.
+#[test]
+fn replaying_the_example_edits_counts_the_rollouts_each_envelope_costs() {
+    let edits = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policy-edits.yaml");
+    let output = Command::new(env!("CARGO_BIN_EXE_clusteraudit"))
+        .args(["policy", "replay", "--edits", edits])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: Vec<&str> = stdout
+        .lines()
+        .skip(1)
+        .filter(|l| !l.starts_with("rollouts"))
+        .collect();
+    assert_eq!(rows.len(), 20, "{stdout}");
+    // Every edit changes the policy, so each restarted everything before.
+    for row in &rows {
+        assert_eq!(row.split_whitespace().nth(3), Some("restart"), "{row}");
+    }
+    assert!(
+        stdout.contains("exact 9, wide 3, every-change 20"),
+        "{stdout}"
+    );
+
+    let bad = std::env::temp_dir().join(format!("edits-{}.yaml", std::process::id()));
+    std::fs::write(
+        &bad,
+        "kind: ClusterAudit\nspec: {policy: {profile: Loud}}\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_clusteraudit"))
+        .args(["policy", "replay", "--edits"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&bad);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("document 0"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

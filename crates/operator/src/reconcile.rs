@@ -36,7 +36,7 @@ use clusteraudit_core::{
     audit::Policy,
     policy::{
         Rendered,
-        narrows::{Comparison, narrows},
+        envelope::{self, Choice, Released},
     },
     rollout::{
         objects::{self, NODE_REPORT_LABEL, REVISION_LABEL, node_report_from_lease},
@@ -239,16 +239,15 @@ async fn reconcile_inner(
                 Some(name) if name != revision::ORIGINAL => released_policy(context, name).await?,
                 _ => None,
             };
-            let (policy_yaml, policy_change) = match released {
-                Some((yaml, _)) if yaml == rendered.yaml => (yaml, PolicyChange::NotCompared),
-                Some((yaml, running)) => match narrows(&running, &rendered.policy) {
-                    Comparison::Narrows => (yaml, PolicyChange::Narrows),
-                    Comparison::Widens(example) => (
-                        rendered.yaml.clone(),
-                        PolicyChange::Widens(example.describe()),
-                    ),
-                },
-                None => (rendered.yaml.clone(), PolicyChange::NotCompared),
+            let released = released
+                .as_ref()
+                .map(|(yaml, policy)| Released { yaml, policy });
+            let choice = envelope::choose(released, &rendered, spec.rollout.envelope);
+            let policy_yaml = choice.runs(released, &rendered).yaml.to_string();
+            let policy_change = match (&choice, choice.reason()) {
+                (Choice::Keep { narrowed: true }, _) => PolicyChange::Narrows,
+                (_, Some(reason)) => PolicyChange::Widens(reason),
+                _ => PolicyChange::NotCompared,
             };
             policy_comparison = policy_change;
             let server = webhook_url(context).await?;

@@ -3,6 +3,7 @@
 //! events. Pure code: no IO, no kube client.
 
 pub mod enforce;
+pub mod envelope;
 pub mod eval;
 pub mod narrows;
 pub mod preview;
