@@ -123,10 +123,18 @@ pub fn check_time(time: i64, now: i64, retention_days: Option<u32>) -> Result<()
     }
 }
 
-/// `[topic length u16][topic][count u32]([length u32][event])*`
+/// `[topic length u16][topic][count u32]([length u32][event])*`: one topic's section.
 pub fn encode_record<S: AsRef<str>>(topic: &str, events: &[S]) -> Vec<u8> {
-    let size = 6 + topic.len() + events.iter().map(|e| 4 + e.as_ref().len()).sum::<usize>();
-    let mut out = Vec::with_capacity(size);
+    let mut out = Vec::new();
+    append_section(&mut out, topic, events);
+    out
+}
+
+/// Adds a topic's section to a record. A record is one or more sections, so that one append (one
+/// sync, one acknowledgement) covers a batch and the copies its routes make in other topics.
+/// Records written before routes are one section, and read the same.
+pub fn append_section<S: AsRef<str>>(out: &mut Vec<u8>, topic: &str, events: &[S]) {
+    out.reserve(6 + topic.len() + events.iter().map(|e| 4 + e.as_ref().len()).sum::<usize>());
     out.extend_from_slice(&(topic.len() as u16).to_le_bytes());
     out.extend_from_slice(topic.as_bytes());
     out.extend_from_slice(&(events.len() as u32).to_le_bytes());
@@ -135,10 +143,29 @@ pub fn encode_record<S: AsRef<str>>(topic: &str, events: &[S]) -> Vec<u8> {
         out.extend_from_slice(&(event.len() as u32).to_le_bytes());
         out.extend_from_slice(event.as_bytes());
     }
-    out
 }
 
+/// A one-topic record's topic and events (the first section of a record).
 pub fn decode_record(record: &[u8]) -> Result<(&str, Vec<&[u8]>), BatchError> {
+    decode_section(record).map(|(section, _)| section)
+}
+
+/// Every section of a record: each topic with its events.
+pub fn decode_sections(mut record: &[u8]) -> Result<Vec<Section<'_>>, BatchError> {
+    let mut sections = Vec::with_capacity(1);
+    while !record.is_empty() {
+        let (section, used) = decode_section(record)?;
+        sections.push(section);
+        record = &record[used..];
+    }
+    Ok(sections)
+}
+
+/// A topic and its events.
+pub type Section<'a> = (&'a str, Vec<&'a [u8]>);
+
+/// The first section and the bytes it takes.
+fn decode_section(record: &[u8]) -> Result<(Section<'_>, usize), BatchError> {
     let mut at = 0usize;
     let mut take = |n: usize| -> Result<&[u8], BatchError> {
         let slice = record
@@ -156,7 +183,7 @@ pub fn decode_record(record: &[u8]) -> Result<(&str, Vec<&[u8]>), BatchError> {
         let len = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
         events.push(take(len)?);
     }
-    Ok((topic, events))
+    Ok(((topic, events), at))
 }
 
 #[cfg(test)]
@@ -296,5 +323,29 @@ mod tests {
         for cut in 0..record.len() {
             assert!(decode_record(&record[..cut]).is_err());
         }
+        let mut two = record.clone();
+        append_section(&mut two, "u", &[EVENT, EVENT]);
+        for cut in record.len() + 1..two.len() {
+            assert!(decode_sections(&two[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn a_record_holds_a_section_per_topic_and_an_old_record_is_one() {
+        let mut record = encode_record("tp-main", &[EVENT, EVENT]);
+        assert_eq!(
+            decode_sections(&record).unwrap(),
+            vec![("tp-main", vec![EVENT.as_bytes(); 2])]
+        );
+        append_section(&mut record, "tp-security", &[EVENT]);
+        append_section::<&str>(&mut record, "tp-empty", &[]);
+        assert_eq!(
+            decode_sections(&record).unwrap(),
+            vec![
+                ("tp-main", vec![EVENT.as_bytes(); 2]),
+                ("tp-security", vec![EVENT.as_bytes()]),
+                ("tp-empty", vec![]),
+            ]
+        );
     }
 }

@@ -105,6 +105,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/v1/topics/{id}/policy",
             get(get_policy).put(set_policy).delete(delete_policy),
         )
+        .route(
+            "/v1/topics/{id}/routes",
+            get(get_routes).put(set_routes).delete(delete_routes),
+        )
         .route("/v1/topics/{id}/events", get(search_events))
         .route("/v1/topics/{id}/stats", get(topic_stats))
         .route("/v1/route", get(get_route).put(set_route))
@@ -121,9 +125,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
 const OVERSIZED_DRAIN_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What a call of the read and admin API needs, by its method. Setting or removing a topic's
-/// policy changes the topic: `update` either way, so one permission covers what the operator does.
+/// policy or routes changes the topic: `update` either way, so one permission covers what the
+/// operator does.
 fn access_for(method: &Method, path: &str) -> Access {
-    if path.ends_with("/policy") && (method == Method::PUT || method == Method::DELETE) {
+    if (path.ends_with("/policy") || path.ends_with("/routes"))
+        && (method == Method::PUT || method == Method::DELETE)
+    {
         return Access::Update;
     }
     match *method {
@@ -378,6 +385,10 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     // The topic's policy decides what of each event is kept, before the log: what it drops costs
     // no disk. What it keeps whole stays the kube-apiserver's exact bytes.
     let policy = shared.enforcement.for_topic(&topic);
+    // Each event kept is also stored, as kept, in the topics of the routes it matches, within
+    // their own retention.
+    let routes = shared.enforcement.routes_for(&topic);
+    let mut routed: Vec<(&str, Vec<usize>)> = Vec::new();
     let mut tally = super::policy::Tally::default();
     let mut items: Vec<std::borrow::Cow<'_, str>> = Vec::with_capacity(timed.len());
     let mut refused = Vec::new();
@@ -386,19 +397,40 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
             refused.push((index, refusal));
             continue;
         }
-        let Some(policy) = &policy else {
-            items.push(item.into());
-            continue;
+        let kept = match &policy {
+            None => item.into(),
+            Some(policy) => match policy.judge(item, &event, &mut tally) {
+                Enforced::Keep => item.into(),
+                Enforced::Reduce(reduced) => reduced.into(),
+                Enforced::Drop(_) => continue,
+            },
         };
-        match policy.judge(item, &event, &mut tally) {
-            Enforced::Keep => items.push(item.into()),
-            Enforced::Reduce(reduced) => items.push(reduced.into()),
-            Enforced::Drop(_) => {}
+        if let Some(routes) = &routes {
+            for target in routes.targets(&event) {
+                let retention = shared.enforcement.retention_days(target);
+                if batch::check_time(time, now, retention).is_err() {
+                    continue;
+                }
+                match routed.iter_mut().find(|(t, _)| *t == target) {
+                    Some((_, indexes)) => indexes.push(items.len()),
+                    None => routed.push((target, vec![items.len()])),
+                }
+            }
         }
+        items.push(kept);
     }
     let count = items.len() as u64;
     let accepted = |shared: &Shared| {
         tally.record(&shared.metrics);
+        for (target, indexes) in &routed {
+            shared
+                .metrics
+                .routed
+                .get_or_create(&super::metrics::TopicLabel {
+                    topic: target.to_string(),
+                })
+                .inc_by(indexes.len() as u64);
+        }
         for (_, refusal) in &refused {
             shared.metrics.refuse_event(refusal.reason());
         }
@@ -418,7 +450,12 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     if items.is_empty() {
         return accepted(&shared);
     }
-    let record = batch::encode_record(&topic, &items);
+    // One record, so one sync and one acknowledgement cover the batch and its routed copies.
+    let mut record = batch::encode_record(&topic, &items);
+    for (target, indexes) in &routed {
+        let copies: Vec<&str> = indexes.iter().map(|&i| items[i].as_ref()).collect();
+        batch::append_section(&mut record, target, &copies);
+    }
     let pending = match shared.wal.try_append(record) {
         Ok(Some(pending)) => pending,
         Ok(None) => {
@@ -722,6 +759,85 @@ async fn delete_policy(
     shared
         .store
         .edit_catalog(CatalogEdit::DeletePolicy { topic_id: id })
+        .await?;
+    shared.enforcement.refresh(&shared.store).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RoutesBody {
+    routes: Vec<RouteBody>,
+}
+
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RouteBody {
+    #[serde(default)]
+    query: String,
+    topic_id: String,
+}
+
+async fn routes_view(shared: &Shared, id: &str) -> ApiResult<Response> {
+    let catalog = shared.store.catalog().await?;
+    catalog.topic(id)?;
+    let routes = catalog
+        .routes(id)
+        .iter()
+        .map(|r| RouteBody {
+            query: r.query.clone(),
+            topic_id: r.topic_id.clone(),
+        })
+        .collect();
+    Ok(Json(RoutesBody { routes }).into_response())
+}
+
+/// A topic's routes: `{"routes":[{"query":"...","topicId":"..."}]}`, empty when it has none.
+async fn get_routes(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    routes_view(&shared, &id).await
+}
+
+/// Replaces a topic's routes. A query that does not parse (named by its index and column), a
+/// target that is no topic or is the topic itself: 400, and nothing changes. Routed on this
+/// replica before the answer.
+async fn set_routes(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let body: RoutesBody = parse_json(&body)?;
+    let routes = body
+        .routes
+        .into_iter()
+        .map(|r| clusteraudit_store::catalog::TopicRoute {
+            query: r.query,
+            topic_id: r.topic_id,
+        })
+        .collect();
+    shared
+        .store
+        .edit_catalog(CatalogEdit::SetRoutes {
+            topic_id: id.clone(),
+            routes,
+        })
+        .await?;
+    shared.enforcement.refresh(&shared.store).await;
+    routes_view(&shared, &id).await
+}
+
+async fn delete_routes(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    shared
+        .store
+        .edit_catalog(CatalogEdit::SetRoutes {
+            topic_id: id,
+            routes: Vec::new(),
+        })
         .await?;
     shared.enforcement.refresh(&shared.store).await;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -101,11 +101,13 @@ impl Indexer {
         let mut added = 0;
         let limit = self.wal.durable_end();
         while let Some((end, payload)) = self.reader.next(limit)? {
-            match batch::decode_record(&payload) {
-                Ok((topic, items)) => {
-                    let applied = self.store.apply(end, topic, &items)?;
-                    self.uncommitted += applied as u64;
-                    added += applied;
+            match batch::decode_sections(&payload) {
+                Ok(sections) => {
+                    for (topic, items) in sections {
+                        let applied = self.store.apply(end, topic, &items)?;
+                        self.uncommitted += applied as u64;
+                        added += applied;
+                    }
                 }
                 // Its checksum held, so this is no damage on disk but a record this version
                 // cannot read; the rest must not wait for it.

@@ -20,8 +20,15 @@ pub struct Rule {
     pub rule: String,
 }
 
+/// A route's topic: bounded by the routes of the catalog (16 per topic).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabel {
+    pub topic: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    pub routed: Family<TopicLabel, Counter>,
     pub policy_dropped: Family<Rule, Counter>,
     pub policy_reduced: Family<Rule, Counter>,
     pub events_received: Counter,
@@ -69,6 +76,12 @@ impl Metrics {
         let index_failures = Counter::default();
         let policy_dropped = Family::<Rule, Counter>::default();
         let policy_reduced = Family::<Rule, Counter>::default();
+        let routed = Family::<TopicLabel, Counter>::default();
+        registry.register(
+            "routed_events",
+            "Events of accepted batches also stored in a route's topic, by that topic (an event routed there by two routes counts once)",
+            routed.clone(),
+        );
         registry.register(
             "policy_events_dropped",
             "Events of accepted batches not stored because the topic's policy does not record them, by rule (its index, none when no rule matched, policy-omitted-stage)",
@@ -160,6 +173,7 @@ impl Metrics {
             index_failures.clone(),
         );
         Metrics {
+            routed,
             policy_dropped,
             policy_reduced,
             wal_damaged,

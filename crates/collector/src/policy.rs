@@ -1,6 +1,6 @@
 //! What intake takes from the catalog: each topic's policy, compiled once per change, so that an
-//! event costs one evaluation and, when it is kept as it is, no copy; and each topic's retention,
-//! for refusing events older than it.
+//! event costs one evaluation and, when it is kept as it is, no copy; each topic's routes, their
+//! queries parsed once per change; and each topic's retention, for refusing events older than it.
 //!
 //! The catalog is reread every [`POLICY_REFRESH`] in the background, never per batch (the
 //! OpenSearch catalog is a request away, and the webhook goes on while OpenSearch is down), so a
@@ -17,7 +17,8 @@ use clusteraudit_core::policy::{
     Evaluator, RequestAttributes,
     enforce::{DropReason, Enforced, OMITTED_STAGE_LABEL, enforce, rule_label},
 };
-use clusteraudit_store::{AuditStore, Catalog};
+use clusteraudit_core::query::{Query, matches, parse_matchable};
+use clusteraudit_store::{AuditStore, Catalog, catalog::TopicRoute};
 
 /// How often the catalog is reread for policies set elsewhere.
 pub const POLICY_REFRESH: Duration = Duration::from_secs(1);
@@ -109,10 +110,51 @@ impl Tally {
     }
 }
 
+/// A topic's routes, their queries parsed.
+pub struct Routes {
+    /// As in the catalog, to tell a change.
+    source: Vec<TopicRoute>,
+    routes: Vec<(Query, String)>,
+}
+
+impl Routes {
+    fn compile(source: &[TopicRoute]) -> Routes {
+        let routes = source
+            .iter()
+            .filter_map(|route| match parse_matchable(&route.query) {
+                Ok(query) => Some((query, route.topic_id.clone())),
+                // The catalog refuses such a route; one written by a later version is left out
+                // rather than routing everything.
+                Err(err) => {
+                    tracing::warn!(query = %route.query, error = %err, "skipping a route whose query does not parse");
+                    None
+                }
+            })
+            .collect();
+        Routes {
+            source: source.to_vec(),
+            routes,
+        }
+    }
+
+    /// The topics an event goes to besides its own, each once, in the order of the routes.
+    pub fn targets(&self, event: &clusteraudit_core::audit::Event) -> Vec<&str> {
+        let mut targets: Vec<&str> = Vec::new();
+        for (query, topic) in &self.routes {
+            if !targets.contains(&topic.as_str()) && matches(query, event) {
+                targets.push(topic);
+            }
+        }
+        targets
+    }
+}
+
 /// The compiled policy of each topic that has one.
 #[derive(Default)]
 pub struct Enforcement {
     by_topic: RwLock<HashMap<String, Arc<Compiled>>>,
+    /// The routes of each topic that has some.
+    routes: RwLock<HashMap<String, Arc<Routes>>>,
     /// Each topic's retention in days.
     retention: RwLock<HashMap<String, u32>>,
     /// One catalog read at a time: a periodic read that began before an edit cannot land after
@@ -124,6 +166,15 @@ impl Enforcement {
     /// The policy the topic's events are held to now, if any.
     pub fn for_topic(&self, topic: &str) -> Option<Arc<Compiled>> {
         self.by_topic
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+            .cloned()
+    }
+
+    /// The topic's routes, if it has any.
+    pub fn routes_for(&self, topic: &str) -> Option<Arc<Routes>> {
+        self.routes
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(topic)
@@ -147,6 +198,7 @@ impl Enforcement {
             .iter()
             .map(|t| (t.id.clone(), t.retention_days))
             .collect();
+        self.update_routes(catalog);
         let current = self
             .by_topic
             .read()
@@ -181,6 +233,41 @@ impl Enforcement {
             tracing::info!(%topic, "no longer enforcing a policy");
         }
         *self.by_topic.write().unwrap_or_else(|e| e.into_inner()) = next;
+    }
+
+    fn update_routes(&self, catalog: &Catalog) {
+        let current = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let unchanged = current.len() == catalog.all_routes().len()
+            && catalog.all_routes().iter().all(|r| {
+                current
+                    .get(&r.topic_id)
+                    .is_some_and(|c| c.source == r.routes)
+            });
+        if unchanged {
+            return;
+        }
+        let next: HashMap<String, Arc<Routes>> = catalog
+            .all_routes()
+            .iter()
+            .map(|r| {
+                let compiled = match current.get(&r.topic_id) {
+                    Some(c) if c.source == r.routes => c.clone(),
+                    _ => {
+                        tracing::info!(topic = %r.topic_id, routes = r.routes.len(), "routing by new routes");
+                        Arc::new(Routes::compile(&r.routes))
+                    }
+                };
+                (r.topic_id.clone(), compiled)
+            })
+            .collect();
+        for topic in current.keys().filter(|t| !next.contains_key(*t)) {
+            tracing::info!(%topic, "no longer routing");
+        }
+        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = next;
     }
 
     /// Reads the catalog once, waiting at most a few seconds (a store that does not answer
@@ -292,5 +379,85 @@ mod tests {
             .unwrap();
         enforcement.update(&catalog);
         assert!(enforcement.for_topic(&topic).is_none());
+    }
+
+    #[test]
+    fn routes_are_compiled_once_per_change_and_route_each_event_once_per_topic() {
+        let mut catalog = Catalog::default();
+        catalog
+            .apply(&CatalogEdit::Initialize, &mut SystemOrigin)
+            .unwrap();
+        let main = catalog.route().to_string();
+        let logset_id = catalog.topic(&main).unwrap().logset_id.clone();
+        let topic = |catalog: &mut Catalog, name: &str| {
+            let edit = CatalogEdit::CreateTopic {
+                logset_id: logset_id.clone(),
+                name: name.into(),
+                retention_days: 365,
+            };
+            match catalog.apply(&edit, &mut SystemOrigin).unwrap().0 {
+                clusteraudit_store::Edited::Topic { topic, .. } => topic.id,
+                other => panic!("{other:?}"),
+            }
+        };
+        let security = topic(&mut catalog, "security");
+        let deletes = topic(&mut catalog, "deletes");
+        let route = |query: &str, topic_id: &str| TopicRoute {
+            query: query.into(),
+            topic_id: topic_id.into(),
+        };
+        let routes = vec![
+            route("resource:secrets", &security),
+            route("verb:delete", &deletes),
+            route("namespace:kube-system", &security),
+        ];
+        catalog
+            .apply(
+                &CatalogEdit::SetRoutes {
+                    topic_id: main.clone(),
+                    routes,
+                },
+                &mut SystemOrigin,
+            )
+            .unwrap();
+        let enforcement = Enforcement::default();
+        assert!(enforcement.routes_for(&main).is_none());
+        enforcement.update(&catalog);
+        let first = enforcement.routes_for(&main).unwrap();
+        enforcement.update(&catalog);
+        assert!(Arc::ptr_eq(&first, &enforcement.routes_for(&main).unwrap()));
+        assert!(enforcement.routes_for(&security).is_none());
+
+        let event = |verb: &str, resource: &str, namespace: &str| -> Event {
+            serde_json::from_value(serde_json::json!({
+                "level": "Metadata", "auditID": "a", "stage": "ResponseComplete",
+                "requestURI": "/api", "verb": verb, "user": {"username": "u"},
+                "objectRef": {"resource": resource, "namespace": namespace},
+                "stageTimestamp": "2026-11-30T10:00:00Z",
+            }))
+            .unwrap()
+        };
+        assert_eq!(
+            first.targets(&event("get", "secrets", "kube-system")),
+            [security.as_str()],
+            "two routes to one topic store the event there once"
+        );
+        assert_eq!(
+            first.targets(&event("delete", "secrets", "default")),
+            [security.as_str(), deletes.as_str()]
+        );
+        assert!(first.targets(&event("get", "pods", "default")).is_empty());
+
+        catalog
+            .apply(
+                &CatalogEdit::SetRoutes {
+                    topic_id: main.clone(),
+                    routes: vec![],
+                },
+                &mut SystemOrigin,
+            )
+            .unwrap();
+        enforcement.update(&catalog);
+        assert!(enforcement.routes_for(&main).is_none());
     }
 }

@@ -235,14 +235,17 @@ impl Shipper {
 }
 
 fn add_record(job: &mut Job, payload: &[u8], end: u64) {
-    let (topic, raws) = match batch::decode_record(payload) {
+    let sections = match batch::decode_sections(payload) {
         Ok(decoded) => decoded,
         Err(err) => {
             tracing::error!(error = %err, end, "skipping a damaged log record");
             return;
         }
     };
-    for raw in raws {
+    for (topic, raw) in sections
+        .into_iter()
+        .flat_map(|(topic, raws)| raws.into_iter().map(move |raw| (topic, raw)))
+    {
         let text = String::from_utf8_lossy(raw).into_owned();
         let unstorable = |reason: String| DeadLetter {
             topic: topic.to_string(),

@@ -37,7 +37,30 @@ pub struct Catalog {
     /// Absent from catalogs written before there were any, so those still read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     policies: Vec<TopicPolicy>,
+    /// Each topic's routes, for the topics that have some.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    routes: Vec<TopicRoutes>,
 }
+
+/// Where a topic's events also go: each event stored in `topic_id` that matches a route's query
+/// is stored in the route's topic as well.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicRoutes {
+    pub topic_id: String,
+    pub routes: Vec<TopicRoute>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicRoute {
+    /// In the search language (`clusteraudit_core::query`); the empty query routes every event.
+    pub query: String,
+    pub topic_id: String,
+}
+
+/// The most routes one topic has.
+pub const MAX_ROUTES: usize = 16;
 
 /// The audit policy a topic's events are held to: each event is stored only as far as this
 /// policy records it (see `clusteraudit_core::policy::enforce`).
@@ -90,6 +113,12 @@ pub enum CatalogEdit {
     /// Stops enforcing any policy on the topic's events.
     DeletePolicy {
         topic_id: String,
+    },
+    /// Replaces the topic's routes (none: no routing). Each query must parse, and each target be
+    /// another topic of the catalog.
+    SetRoutes {
+        topic_id: String,
+        routes: Vec<TopicRoute>,
     },
 }
 
@@ -187,6 +216,19 @@ impl Catalog {
 
     pub fn policies(&self) -> &[TopicPolicy] {
         &self.policies
+    }
+
+    /// The routes of every topic that has some.
+    pub fn all_routes(&self) -> &[TopicRoutes] {
+        &self.routes
+    }
+
+    /// A topic's routes; empty when it has none.
+    pub fn routes(&self, topic_id: &str) -> &[TopicRoute] {
+        self.routes
+            .iter()
+            .find(|r| r.topic_id == topic_id)
+            .map_or(&[], |r| r.routes.as_slice())
     }
 
     /// The policy a topic enforces, if any.
@@ -302,6 +344,13 @@ impl Catalog {
                 }
                 self.topics.retain(|t| &t.id != id);
                 self.policies.retain(|p| &p.topic_id != id);
+                // Its routes go with it, and so do the routes into it: there is nowhere left to
+                // store what they match.
+                self.routes.retain(|r| &r.topic_id != id);
+                for routes in &mut self.routes {
+                    routes.routes.retain(|r| &r.topic_id != id);
+                }
+                self.routes.retain(|r| !r.routes.is_empty());
                 Edited::Done
             }
             CatalogEdit::SetRoute { topic_id } => {
@@ -336,9 +385,50 @@ impl Catalog {
                 self.policies.retain(|p| &p.topic_id != topic_id);
                 Edited::Done
             }
+            CatalogEdit::SetRoutes { topic_id, routes } => {
+                self.topic(topic_id)?;
+                self.check_routes(topic_id, routes)?;
+                self.routes.retain(|r| &r.topic_id != topic_id);
+                if !routes.is_empty() {
+                    self.routes.push(TopicRoutes {
+                        topic_id: topic_id.clone(),
+                        routes: routes.clone(),
+                    });
+                }
+                Edited::Done
+            }
         };
         let changed = !self.unchanged(&edited, &before);
         Ok((edited, changed))
+    }
+
+    fn check_routes(&self, topic_id: &str, routes: &[TopicRoute]) -> Result<(), StoreError> {
+        if routes.len() > MAX_ROUTES {
+            return Err(StoreError::Invalid(format!(
+                "{} routes; a topic has at most {MAX_ROUTES}",
+                routes.len()
+            )));
+        }
+        for (index, route) in routes.iter().enumerate() {
+            if let Err(err) = clusteraudit_core::query::parse_matchable(&route.query) {
+                return Err(StoreError::Invalid(format!(
+                    "routes[{index}].query: at column {}: {}",
+                    err.column, err.message
+                )));
+            }
+            if route.topic_id == topic_id {
+                return Err(StoreError::Invalid(format!(
+                    "routes[{index}].topicId: the route's topic is the topic itself"
+                )));
+            }
+            if self.topic(&route.topic_id).is_err() {
+                return Err(StoreError::Invalid(format!(
+                    "routes[{index}].topicId: no topic with id {:?}",
+                    route.topic_id
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn create_logset(
@@ -512,6 +602,93 @@ mod tests {
         apply(&mut catalog, CatalogEdit::SetRoute { topic_id: topic.id }).unwrap();
         apply(&mut catalog, CatalogEdit::DeleteTopic { id: route.clone() }).unwrap();
         assert!(catalog.policies().is_empty());
+    }
+
+    #[test]
+    fn routes_are_checked_whole_replaced_and_go_with_either_topic() {
+        let mut catalog = Catalog::default();
+        apply(&mut catalog, CatalogEdit::Initialize).unwrap();
+        let main = catalog.route().to_string();
+        let logset_id = catalog.topic(&main).unwrap().logset_id.clone();
+        // One origin for both, so that their ids differ.
+        let mut origin = Counter(500);
+        let mut topic = |catalog: &mut Catalog, name: &str| {
+            let edit = CatalogEdit::CreateTopic {
+                logset_id: logset_id.clone(),
+                name: name.into(),
+                retention_days: 365,
+            };
+            let (Edited::Topic { topic, .. }, _) = catalog.apply(&edit, &mut origin).unwrap()
+            else {
+                panic!("a topic")
+            };
+            topic.id
+        };
+        let security = topic(&mut catalog, "security");
+        let deletes = topic(&mut catalog, "deletes");
+        let route = |query: &str, topic_id: &str| TopicRoute {
+            query: query.into(),
+            topic_id: topic_id.into(),
+        };
+        let set = |catalog: &mut Catalog, routes: Vec<TopicRoute>| {
+            apply(
+                catalog,
+                CatalogEdit::SetRoutes {
+                    topic_id: main.clone(),
+                    routes,
+                },
+            )
+        };
+        // A catalog written before there were routes reads, and writes the same way back.
+        assert!(!serde_json::to_string(&catalog).unwrap().contains("routes"));
+        let wanted = vec![
+            route("resource:secrets", &security),
+            route("verb:delete", &deletes),
+        ];
+        assert!(set(&mut catalog, wanted.clone()).unwrap().1);
+        assert_eq!(catalog.routes(&main), wanted.as_slice());
+        assert!(!set(&mut catalog, wanted.clone()).unwrap().1);
+        let read: Catalog =
+            serde_json::from_str(&serde_json::to_string(&catalog).unwrap()).unwrap();
+        assert_eq!(read, catalog);
+
+        let before = catalog.clone();
+        for (routes, refused) in [
+            (
+                vec![route("verb:get", &security), route("verb:", &deletes)],
+                "routes[1].query: at column 6",
+            ),
+            (
+                vec![route("verb:get", &main)],
+                "routes[0].topicId: the route's topic is the topic itself",
+            ),
+            (vec![route("", "tp-missing")], "routes[0].topicId: no topic"),
+            (vec![route("auditID:a*", &security)], "routes[0].query"),
+            (vec![route("", &security); MAX_ROUTES + 1], "17 routes"),
+        ] {
+            let err = set(&mut catalog, routes).unwrap_err();
+            assert!(err.to_string().contains(refused), "{err}");
+            assert_eq!(catalog, before);
+        }
+        assert!(matches!(
+            apply(
+                &mut catalog,
+                CatalogEdit::SetRoutes {
+                    topic_id: "tp-missing".into(),
+                    routes: vec![]
+                }
+            )
+            .unwrap_err(),
+            StoreError::TopicNotFound(_)
+        ));
+
+        apply(&mut catalog, CatalogEdit::DeleteTopic { id: deletes }).unwrap();
+        assert_eq!(catalog.routes(&main), &wanted[..1]);
+        set(&mut catalog, vec![]).unwrap();
+        assert!(catalog.all_routes().is_empty());
+        set(&mut catalog, wanted[..1].to_vec()).unwrap();
+        apply(&mut catalog, CatalogEdit::DeleteTopic { id: security }).unwrap();
+        assert!(catalog.all_routes().is_empty());
     }
 
     #[test]
