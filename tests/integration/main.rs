@@ -24,5 +24,4 @@ mod operator_rollout;
 mod operator_sink;
 mod policy_apiserver;
 mod policy_compare;
-mod restart_economy;
 mod ui_browser;
