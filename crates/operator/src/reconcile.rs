@@ -439,6 +439,7 @@ fn validate(spec: &ClusterAuditSpec) -> Result<Rendered, String> {
             .to_duration()
             .map_err(|err| format!("{field}: {err}"))?;
     }
+    crate::sink::check_routes(&spec.sink)?;
     clusteraudit_core::policy::render(&spec.policy).map_err(|err| err.to_string())
 }
 

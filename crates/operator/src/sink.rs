@@ -7,7 +7,9 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use clusteraudit_core::api::{CreatedBySink, LogsetRef, SinkSpec, SinkStatus, TopicRef};
+use clusteraudit_core::api::{
+    CreatedBySink, LogsetRef, RouteStatus, SinkSpec, SinkStatus, TopicRef,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -146,6 +148,9 @@ impl SinkClient {
                         previous_created && previous_id.map(String::as_str) == Some(id)
                     })
             };
+        let routes = self
+            .ensure_routes(&logset_id, &topic_id, spec, previous)
+            .await?;
         Ok(SinkStatus {
             created: CreatedBySink {
                 logset: remembered(&logset_id, created_logset, |p| {
@@ -157,8 +162,60 @@ impl SinkClient {
             },
             logset_id: Some(logset_id),
             topic_id: Some(topic_id),
-            routes: Vec::new(),
+            routes,
         })
+    }
+
+    /// Makes each route's topic exist in the logset (created or adopted like the main topic),
+    /// then has the collector route the main topic's events by the spec's routes, unless it
+    /// already does. A route's topic stays created across reconciles as the main topic does.
+    async fn ensure_routes(
+        &self,
+        logset_id: &str,
+        topic_id: &str,
+        spec: &SinkSpec,
+        previous: Option<&SinkStatus>,
+    ) -> Result<Vec<RouteStatus>, SinkError> {
+        let mut routes: Vec<RouteStatus> = Vec::with_capacity(spec.routes.len());
+        for (index, route) in spec.routes.iter().enumerate() {
+            let (id, created_now) = self.ensure_topic(logset_id, &route.topic).await?;
+            if id == topic_id {
+                return Err(SinkError::Refused {
+                    what: "routing".into(),
+                    status: 400,
+                    message: format!(
+                        "spec.sink.routes[{index}].topic is the sink's own topic {id:?}"
+                    ),
+                });
+            }
+            // Two routes may share a topic: created by the first, found by the second.
+            let created = created_now
+                || routes.iter().any(|r| r.topic_id == id && r.created)
+                || previous.is_some_and(|p| p.routes.iter().any(|r| r.topic_id == id && r.created));
+            routes.push(RouteStatus {
+                query: route.query.clone(),
+                topic_id: id,
+                created,
+            });
+        }
+        let wanted = json!({"routes": routes
+            .iter()
+            .map(|r| json!({"query": r.query, "topicId": r.topic_id}))
+            .collect::<Vec<_>>()});
+        let path = format!("/v1/topics/{topic_id}/routes");
+        let (_, current) = self
+            .expect(Method::GET, &path, None, "reading the topic's routes")
+            .await?;
+        if current != wanted {
+            self.expect(
+                Method::PUT,
+                &path,
+                Some(wanted),
+                "setting the topic's routes",
+            )
+            .await?;
+        }
+        Ok(routes)
     }
 
     async fn ensure_logset(&self, logset: &LogsetRef) -> Result<(String, bool), SinkError> {
@@ -349,6 +406,38 @@ impl SinkClient {
 
     pub async fn delete_created(&self, status: &SinkStatus) -> Result<Deleted, SinkError> {
         let mut deleted = Deleted::default();
+        // The routes the operator set go first, then the routes' topics it created; adopted
+        // topics stay, with what they hold.
+        if !status.routes.is_empty()
+            && let Some(topic) = &status.topic_id
+        {
+            self.expect(
+                Method::DELETE,
+                &format!("/v1/topics/{topic}/routes"),
+                None,
+                "removing the topic's routes",
+            )
+            .await?;
+        }
+        let route_topics: Vec<&str> = status
+            .routes
+            .iter()
+            .filter(|r| r.created)
+            .map(|r| r.topic_id.as_str())
+            .collect();
+        for topic in route_topics {
+            if deleted.route_topics.iter().any(|t| t == topic) {
+                continue;
+            }
+            self.expect(
+                Method::DELETE,
+                &format!("/v1/topics/{topic}"),
+                None,
+                "deleting a route's topic",
+            )
+            .await?;
+            deleted.route_topics.push(topic.to_string());
+        }
         if status.created.topic
             && let Some(topic) = &status.topic_id
         {
@@ -405,24 +494,60 @@ impl SinkClient {
 pub struct Deleted {
     pub topic: bool,
     pub logset: bool,
+    /// The ids of the routes' topics deleted.
+    pub route_topics: Vec<String>,
     /// Why a logset the operator created stays.
     pub logset_kept: Option<String>,
 }
 
 impl std::fmt::Display for Deleted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let what = match (self.topic, self.logset) {
-            (true, true) => "deleted the topic and the logset the operator had created",
-            (true, false) => "deleted the topic the operator had created",
-            (false, true) => "deleted the logset the operator had created",
-            (false, false) => "deleted nothing",
-        };
-        f.write_str(what)?;
+        let mut parts = Vec::new();
+        if self.topic {
+            parts.push("the topic".to_string());
+        }
+        match self.route_topics.len() {
+            0 => {}
+            1 => parts.push("a route's topic".to_string()),
+            n => parts.push(format!("{n} routes' topics")),
+        }
+        if self.logset {
+            parts.push("the logset".to_string());
+        }
+        match parts.as_slice() {
+            [] => f.write_str("deleted nothing")?,
+            [one] => write!(f, "deleted {one} the operator had created")?,
+            [rest @ .., last] => write!(
+                f,
+                "deleted {} and {last} the operator had created",
+                rest.join(", ")
+            )?,
+        }
         if let Some(reason) = &self.logset_kept {
             write!(f, "; kept its logset: {reason}")?;
         }
         Ok(())
     }
+}
+
+/// What the API server's schema cannot check of `spec.sink.routes`: each query parses (the field
+/// and the column named), and no route's topic is the sink's own topic.
+pub fn check_routes(sink: &SinkSpec) -> Result<(), String> {
+    for (index, route) in sink.routes.iter().enumerate() {
+        if let Err(err) = clusteraudit_core::query::parse_matchable(&route.query) {
+            return Err(format!(
+                "spec.sink.routes[{index}].query: at column {}: {}",
+                err.column, err.message
+            ));
+        }
+        let same = |a: &Option<String>, b: &Option<String>| a.is_some() && a == b;
+        if same(&route.topic.name, &sink.topic.name) || same(&route.topic.id, &sink.topic.id) {
+            return Err(format!(
+                "spec.sink.routes[{index}].topic: is the sink's own topic; a route stores events in another topic"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn id_of(body: &Value) -> String {
@@ -435,4 +560,56 @@ fn find_by_name(list: &Value, name: &str) -> Option<String> {
         .iter()
         .find(|item| item["name"] == name)
         .map(id_of)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_that_cannot_parse_or_routes_to_itself_is_named() {
+        let sink = |routes: serde_json::Value| -> SinkSpec {
+            serde_json::from_value(json!({"topic": {"name": "audit"}, "routes": routes})).unwrap()
+        };
+        assert_eq!(check_routes(&sink(json!([]))), Ok(()));
+        assert_eq!(
+            check_routes(&sink(json!([
+                {"query": "resource:secrets or verb:delete", "topic": {"name": "security"}},
+                {"query": "", "topic": {"id": "tp-1"}}
+            ]))),
+            Ok(())
+        );
+        assert_eq!(
+            check_routes(&sink(json!([
+                {"query": "verb:get", "topic": {"name": "security"}},
+                {"query": "resource=secrets", "topic": {"name": "security"}}
+            ]))),
+            Err("spec.sink.routes[1].query: at column 9: `=` is not an operator; write `resource:value`".into())
+        );
+        let itself = check_routes(&sink(json!([{"query": "", "topic": {"name": "audit"}}])));
+        assert!(
+            itself
+                .unwrap_err()
+                .starts_with("spec.sink.routes[0].topic: is the sink's own topic")
+        );
+    }
+
+    #[test]
+    fn what_was_deleted_is_said_in_words() {
+        let mut deleted = Deleted {
+            topic: true,
+            logset: true,
+            ..Deleted::default()
+        };
+        assert_eq!(
+            deleted.to_string(),
+            "deleted the topic and the logset the operator had created"
+        );
+        deleted.route_topics = vec!["tp-1".into(), "tp-2".into()];
+        assert_eq!(
+            deleted.to_string(),
+            "deleted the topic, 2 routes' topics and the logset the operator had created"
+        );
+        assert_eq!(Deleted::default().to_string(), "deleted nothing");
+    }
 }

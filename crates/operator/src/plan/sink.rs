@@ -51,6 +51,30 @@ pub(super) fn plan(draft: &mut Draft<'_>, sink: Sink, desired_name: &str) -> Opt
                 };
                 draft.event(false, "SinkCreated", format!("created {what}"));
             }
+            // A route's topic created now, not in the last status: announced once.
+            let previous_routes = draft
+                .previous
+                .sink
+                .as_ref()
+                .map(|p| p.routes.clone())
+                .unwrap_or_default();
+            let mut announced: Vec<&str> = Vec::new();
+            for (index, route) in sink_status.routes.iter().enumerate() {
+                let known = previous_routes
+                    .iter()
+                    .any(|r| r.topic_id == route.topic_id && r.created);
+                if route.created && !known && !announced.contains(&route.topic_id.as_str()) {
+                    announced.push(&route.topic_id);
+                    draft.event(
+                        false,
+                        "SinkCreated",
+                        format!(
+                            "created topic {} for spec.sink.routes[{index}]",
+                            route.topic_id
+                        ),
+                    );
+                }
+            }
             draft.status.sink = Some(sink_status);
             None
         }
@@ -104,7 +128,7 @@ pub fn disabled_everywhere(status: &ClusterAuditStatus) -> bool {
 }
 
 fn created_any(sink: &SinkStatus) -> bool {
-    sink.created.logset || sink.created.topic
+    sink.created.logset || sink.created.topic || sink.routes.iter().any(|r| r.created)
 }
 
 /// Where the `ClusterAudit` object itself stands, before anything else is looked at.
@@ -185,6 +209,52 @@ mod tests {
                 note: "created the topic".into()
             })]
         );
+    }
+
+    #[test]
+    fn created_route_topics_are_announced_once_and_go_on_disable() {
+        use clusteraudit_core::api::RouteStatus;
+        let route = |topic: &str, created| RouteStatus {
+            query: "resource:secrets".into(),
+            topic_id: topic.into(),
+            created,
+        };
+        let mut adopted = sink_status();
+        adopted.created = CreatedBySink::default();
+        adopted.routes = vec![
+            route("tp-sec", true),
+            route("tp-sec", true),
+            route("tp-old", false),
+        ];
+        let previous = ClusterAuditStatus::default();
+        let mut draft = Draft::new(at(0), Some(1), &previous);
+        plan(&mut draft, Sink::Ready(adopted.clone()), "rev-1");
+        assert_eq!(
+            draft.actions,
+            [Action::Publish(super::super::Event {
+                warning: false,
+                reason: "SinkCreated",
+                note: "created topic tp-sec for spec.sink.routes[0]".into()
+            })]
+        );
+        let previous = draft.status.clone();
+        let mut again = Draft::new(at(10), Some(1), &previous);
+        plan(&mut again, Sink::Ready(adopted.clone()), "rev-1");
+        assert!(again.actions.is_empty());
+
+        // With only a route's topic created, deleteOnDisable still has something to delete.
+        let mut status = disabled(Some(adopted.clone()));
+        assert_eq!(
+            cleanup(&mut status, true),
+            Some(Action::DeleteSink {
+                sink: adopted.clone(),
+                announce: true
+            })
+        );
+        let mut none_created = adopted;
+        none_created.routes = vec![route("tp-old", false)];
+        let mut status = disabled(Some(none_created));
+        assert_eq!(cleanup(&mut status, true), None);
     }
 
     #[test]
