@@ -1,11 +1,12 @@
 //! The operator's side of the sink against a real collector: logsets and topics created or
 //! adopted as the spec says, retention and routing followed, clear errors for what is not there,
-//! and deleteOnDisable removing only what the operator created.
+//! and deleteOnDisable removing only what the operator created; the same for the topics of
+//! `sink.routes`, and the routes themselves set in the collector.
 
-use clusteraudit_core::api::{LogsetRef, SinkSpec, TopicRef};
+use clusteraudit_core::api::{LogsetRef, RouteSpec, RouteStatus, SinkSpec, TopicRef};
 use clusteraudit_operator::sink::{SinkClient, SinkError};
 use clusteraudit_testkit::free_port;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 async fn get(client: &reqwest::Client, url: &str) -> Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
@@ -208,4 +209,156 @@ async fn the_sink_is_created_adopted_and_cleaned_up_as_the_spec_says() {
         matches!(err, SinkError::Unreachable { .. }) && err.is_transient(),
         "{err}"
     );
+}
+
+fn route(query: &str, topic: TopicRef) -> RouteSpec {
+    RouteSpec {
+        query: query.into(),
+        topic,
+    }
+}
+
+fn named(name: &str, retention_days: Option<i32>) -> TopicRef {
+    TopicRef {
+        name: Some(name.into()),
+        retention_days,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_topics_are_created_or_adopted_and_only_created_ones_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().unwrap();
+    let collector = crate::support::start_dev_collector(
+        &dir.path().join("data"),
+        &dir.path().join("collector.log"),
+        port,
+    )
+    .await;
+    let sink = SinkClient::new(collector.http.clone(), &collector.url, None);
+    let url = |path: &str| format!("{}{path}", collector.url);
+    let first = sink.ensure(&SinkSpec::default(), None).await.unwrap();
+    let (logset_id, topic_id) = (
+        first.logset_id.clone().unwrap(),
+        first.topic_id.clone().unwrap(),
+    );
+    // An `archive` topic that was there before: adopted by name, never deleted.
+    let archive = collector
+        .http
+        .post(url(&format!("/v1/logsets/{logset_id}/topics")))
+        .json(&json!({"name": "archive", "retentionDays": 90}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let spec = SinkSpec {
+        delete_on_disable: true,
+        routes: vec![
+            route(
+                "resource:secrets or verb:delete",
+                named("security", Some(365)),
+            ),
+            route("verb:delete", named("archive", None)),
+            route("namespace:kube-system", named("security", None)),
+        ],
+        ..SinkSpec::default()
+    };
+    let status = sink.ensure(&spec, Some(&first)).await.unwrap();
+    let security = status.routes[0].topic_id.clone();
+    assert_eq!(
+        status.routes,
+        vec![
+            RouteStatus {
+                query: "resource:secrets or verb:delete".into(),
+                topic_id: security.clone(),
+                created: true
+            },
+            RouteStatus {
+                query: "verb:delete".into(),
+                topic_id: archive.clone(),
+                created: false
+            },
+            RouteStatus {
+                query: "namespace:kube-system".into(),
+                topic_id: security.clone(),
+                created: true
+            },
+        ]
+    );
+    let topic = get(&collector.http, &url(&format!("/v1/topics/{security}"))).await;
+    assert_eq!(
+        (topic["name"].as_str(), topic["retentionDays"].as_i64()),
+        (Some("security"), Some(365))
+    );
+    let routes_path = url(&format!("/v1/topics/{topic_id}/routes"));
+    let routes = get(&collector.http, &routes_path).await;
+    assert_eq!(
+        routes,
+        json!({"routes": [
+            {"query": "resource:secrets or verb:delete", "topicId": security},
+            {"query": "verb:delete", "topicId": archive},
+            {"query": "namespace:kube-system", "topicId": security},
+        ]})
+    );
+    // Reconciling again changes nothing, and remembers which route topic it created.
+    assert_eq!(sink.ensure(&spec, Some(&status)).await.unwrap(), status);
+
+    // The collector routes by them: a secrets read reaches `security`.
+    let mut secret = crate::collector_api::event(1, "alice", "get", 200);
+    secret["objectRef"]["resource"] = json!("secrets");
+    assert_eq!(collector.post_events(&[secret]).await, 200);
+    let found = collector.wait_count(&security, "resource:secrets", 1).await;
+    assert_eq!(found.len(), 1);
+
+    // A route removed from the spec stops routing; its topic stays.
+    let mut fewer = spec.clone();
+    fewer.routes.remove(1);
+    let status = sink.ensure(&fewer, Some(&status)).await.unwrap();
+    assert_eq!(status.routes.len(), 2);
+    assert!(status.routes.iter().all(|r| r.created));
+    let routes = get(&collector.http, &routes_path).await;
+    assert_eq!(routes["routes"].as_array().unwrap().len(), 2);
+    let kept = get(&collector.http, &url(&format!("/v1/topics/{archive}"))).await;
+    assert_eq!(kept["name"], "archive");
+
+    // A route to the sink's own topic, or one the collector cannot parse, is refused for good
+    // and changes nothing.
+    let mut itself = fewer.clone();
+    itself.routes[0].topic = TopicRef {
+        id: Some(topic_id.clone()),
+        ..Default::default()
+    };
+    let mut unparsable = fewer.clone();
+    unparsable.routes[1].query = "namespace:".into();
+    for (bad, message) in [
+        (itself, "spec.sink.routes[0].topic is the sink's own topic"),
+        (unparsable, "routes[1].query: at column 11"),
+    ] {
+        let err = sink.ensure(&bad, Some(&status)).await.unwrap_err();
+        assert!(err.to_string().contains(message), "{err}");
+        assert!(!err.is_transient(), "{err}");
+    }
+    assert_eq!(get(&collector.http, &routes_path).await, routes);
+
+    // deleteOnDisable: the routes go, and the route topic the operator created; the adopted
+    // `archive` stays, and so the logset it is in.
+    let deleted = sink.delete_created(&status).await.unwrap();
+    assert_eq!(deleted.route_topics, vec![security.clone()]);
+    assert!(deleted.topic && !deleted.logset && deleted.logset_kept.is_some());
+    let gone = collector
+        .http
+        .get(url(&format!("/v1/topics/{security}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+    let kept = get(&collector.http, &url(&format!("/v1/topics/{archive}"))).await;
+    assert_eq!(kept["name"], "archive");
 }
