@@ -1337,3 +1337,21 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setting_or_removing_a_topics_policy_or_routes_needs_update() {
+        for path in ["/v1/topics/tp-1/policy", "/v1/topics/tp-1/routes"] {
+            assert!(matches!(access_for(&Method::PUT, path), Access::Update));
+            assert!(matches!(access_for(&Method::DELETE, path), Access::Update));
+            assert!(matches!(access_for(&Method::GET, path), Access::Read));
+        }
+        assert!(matches!(
+            access_for(&Method::DELETE, "/v1/topics/tp-1"),
+            Access::Delete
+        ));
+    }
+}
