@@ -24,4 +24,5 @@ mod operator_rollout;
 mod operator_sink;
 mod policy_apiserver;
 mod policy_compare;
+mod restart_economy;
 mod ui_browser;

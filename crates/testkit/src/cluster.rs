@@ -35,6 +35,10 @@ pub struct ControlPlaneOptions {
     pub extra_apiserver_args: Vec<String>,
     /// How long a kube-apiserver may take to become ready.
     pub ready_timeout: Duration,
+    /// Each static-pod node's kube-apiserver also logs its audit events to a file of its own
+    /// ([`StaticPodNode::audit_log_path`]) once auditing is configured: what it sent, for
+    /// comparing with what the collector stored.
+    pub static_pod_audit_log: bool,
 }
 
 impl Default for ControlPlaneOptions {
@@ -43,7 +47,22 @@ impl Default for ControlPlaneOptions {
             direct_apiserver: true,
             extra_apiserver_args: Vec::new(),
             ready_timeout: Duration::from_secs(180),
+            static_pod_audit_log: false,
         }
+    }
+}
+
+impl StaticPodNode {
+    fn audit_log_dir_under(root: &Path) -> PathBuf {
+        root.join("var/log/kubernetes")
+    }
+
+    /// Where the kube-apiserver logs audit events with [`ControlPlaneOptions::static_pod_audit_log`].
+    pub fn audit_log_path(&self) -> Option<PathBuf> {
+        self.config
+            .audit_log_dir
+            .as_ref()
+            .map(|dir| dir.join("audit.log"))
     }
 }
 
@@ -199,6 +218,7 @@ impl ControlPlane {
             secure_port: port,
             pki_dir: self.pki_dir.clone(),
             extra_args: Vec::new(),
+            audit_log_dir: None,
         }
     }
 
@@ -218,6 +238,9 @@ impl ControlPlane {
         let port = free_port()?;
         let mut config = self.apiserver_config(port);
         config.pki_dir = node_pki;
+        if self.options.static_pod_audit_log {
+            config.audit_log_dir = Some(StaticPodNode::audit_log_dir_under(&root));
+        }
         let manifest_path = manifest_dir.join("kube-apiserver.yaml");
         let image = format!("registry.k8s.io/kube-apiserver:{}", kubernetes_version());
         write_manifest_atomically(&manifest_path, &config.kubeadm_manifest(name, &image))?;

@@ -23,6 +23,9 @@ pub struct ApiServerConfig {
     pub pki_dir: PathBuf,
     /// Extra `--flag=value` arguments, appended after the standard ones.
     pub extra_args: Vec<String>,
+    /// A directory the kube-apiserver also logs its audit events to (`audit.log`), mounted into
+    /// its pod; whatever the audit policy has it record, once one is configured.
+    pub audit_log_dir: Option<PathBuf>,
 }
 
 impl ApiServerConfig {
@@ -52,12 +55,40 @@ impl ApiServerConfig {
             "--endpoint-reconciler-type=none".to_string(),
             "--profiling=false".to_string(),
         ];
+        if let Some(dir) = &self.audit_log_dir {
+            args.push(format!(
+                "--audit-log-path={}",
+                dir.join("audit.log").display()
+            ));
+        }
         args.extend(self.extra_args.iter().cloned());
         args
     }
 
     /// A kubeadm-style static-pod manifest running this kube-apiserver.
     pub fn kubeadm_manifest(&self, node_name: &str, image: &str) -> Pod {
+        let mut mounts = Vec::new();
+        let mut volumes = Vec::new();
+        let mut mount = |name: &str, path: String, read_only: bool| {
+            mounts.push(VolumeMount {
+                name: name.into(),
+                mount_path: path.clone(),
+                read_only: Some(read_only),
+                ..Default::default()
+            });
+            volumes.push(Volume {
+                name: name.into(),
+                host_path: Some(HostPathVolumeSource {
+                    path,
+                    type_: Some("DirectoryOrCreate".into()),
+                }),
+                ..Default::default()
+            });
+        };
+        mount("k8s-certs", self.pki_dir.display().to_string(), true);
+        if let Some(dir) = &self.audit_log_dir {
+            mount("audit-log", dir.display().to_string(), false);
+        }
         let probe = |path: &str, initial_delay: i32, period: i32, failures: i32| Probe {
             http_get: Some(HTTPGetAction {
                 host: Some("127.0.0.1".into()),
@@ -74,7 +105,6 @@ impl ApiServerConfig {
         };
         let mut command = vec!["kube-apiserver".to_string()];
         command.extend(self.args());
-        let pki = self.pki_dir.display().to_string();
         Pod {
             metadata: ObjectMeta {
                 name: Some("kube-apiserver".into()),
@@ -101,22 +131,10 @@ impl ApiServerConfig {
                     liveness_probe: Some(probe("/livez", 10, 10, 8)),
                     readiness_probe: Some(probe("/readyz", 0, 1, 3)),
                     startup_probe: Some(probe("/livez", 10, 10, 24)),
-                    volume_mounts: Some(vec![VolumeMount {
-                        name: "k8s-certs".into(),
-                        mount_path: pki.clone(),
-                        read_only: Some(true),
-                        ..Default::default()
-                    }]),
+                    volume_mounts: Some(mounts),
                     ..Default::default()
                 }],
-                volumes: Some(vec![Volume {
-                    name: "k8s-certs".into(),
-                    host_path: Some(HostPathVolumeSource {
-                        path: pki,
-                        type_: Some("DirectoryOrCreate".into()),
-                    }),
-                    ..Default::default()
-                }]),
+                volumes: Some(volumes),
                 ..Default::default()
             }),
             status: None,
