@@ -184,6 +184,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
             },
         ),
         metrics: metrics.clone(),
+        last_choice: Default::default(),
         #[cfg(feature = "test-hooks")]
         test_hooks: args.enable_test_hooks,
     });

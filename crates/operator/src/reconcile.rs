@@ -32,7 +32,7 @@ use super::{
     token,
 };
 use clusteraudit_core::{
-    api::{ClusterAudit, ClusterAuditSpec, FIELD_MANAGER, SINGLETON_NAME},
+    api::{ClusterAudit, ClusterAuditSpec, Envelope, FIELD_MANAGER, SINGLETON_NAME},
     audit::Policy,
     policy::{
         Rendered,
@@ -118,8 +118,33 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// How long a change to the webhook token Secret may take to reach the collectors' volumes.
     pub token_propagation: Duration,
+    /// The last policy choice, reused while its inputs stay the same.
+    pub last_choice: LastChoice,
     #[cfg(feature = "test-hooks")]
     pub test_hooks: bool,
+}
+
+/// The last choice of what the kube-apiservers run, by its inputs (the released policy, the
+/// spec's policy hash, the envelope). `narrows` is exact but not free (0.2 s for the largest spec
+/// the API allows, in a release build), and without this every reconcile would ask it again of
+/// the same pair.
+#[derive(Default)]
+pub struct LastChoice(std::sync::Mutex<Option<(ChoiceKey, Choice)>>);
+
+type ChoiceKey = (Option<String>, String, Envelope);
+
+impl LastChoice {
+    fn get_or(&self, key: ChoiceKey, choose: impl FnOnce() -> Choice) -> Choice {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some((k, choice)) if *k == key => choice.clone(),
+            _ => {
+                let choice = choose();
+                *last = Some((key, choice.clone()));
+                choice
+            }
+        }
+    }
 }
 
 impl Context {
@@ -242,7 +267,14 @@ async fn reconcile_inner(
             let released = released
                 .as_ref()
                 .map(|(yaml, policy)| Released { yaml, policy });
-            let choice = envelope::choose(released, &rendered, spec.rollout.envelope);
+            let key = (
+                released.map(|r| r.yaml.to_string()),
+                rendered.hash.clone(),
+                spec.rollout.envelope,
+            );
+            let choice = context.last_choice.get_or(key, || {
+                envelope::choose(released, &rendered, spec.rollout.envelope)
+            });
             let policy_yaml = choice.runs(released, &rendered).yaml.to_string();
             let policy_change = match (&choice, choice.reason()) {
                 (Choice::Keep { narrowed: true }, _) => PolicyChange::Narrows,
@@ -573,6 +605,32 @@ async fn apply_finalizer(audits: &Api<ClusterAudit>, present: bool) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_policy_choice_is_made_again_only_when_its_inputs_change() {
+        let last = LastChoice::default();
+        let mut made = 0;
+        let key = |spec: &str| {
+            (
+                Some("released".to_string()),
+                spec.to_string(),
+                Envelope::Exact,
+            )
+        };
+        let keep = Choice::Keep { narrowed: true };
+        for spec in ["a", "a", "b", "b", "a"] {
+            last.get_or(key(spec), || {
+                made += 1;
+                keep.clone()
+            });
+        }
+        assert_eq!(made, 3);
+        last.get_or((None, "a".to_string(), Envelope::Wide), || {
+            made += 1;
+            keep.clone()
+        });
+        assert_eq!(made, 4);
+    }
 
     #[test]
     fn what_cel_cannot_catch_is_invalid_with_the_field_named() {
