@@ -73,6 +73,7 @@ pub(super) fn enforcement(
     change: PolicyChange,
     enforced_policy_hash: Option<String>,
 ) {
+    let change_kind = change.clone();
     let changed = draft.status.policy_hash.is_some()
         && draft.previous.policy_hash.is_some()
         && draft.status.policy_hash != draft.previous.policy_hash;
@@ -88,6 +89,25 @@ pub(super) fn enforcement(
             ),
             PolicyChange::Widens(why) => draft.event(false, "PolicyWidened", why),
         }
+    }
+    if let (PolicyChange::Narrows, Some(hash)) = (&change_kind, &draft.status.policy_hash) {
+        let revision = draft
+            .status
+            .revision
+            .as_ref()
+            .and_then(|r| r.desired.clone())
+            .unwrap_or_default();
+        let message = format!(
+            "policy {} records no more than revision {revision}, which the nodes keep: the \
+             collector narrows what they send to it, with no kube-apiserver restart",
+            &hash[..12.min(hash.len())]
+        );
+        draft.set(Observed {
+            type_: POLICY_RENDERED,
+            status: true,
+            reason: "NarrowedByCollector",
+            message,
+        });
     }
     if draft.status.policy_hash.is_none() {
         draft.status.enforced_policy_hash = None;
@@ -149,6 +169,10 @@ mod tests {
     fn a_narrowing_change_is_announced_once_and_the_enforced_hash_follows_the_collector() {
         let (status, events) = changed(PolicyChange::Narrows, Some("0123456789abcdef"));
         assert_eq!(events, ["PolicyNarrowed"]);
+        assert_eq!(
+            condition(&status, POLICY_RENDERED),
+            ("True", "NarrowedByCollector")
+        );
         assert_eq!(
             status.enforced_policy_hash.as_deref(),
             Some("0123456789abcdef")
