@@ -137,7 +137,7 @@ pub struct SinkSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteSpec {
-    /// A query in the search language, as on the page: `resource=secrets or verb=delete`. An
+    /// A query in the search language, as on the page: `resource:secrets or verb:delete`. An
     /// empty query matches every event.
     #[schemars(length(max = 1024))]
     pub query: String,
