@@ -4,8 +4,10 @@
 //! From the bottom up: `audit` (the `audit.k8s.io/v1` wire types: the policy and the events),
 //! `api` (the `ClusterAudit` resource), `policy` (profiles and rendering, the evaluator, the
 //! preview), `query` (the search language) and `rollout` (the contract between the operator and
-//! the agents: revisions, the objects that carry them, the manifest edit).
+//! the agents: revisions, the objects that carry them, the manifest edit); `alert` (alert rules
+//! over the stream of events: sliding windows per group, and what a notification says).
 
+pub mod alert;
 pub mod api;
 pub mod audit;
 pub mod policy;
