@@ -78,3 +78,24 @@ impl Binaries {
         self.path("helm")
     }
 }
+
+/// Set to a directory holding `alertmanager`, `prometheus` and `promtool` to skip
+/// `scripts/alerting.sh`.
+pub const ALERTING_BIN_DIR_ENV: &str = "CLUSTERAUDIT_ALERTING_BIN";
+
+/// The alerting binaries' directory (Alertmanager, Prometheus, promtool), building them the first
+/// time with `scripts/alerting.sh` (which reuses its cache afterwards).
+pub fn alerting_dir() -> Result<PathBuf> {
+    static LOCATED: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    let located = LOCATED.get_or_init(|| provided_dir(ALERTING_BIN_DIR_ENV, "alerting.sh"));
+    let dir = located.clone().map_err(TestkitError::AlertingUnavailable)?;
+    for name in ["alertmanager", "prometheus", "promtool"] {
+        if !dir.join(name).is_file() {
+            return Err(TestkitError::AlertingUnavailable(format!(
+                "{} is missing",
+                dir.join(name).display()
+            )));
+        }
+    }
+    Ok(dir)
+}

@@ -3,6 +3,7 @@
 //! them, and the demo. Never shipped: the tests use it as a dev-dependency, and a person runs it as
 //! `clusteraudit-dev`.
 
+pub mod alerting;
 pub mod binaries;
 pub mod cli;
 pub mod cluster;
@@ -17,6 +18,7 @@ pub mod process;
 
 use std::{path::PathBuf, time::Duration};
 
+pub use alerting::{Alertmanager, Prometheus, Promtool};
 pub use binaries::Binaries;
 pub use cluster::{ControlPlane, ControlPlaneOptions, StaticPodNode, TestUser, collector_rbac};
 pub use eventually::{TimedOut, eventually, eventually_blocking};
@@ -27,6 +29,10 @@ pub use opensearch::OpenSearch;
 pub enum TestkitError {
     #[error("the control-plane binaries are not available: {0}")]
     BinariesUnavailable(String),
+    #[error(
+        "Alertmanager and Prometheus are not available (scripts/alerting.sh builds them; or set CLUSTERAUDIT_ALERTING_BIN): {0}"
+    )]
+    AlertingUnavailable(String),
     #[error(transparent)]
     File(#[from] clusteraudit_io::FileError),
     #[error("minting certificates: {0}")]
