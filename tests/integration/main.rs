@@ -9,6 +9,7 @@ mod support;
 
 mod agent_node;
 mod agent_trust;
+mod alerting;
 mod chart;
 mod collector_api;
 mod collector_durability;

@@ -14,6 +14,7 @@ pub mod batch;
 pub mod http;
 mod indexer;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 mod shipper;
 pub mod ui;

@@ -26,8 +26,18 @@ pub struct TopicLabel {
     pub topic: String,
 }
 
+/// An alert receiver: bounded by the collector's configuration.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceiverLabel {
+    pub receiver: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    pub notifications_sent: Family<ReceiverLabel, Counter>,
+    pub notifications_failed: Family<ReceiverLabel, Counter>,
+    pub notifications_dropped: Family<ReceiverLabel, Counter>,
+    pub notification_queue_depth: Family<ReceiverLabel, Gauge>,
     pub routed: Family<TopicLabel, Counter>,
     pub policy_dropped: Family<Rule, Counter>,
     pub policy_reduced: Family<Rule, Counter>,
@@ -172,7 +182,35 @@ impl Metrics {
             "Times indexing or committing into the embedded store failed; the batches are retried from the log",
             index_failures.clone(),
         );
+        let notifications_sent = Family::<ReceiverLabel, Counter>::default();
+        let notifications_failed = Family::<ReceiverLabel, Counter>::default();
+        let notifications_dropped = Family::<ReceiverLabel, Counter>::default();
+        let notification_queue_depth = Family::<ReceiverLabel, Gauge>::default();
+        registry.register(
+            "notifications_sent",
+            "Alert notifications a receiver accepted, by receiver",
+            notifications_sent.clone(),
+        );
+        registry.register(
+            "notifications_failed",
+            "Attempts to send alert notifications that failed (no answer, 5xx, 429, or refused), by receiver; failed sends are retried with back-off",
+            notifications_failed.clone(),
+        );
+        registry.register(
+            "notifications_dropped",
+            "Alert notifications never sent, by receiver: the oldest when the receiver's queue was full, or refused by it (4xx)",
+            notifications_dropped.clone(),
+        );
+        registry.register(
+            "notification_queue_depth",
+            "Alert notifications waiting for a receiver, by receiver",
+            notification_queue_depth.clone(),
+        );
         Metrics {
+            notifications_sent,
+            notifications_failed,
+            notifications_dropped,
+            notification_queue_depth,
             routed,
             policy_dropped,
             policy_reduced,
