@@ -18,6 +18,9 @@
 //! collector dies, its alerts therefore resolve by themselves a few minutes later instead of firing
 //! forever.
 //!
+//! Receivers come from [`NotifyArgs`] (`--alertmanager-url`, `--alert-webhook-url`, repeatable,
+//! with a CA bundle and a bearer token file for https receivers) or [`NotifierOptions`] directly.
+//!
 //! Metrics (the collector's registry), by `receiver`: `notifications_sent_total`,
 //! `notifications_failed_total` (send attempts that failed), `notifications_dropped_total` and
 //! `notification_queue_depth`.
@@ -94,6 +97,58 @@ impl ReceiverConfig {
         match self.kind {
             ReceiverKind::Alertmanager => format!("{}/api/v2/alerts", self.url),
             ReceiverKind::Webhook => self.url.clone(),
+        }
+    }
+}
+
+/// The collector's flags for its alert receivers: every receiver gets every alert.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NotifyArgs {
+    /// An Alertmanager to send alerts to (its base URL, `POST /api/v2/alerts` is appended);
+    /// repeatable, e.g. once per replica of an Alertmanager cluster, as Prometheus does.
+    #[arg(long = "alertmanager-url")]
+    pub alertmanager_urls: Vec<String>,
+    /// A URL to POST alerts to as JSON (`{"alerts": [...]}`, each alert as Alertmanager takes it);
+    /// repeatable.
+    #[arg(long = "alert-webhook-url")]
+    pub webhook_urls: Vec<String>,
+    /// CA bundle (PEM) the https receivers' certificates are checked against, beside the
+    /// system's roots.
+    #[arg(long = "alert-receiver-ca-file")]
+    pub ca_file: Option<PathBuf>,
+    /// File holding a bearer token for the receivers; read before each request.
+    #[arg(long = "alert-receiver-bearer-token-file")]
+    pub bearer_token_file: Option<PathBuf>,
+    /// How often a firing alert is sent again; it ends by itself four intervals after the last.
+    #[arg(long = "alert-resend-interval", default_value = "1m")]
+    pub resend_interval: humantime::Duration,
+    /// Notifications each receiver's queue holds while it is slow or down (the oldest go first).
+    #[arg(long = "alert-queue-capacity", default_value_t = 1000)]
+    pub queue_capacity: usize,
+}
+
+impl NotifyArgs {
+    pub fn options(&self) -> NotifierOptions {
+        let configure = |mut receiver: ReceiverConfig| {
+            receiver.ca_file = self.ca_file.clone();
+            receiver.bearer_token_file = self.bearer_token_file.clone();
+            receiver
+        };
+        let receivers = self
+            .alertmanager_urls
+            .iter()
+            .map(|url| configure(ReceiverConfig::alertmanager(url)))
+            .chain(
+                self.webhook_urls
+                    .iter()
+                    .map(|url| configure(ReceiverConfig::webhook(url))),
+            )
+            .collect();
+        NotifierOptions {
+            receivers,
+            resend_interval: self.resend_interval.into(),
+            queue_capacity: self.queue_capacity,
+            ..NotifierOptions::default()
         }
     }
 }
@@ -715,6 +770,54 @@ mod tests {
         later.ends_at = Some(at(1000));
         assert_eq!(firing.resolve(later, at(140)).ends_at, Some(at(140)));
         assert!(firing.resend(at(190)).is_empty());
+    }
+
+    #[test]
+    fn flags_name_every_receiver_with_the_shared_ca_and_token() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            notify: NotifyArgs,
+        }
+        let cli = Cli::parse_from([
+            "collector",
+            "--alertmanager-url=https://am-0.monitoring:9093",
+            "--alertmanager-url=https://am-1.monitoring:9093",
+            "--alert-webhook-url=https://hooks.example/audit",
+            "--alert-receiver-ca-file=/etc/ca.pem",
+            "--alert-resend-interval=30s",
+        ]);
+        let options = cli.notify.options();
+        let names: Vec<(&str, ReceiverKind)> = options
+            .receivers
+            .iter()
+            .map(|r| (r.name.as_str(), r.kind))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("am-0.monitoring:9093", ReceiverKind::Alertmanager),
+                ("am-1.monitoring:9093", ReceiverKind::Alertmanager),
+                ("hooks.example", ReceiverKind::Webhook),
+            ]
+        );
+        assert!(
+            options
+                .receivers
+                .iter()
+                .all(|r| r.ca_file.as_deref() == Some(std::path::Path::new("/etc/ca.pem")))
+        );
+        assert_eq!(options.resend_interval, Duration::from_secs(30));
+        assert_eq!(options.queue_capacity, 1000);
+        // No receiver: a notifier with nothing to send to.
+        assert!(
+            Cli::parse_from(["collector"])
+                .notify
+                .options()
+                .receivers
+                .is_empty()
+        );
     }
 
     #[test]
