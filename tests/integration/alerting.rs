@@ -19,7 +19,9 @@ use clusteraudit_collector::{
 use clusteraudit_core::alert::{
     GroupAlert, GroupField, Notification, Presentation, Rule, notification,
 };
-use clusteraudit_testkit::{Alertmanager, Prometheus, Promtool, eventually, free_port};
+use clusteraudit_testkit::{
+    Alertmanager, Prometheus, Promtool, eventually, free_port, pki::CertificateAuthority,
+};
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -196,11 +198,13 @@ async fn a_fired_alert_reaches_alertmanager_is_resent_while_firing_and_is_gone_o
     assert_eq!(sample(&metrics, "notifications_dropped_total", &name), 0.0);
 }
 
-/// A webhook that answers 500 to its first `failures` requests, then 200, keeping every body.
+/// A webhook that answers 500 to its first `failures` requests, then 200, keeping every body and
+/// the `authorization` header it came with.
 struct FlakyWebhook {
     url: String,
     requests: Arc<AtomicUsize>,
     bodies: Arc<Mutex<Vec<Value>>>,
+    authorizations: Arc<Mutex<Vec<String>>>,
 }
 
 async fn flaky_webhook(failures: usize) -> FlakyWebhook {
@@ -208,18 +212,25 @@ async fn flaky_webhook(failures: usize) -> FlakyWebhook {
     let url = format!("http://{}/hooks/audit", listener.local_addr().unwrap());
     let requests = Arc::new(AtomicUsize::new(0));
     let bodies = Arc::new(Mutex::new(Vec::new()));
-    let (count, kept) = (requests.clone(), bodies.clone());
+    let authorizations = Arc::new(Mutex::new(Vec::new()));
+    let (count, kept, auth) = (requests.clone(), bodies.clone(), authorizations.clone());
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
                 return;
             };
-            let (count, kept) = (count.clone(), kept.clone());
+            let (count, kept, auth) = (count.clone(), kept.clone(), auth.clone());
             tokio::spawn(async move {
                 loop {
-                    let Some(body) = read_request(&mut stream).await else {
+                    let Some((head, body)) = read_request(&mut stream).await else {
                         return;
                     };
+                    let authorization = head
+                        .lines()
+                        .find_map(|line| line.strip_prefix("authorization:"))
+                        .map(|value| value.trim().to_string())
+                        .unwrap_or_default();
+                    auth.lock().await.push(authorization);
                     let n = count.fetch_add(1, Ordering::SeqCst);
                     let status = if n < failures {
                         "500 Internal Server Error"
@@ -243,11 +254,13 @@ async fn flaky_webhook(failures: usize) -> FlakyWebhook {
         url,
         requests,
         bodies,
+        authorizations,
     }
 }
 
-/// One HTTP/1.1 request's body (by its content-length), None once the connection ends.
-async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+/// One HTTP/1.1 request's head (lowercased) and body (by its content-length), None once the
+/// connection ends.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 8192];
     let head_end = loop {
@@ -273,7 +286,7 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
         }
         buffer.extend_from_slice(&chunk[..n]);
     }
-    Some(buffer[head_end..head_end + length].to_vec())
+    Some((head, buffer[head_end..head_end + length].to_vec()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,6 +432,119 @@ async fn failing_receivers_are_retried_counted_and_hold_up_neither_the_caller_no
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Alertmanager: scripts/test runs it"]
+async fn an_https_alertmanager_is_reached_with_the_given_ca_and_a_webhook_gets_the_current_token() {
+    let ca = CertificateAuthority::generate("clusteraudit alerting test CA").unwrap();
+    let serving = ca
+        .issue_server(
+            "alertmanager",
+            &["localhost"],
+            &["127.0.0.1".parse().unwrap()],
+        )
+        .unwrap();
+    let alertmanager = Alertmanager::start_tls(&ca.cert_pem(), &serving)
+        .await
+        .expect("Alertmanager starts with TLS");
+    assert!(alertmanager.url.starts_with("https://"));
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_file, token_file) = (dir.path().join("ca.pem"), dir.path().join("token"));
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    std::fs::write(&token_file, "first-token\n").unwrap();
+    let webhook = flaky_webhook(0).await;
+
+    let trusted = ReceiverConfig {
+        ca_file: Some(ca_file),
+        ..ReceiverConfig::alertmanager(&alertmanager.url)
+    };
+    // The same Alertmanager without its CA: the handshake fails, and is retried and counted.
+    let untrusted = ReceiverConfig {
+        name: "untrusted".into(),
+        ..ReceiverConfig::alertmanager(&alertmanager.url)
+    };
+    let hook = ReceiverConfig {
+        bearer_token_file: Some(token_file.clone()),
+        ..ReceiverConfig::webhook(&webhook.url)
+    };
+    let trusted_name = trusted.name.clone();
+    let metrics = Metrics::new();
+    let notifier = Notifier::start(
+        NotifierOptions {
+            receivers: vec![trusted, untrusted, hook],
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            ..NotifierOptions::default()
+        },
+        &metrics,
+    )
+    .unwrap();
+    notifier.fire(alert_for("mallory", 20, SystemTime::now()));
+    eventually(
+        "the https Alertmanager to hold the alert",
+        Duration::from_secs(30),
+        async || match alertmanager
+            .alert("ManyForbidden", &[("user", "mallory")])
+            .await
+        {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err("not there yet".to_string()),
+            Err(err) => Err(err),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        sample(&metrics, "notifications_failed_total", &trusted_name),
+        0.0
+    );
+    eventually(
+        "the receiver without the CA to fail again and again",
+        Duration::from_secs(30),
+        async || {
+            let failed = sample(&metrics, "notifications_failed_total", "untrusted");
+            if failed >= 2.0 { Ok(()) } else { Err(failed) }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        sample(&metrics, "notifications_sent_total", "untrusted"),
+        0.0
+    );
+
+    // The token file is read for each request: a rotated token is the one sent next.
+    eventually(
+        "the webhook to get the alert with the first token",
+        Duration::from_secs(30),
+        async || {
+            let seen = webhook.authorizations.lock().await.clone();
+            if seen.iter().any(|a| a == "bearer first-token") {
+                Ok(())
+            } else {
+                Err(seen)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    std::fs::write(&token_file, "second-token").unwrap();
+    notifier.fire(alert_for("eve", 20, SystemTime::now()));
+    eventually(
+        "the webhook to get the next alert with the rotated token",
+        Duration::from_secs(30),
+        async || {
+            let seen = webhook.authorizations.lock().await.clone();
+            if seen.last().is_some_and(|a| a == "bearer second-token") {
+                Ok(())
+            } else {
+                Err(seen)
+            }
+        },
+    )
+    .await
+    .unwrap();
 }
 
 const RULES: &str = r#"groups:

@@ -13,7 +13,7 @@ use tempfile::TempDir;
 
 use super::{
     Result, TestkitError, binaries::alerting_dir, eventually, file_error, free_port,
-    process::ManagedProcess,
+    pki::CertifiedKey, process::ManagedProcess,
 };
 
 /// Both start in well under a second on an idle machine; builds beside them load the same cores.
@@ -43,6 +43,16 @@ impl Alertmanager {
     /// Starts one with a default route to a receiver that sends nowhere, on a free loopback port,
     /// with clustering off (no gossip port), and waits until it is ready.
     pub async fn start() -> Result<Alertmanager> {
+        Self::start_with(None).await
+    }
+
+    /// [`Alertmanager::start`], serving https with `serving` (a certificate for 127.0.0.1) issued
+    /// by the CA `ca_pem`: `url` is then `https://127.0.0.1:<port>`.
+    pub async fn start_tls(ca_pem: &str, serving: &CertifiedKey) -> Result<Alertmanager> {
+        Self::start_with(Some((ca_pem, serving))).await
+    }
+
+    async fn start_with(tls: Option<(&str, &CertifiedKey)>) -> Result<Alertmanager> {
         let bin = alerting_dir()?;
         let dir = scratch("clusteraudit-alertmanager-")?;
         let config = dir.path().join("alertmanager.yml");
@@ -52,8 +62,7 @@ impl Alertmanager {
         std::fs::create_dir_all(&data)
             .map_err(file_error("creating Alertmanager's data directory", &data))?;
         let port = free_port()?;
-        let url = format!("http://127.0.0.1:{port}");
-        let args = vec![
+        let mut args = vec![
             format!("--config.file={}", config.display()),
             format!("--storage.path={}", data.display()),
             format!("--web.listen-address=127.0.0.1:{port}"),
@@ -61,13 +70,38 @@ impl Alertmanager {
             "--cluster.listen-address=".to_string(),
             "--log.level=debug".to_string(),
         ];
+        let mut http = reqwest::Client::builder();
+        let url = match tls {
+            None => format!("http://127.0.0.1:{port}"),
+            Some((ca_pem, serving)) => {
+                let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+                let web = dir.path().join("web.yml");
+                for (path, text) in [(&cert, &serving.cert_pem), (&key, &serving.key_pem)] {
+                    std::fs::write(path, text)
+                        .map_err(file_error("writing Alertmanager's certificate", path))?;
+                }
+                let web_config = serde_json::json!({"tls_server_config": {
+                    "cert_file": cert.display().to_string(),
+                    "key_file": key.display().to_string(),
+                }});
+                std::fs::write(&web, web_config.to_string())
+                    .map_err(file_error("writing Alertmanager's web configuration", &web))?;
+                args.push(format!("--web.config.file={}", web.display()));
+                clusteraudit_io::tls::install_crypto_provider();
+                let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).map_err(|err| {
+                    TestkitError::Client(format!("the CA for Alertmanager: {err}"))
+                })?;
+                http = http.add_root_certificate(ca);
+                format!("https://127.0.0.1:{port}")
+            }
+        };
         let mut process = ManagedProcess::spawn(
             "alertmanager",
             &bin.join("alertmanager"),
             &args,
             &dir.path().join("alertmanager.log"),
         )?;
-        let http = client()?;
+        let http = client(http)?;
         wait_ready(&mut process, &http, &url).await?;
         Ok(Alertmanager {
             url,
@@ -158,7 +192,7 @@ impl Prometheus {
             &args,
             &dir.path().join("prometheus.log"),
         )?;
-        let http = client()?;
+        let http = client(reqwest::Client::builder())?;
         wait_ready(&mut process, &http, &url).await?;
         Ok(Prometheus {
             url,
@@ -300,9 +334,9 @@ fn scratch(prefix: &str) -> Result<TempDir> {
         ))?)
 }
 
-fn client() -> Result<reqwest::Client> {
+fn client(builder: reqwest::ClientBuilder) -> Result<reqwest::Client> {
     clusteraudit_io::tls::install_crypto_provider();
-    reqwest::Client::builder()
+    builder
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(|err| TestkitError::Client(err.to_string()))
