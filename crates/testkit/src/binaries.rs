@@ -88,10 +88,16 @@ pub const ALERTING_BIN_DIR_ENV: &str = "CLUSTERAUDIT_ALERTING_BIN";
 pub fn alerting_dir() -> Result<PathBuf> {
     static LOCATED: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     let located = LOCATED.get_or_init(|| provided_dir(ALERTING_BIN_DIR_ENV, "alerting.sh"));
-    let dir = located.clone().map_err(TestkitError::AlertingUnavailable)?;
+    // Said in the message itself, which `expect` shows through Debug.
+    let unavailable = |reason: String| {
+        TestkitError::AlertingUnavailable(format!(
+            "{reason} (scripts/alerting.sh builds Alertmanager, Prometheus and promtool; or set {ALERTING_BIN_DIR_ENV} to a directory holding them)"
+        ))
+    };
+    let dir = located.clone().map_err(unavailable)?;
     for name in ["alertmanager", "prometheus", "promtool"] {
         if !dir.join(name).is_file() {
-            return Err(TestkitError::AlertingUnavailable(format!(
+            return Err(unavailable(format!(
                 "{} is missing",
                 dir.join(name).display()
             )));

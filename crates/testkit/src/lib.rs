@@ -29,9 +29,7 @@ pub use opensearch::OpenSearch;
 pub enum TestkitError {
     #[error("the control-plane binaries are not available: {0}")]
     BinariesUnavailable(String),
-    #[error(
-        "Alertmanager and Prometheus are not available (scripts/alerting.sh builds them; or set CLUSTERAUDIT_ALERTING_BIN): {0}"
-    )]
+    #[error("Alertmanager and Prometheus are not available: {0}")]
     AlertingUnavailable(String),
     #[error(transparent)]
     File(#[from] clusteraudit_io::FileError),
