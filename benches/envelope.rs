@@ -56,7 +56,7 @@ use clusteraudit_collector::{
 };
 use clusteraudit_core::{
     api::{PolicySpec, Profile},
-    audit::{Event, Level, ObjectReference, Stage},
+    audit::{Body, Event, Level, ObjectReference, Stage},
     policy::{
         Evaluator, RequestAttributes,
         enforce::{Enforced, enforce},
@@ -674,7 +674,8 @@ fn bodies(event: &Event, d: &mut Draws) -> (Option<Value>, Option<Value>) {
                 "update" => Some(scale.clone()),
                 "patch" => event
                     .request_object
-                    .clone()
+                    .as_ref()
+                    .map(Body::to_value)
                     .or_else(|| Some(json!({"spec": {"replicas": replicas}}))),
                 _ => None,
             };
@@ -725,17 +726,21 @@ fn bodies(event: &Event, d: &mut Draws) -> (Option<Value>, Option<Value>) {
             (Some(sent), Some(object(o, &name, d)))
         }
         ("patch", _) => {
-            let patch = event.request_object.clone().unwrap_or_else(|| {
-                if o.subresource == "status" {
-                    json!({"status": {"$setElementOrder/conditions": [{"type": "Ready"}],
+            let patch = event
+                .request_object
+                .as_ref()
+                .map(Body::to_value)
+                .unwrap_or_else(|| {
+                    if o.subresource == "status" {
+                        json!({"status": {"$setElementOrder/conditions": [{"type": "Ready"}],
                                       "conditions": [{"type": "Ready", "status": "True",
                                                       "lastHeartbeatTime": d.time(),
                                                       "lastTransitionTime": d.time()}]}})
-                } else {
-                    json!({"metadata": {"annotations": {"example.io/last-sync": d.time()},
+                    } else {
+                        json!({"metadata": {"annotations": {"example.io/last-sync": d.time()},
                                         "labels": {"example.io/revision": d.hex(8)}}})
-                }
-            });
+                    }
+                });
             (Some(patch), Some(object(o, &name, d)))
         }
         ("delete", _) => {
@@ -744,10 +749,13 @@ fn bodies(event: &Event, d: &mut Draws) -> (Option<Value>, Option<Value>) {
             } else {
                 status_success(o, &name, d)
             };
-            (event.request_object.clone(), Some(response))
+            (
+                event.request_object.as_ref().map(Body::to_value),
+                Some(response),
+            )
         }
         _ => (
-            event.request_object.clone(),
+            event.request_object.as_ref().map(Body::to_value),
             Some(status_success(o, &name, d)),
         ),
     };
@@ -787,8 +795,11 @@ fn lift(generated: Event, envelope: &Evaluator, out: &mut Vec<String>) {
     let mut complete = generated;
     complete.level = decision.level;
     complete.stage = Stage::ResponseComplete;
-    complete.request_object = request;
-    complete.response_object = response.filter(|_| decision.level == Level::RequestResponse);
+    complete.request_object = request.as_ref().map(Body::from_value);
+    complete.response_object = response
+        .filter(|_| decision.level == Level::RequestResponse)
+        .as_ref()
+        .map(Body::from_value);
     if long_running(&complete) && ok && !decision.omit_stages.contains(&Stage::ResponseStarted) {
         let mut started = complete.clone();
         started.stage = Stage::ResponseStarted;

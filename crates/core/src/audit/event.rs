@@ -34,15 +34,44 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_status: Option<ResponseStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_object: Option<Value>,
+    pub request_object: Option<Body>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response_object: Option<Value>,
+    pub response_object: Option<Body>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_received_timestamp: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage_timestamp: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<serde_json::Map<String, Value>>,
+}
+
+/// A request or response body, kept as the JSON text it came in: intake only ever needs its
+/// length and, rarely, its managed fields, and building a tree of every body would cost most of
+/// what decoding an event costs.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(transparent)]
+pub struct Body(Box<serde_json::value::RawValue>);
+
+impl Body {
+    /// The body's JSON text, as received.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    pub fn from_value(value: &Value) -> Body {
+        Body(serde_json::value::to_raw_value(value).expect("a JSON value serializes"))
+    }
+
+    /// The body as a tree, for the few that need one.
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.0.get()).expect("a body is valid JSON")
+    }
+}
+
+impl PartialEq for Body {
+    fn eq(&self, other: &Body) -> bool {
+        self.get() == other.get()
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

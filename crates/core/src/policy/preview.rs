@@ -102,11 +102,8 @@ impl Preview {
 /// The event's size at `level`: its recorded size without the bodies the level would not keep.
 /// Bodies a higher level would keep but the recording lacks are unknown (returns false).
 fn estimate_bytes(event: &Event, size: usize, level: Level) -> (u64, bool) {
-    let body_len = |body: &Option<serde_json::Value>| {
-        body.as_ref()
-            .map(|b| serde_json::to_vec(b).map_or(0, |v| v.len() + 20))
-            .unwrap_or(0)
-    };
+    let body_len =
+        |body: &Option<crate::audit::Body>| body.as_ref().map_or(0, |b| b.get().len() + 20);
     let request = body_len(&event.request_object);
     let response = body_len(&event.response_object);
     let metadata = size.saturating_sub(request + response);

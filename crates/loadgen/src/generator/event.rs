@@ -6,7 +6,9 @@ use jiff::Timestamp;
 use rand::Rng;
 use serde_json::{Map, Value, json};
 
-use clusteraudit_core::audit::{Event, Level, ObjectReference, ResponseStatus, Stage, UserInfo};
+use clusteraudit_core::audit::{
+    Body, Event, Level, ObjectReference, ResponseStatus, Stage, UserInfo,
+};
 
 use super::request::{Actor, Failure, Req};
 use super::{Draw, EventGenerator, stable_uuid};
@@ -383,7 +385,7 @@ impl EventGenerator {
 
         let (request_object, level) = match (req.request_object.take(), req.failure) {
             (Some(object), None | Some(Failure::Invalid | Failure::Conflict)) => {
-                (Some(object), req.level)
+                (Some(Body::from_value(&object)), req.level)
             }
             _ => (None, Level::Metadata),
         };
