@@ -251,11 +251,16 @@ async fn reconcile_inner(
         Ok(_) if !spec.enabled => (Desired::Off, Sink::NotChecked),
         Ok(rendered) => {
             let sink_client = context.sink_client()?;
-            let sink = match sink_client.ensure(&spec.sink, previous.sink.as_ref()).await {
+            let mut known = None;
+            let sink = match sink_client
+                .ensure_remembering(&spec.sink, previous.sink.as_ref(), &mut known)
+                .await
+            {
                 Ok(status) => Sink::Ready(status),
                 Err(err) => Sink::Failed {
                     reason: sink_reason(&err),
                     message: err.to_string(),
+                    known,
                 },
             };
             // The revision carries the released revision's policy while the spec's only narrows

@@ -7,9 +7,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use clusteraudit_core::api::{
-    CreatedBySink, LogsetRef, RouteStatus, SinkSpec, SinkStatus, TopicRef,
-};
+use clusteraudit_core::api::{LogsetRef, RouteStatus, SinkSpec, SinkStatus, TopicRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -126,8 +124,39 @@ impl SinkClient {
         spec: &SinkSpec,
         previous: Option<&SinkStatus>,
     ) -> Result<SinkStatus, SinkError> {
+        self.ensure_remembering(spec, previous, &mut None).await
+    }
+
+    /// As [`SinkClient::ensure`]; `known` holds the sink as far as it stands (what was created of
+    /// it included) as soon as each part does, so that a step failing after a creation does not
+    /// make the operator forget what it created.
+    pub async fn ensure_remembering(
+        &self,
+        spec: &SinkSpec,
+        previous: Option<&SinkStatus>,
+        known: &mut Option<SinkStatus>,
+    ) -> Result<SinkStatus, SinkError> {
+        let remembered =
+            |id: &str, created_now: bool, was: fn(&SinkStatus) -> (Option<&String>, bool)| {
+                created_now
+                    || previous.is_some_and(|p| {
+                        let (previous_id, previous_created) = was(p);
+                        previous_created && previous_id.map(String::as_str) == Some(id)
+                    })
+            };
+        let mut status = previous.cloned().unwrap_or_default();
         let (logset_id, created_logset) = self.ensure_logset(&spec.logset).await?;
+        status.created.logset = remembered(&logset_id, created_logset, |p| {
+            (p.logset_id.as_ref(), p.created.logset)
+        });
+        status.logset_id = Some(logset_id.clone());
+        *known = Some(status.clone());
         let (topic_id, created_topic) = self.ensure_topic(&logset_id, &spec.topic).await?;
+        status.created.topic = remembered(&topic_id, created_topic, |p| {
+            (p.topic_id.as_ref(), p.created.topic)
+        });
+        status.topic_id = Some(topic_id.clone());
+        *known = Some(status.clone());
         let (_, route) = self
             .expect(Method::GET, "/v1/route", None, "reading the route")
             .await?;
@@ -140,30 +169,11 @@ impl SinkClient {
             )
             .await?;
         }
-        let remembered =
-            |id: &str, created_now: bool, was: fn(&SinkStatus) -> (Option<&String>, bool)| {
-                created_now
-                    || previous.is_some_and(|p| {
-                        let (previous_id, previous_created) = was(p);
-                        previous_created && previous_id.map(String::as_str) == Some(id)
-                    })
-            };
-        let routes = self
+        status.routes = self
             .ensure_routes(&logset_id, &topic_id, spec, previous)
             .await?;
-        Ok(SinkStatus {
-            created: CreatedBySink {
-                logset: remembered(&logset_id, created_logset, |p| {
-                    (p.logset_id.as_ref(), p.created.logset)
-                }),
-                topic: remembered(&topic_id, created_topic, |p| {
-                    (p.topic_id.as_ref(), p.created.topic)
-                }),
-            },
-            logset_id: Some(logset_id),
-            topic_id: Some(topic_id),
-            routes,
-        })
+        *known = Some(status.clone());
+        Ok(status)
     }
 
     /// Makes each route's topic exist in the logset (created or adopted like the main topic),

@@ -50,9 +50,12 @@ pub enum Desired {
 pub enum Sink {
     Ready(SinkStatus),
     /// `reason` is PascalCase (LogsetNotFound, CollectorUnavailable, ...).
+    /// `known` is the sink as far as it stood, kept in status so that what the operator
+    /// created of it is not forgotten.
     Failed {
         reason: &'static str,
         message: String,
+        known: Option<SinkStatus>,
     },
     /// Auditing is off: the sink is left as it is.
     NotChecked,

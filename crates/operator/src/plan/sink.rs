@@ -78,7 +78,14 @@ pub(super) fn plan(draft: &mut Draft<'_>, sink: Sink, desired_name: &str) -> Opt
             draft.status.sink = Some(sink_status);
             None
         }
-        Sink::Failed { reason, message } => {
+        Sink::Failed {
+            reason,
+            message,
+            known,
+        } => {
+            if known.is_some() {
+                draft.status.sink = known;
+            }
             if !draft.previously(SINK_READY, reason) {
                 draft.event(true, reason, message.clone());
             }
@@ -262,6 +269,7 @@ mod tests {
         let failed = || Sink::Failed {
             reason: "CollectorUnavailable",
             message: "down".into(),
+            known: None,
         };
         let previous = ClusterAuditStatus::default();
         let mut draft = Draft::new(at(0), Some(1), &previous);
@@ -287,12 +295,41 @@ mod tests {
     }
 
     #[test]
+    fn what_was_created_before_a_later_step_failed_stays_remembered() {
+        // The logset and topic were created, then routing the webhook failed: the next
+        // reconcile finds them existing, and only the status says the operator created them.
+        let previous = ClusterAuditStatus::default();
+        let mut draft = Draft::new(at(0), Some(1), &previous);
+        let failed = Sink::Failed {
+            reason: "CollectorUnavailable",
+            message: "routing the webhook: connection refused".into(),
+            known: Some(sink_status()),
+        };
+        plan(&mut draft, failed, "rev-1");
+        assert_eq!(draft.status.sink, Some(sink_status()));
+        assert_eq!(
+            condition(&draft.status, SINK_READY),
+            ("False", "CollectorUnavailable")
+        );
+        // A failure before anything stood leaves the last status's sink as it was.
+        let mut again = Draft::new(at(10), Some(1), &draft.status);
+        let failed = Sink::Failed {
+            reason: "CollectorUnavailable",
+            message: "down".into(),
+            known: None,
+        };
+        plan(&mut again, failed, "rev-1");
+        assert_eq!(again.status.sink, Some(sink_status()));
+    }
+
+    #[test]
     fn a_missing_sink_blocks_enabling_and_says_why() {
         let unaudited = [report("a", ORIGINAL)];
         let blocked = read(plan_all(Inputs {
             sink: Sink::Failed {
                 reason: "LogsetNotFound",
                 message: "no logset with id \"ls-9\"".into(),
+                known: None,
             },
             ..inputs(
                 at(0),
