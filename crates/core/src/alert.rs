@@ -50,15 +50,10 @@ pub enum GroupField {
 }
 
 impl GroupField {
-    /// The label the alert carries the value in (a valid Prometheus label name).
+    /// The label the alert carries the value in: the search language's name of the field (each
+    /// a valid Prometheus label name).
     pub fn label(self) -> &'static str {
-        match self {
-            GroupField::User => "user",
-            GroupField::Namespace => "namespace",
-            GroupField::Resource => "resource",
-            GroupField::Verb => "verb",
-            GroupField::SourceIp => "sourceIP",
-        }
+        self.search_field().name()
     }
 
     /// The event's value, `""` when it has none (a cluster-scoped request has no namespace).
