@@ -32,8 +32,27 @@ pub struct ReceiverLabel {
     pub receiver: String,
 }
 
+/// A control-plane node that posts to the webhook: bounded by the nodes of the cluster (the
+/// webhook takes the name only from callers it authenticated).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabel {
+    pub node: String,
+}
+
+/// An alert rule: bounded by the rules the operator sets.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabel {
+    pub alertname: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    pub node_last_batch: Family<NodeLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub alerts_firing: Family<AlertLabel, Gauge>,
+    pub alert_rules: Gauge,
+    pub alerts_fired: Family<AlertLabel, Counter>,
+    pub data_disk_free_bytes: Gauge,
+    pub data_disk_size_bytes: Gauge,
     pub notifications_sent: Family<ReceiverLabel, Counter>,
     pub notifications_failed: Family<ReceiverLabel, Counter>,
     pub notifications_dropped: Family<ReceiverLabel, Counter>,
@@ -206,7 +225,50 @@ impl Metrics {
             "Alert notifications waiting for a receiver, by receiver",
             notification_queue_depth.clone(),
         );
+        let node_last_batch =
+            Family::<NodeLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let alerts_firing = Family::<AlertLabel, Gauge>::default();
+        let alert_rules = Gauge::default();
+        let alerts_fired = Family::<AlertLabel, Counter>::default();
+        let data_disk_free_bytes = Gauge::default();
+        let data_disk_size_bytes = Gauge::default();
+        registry.register(
+            "node_last_batch_timestamp_seconds",
+            "When the webhook last acknowledged a batch from a control-plane node (the `node` the agent writes into its kube-apiserver's webhook URL), as Unix time",
+            node_last_batch.clone(),
+        );
+        registry.register(
+            "alerts_firing",
+            "Groups of an alert rule firing now",
+            alerts_firing.clone(),
+        );
+        registry.register(
+            "alert_rules",
+            "Alert rules evaluated on acknowledged events",
+            alert_rules.clone(),
+        );
+        registry.register(
+            "alerts_fired",
+            "Times a group of an alert rule started firing",
+            alerts_fired.clone(),
+        );
+        registry.register(
+            "data_disk_free_bytes",
+            "Bytes free for the collector on the disk of its data directory",
+            data_disk_free_bytes.clone(),
+        );
+        registry.register(
+            "data_disk_size_bytes",
+            "Size of the disk of the collector's data directory",
+            data_disk_size_bytes.clone(),
+        );
         Metrics {
+            node_last_batch,
+            alerts_firing,
+            alert_rules,
+            alerts_fired,
+            data_disk_free_bytes,
+            data_disk_size_bytes,
             notifications_sent,
             notifications_failed,
             notifications_dropped,
