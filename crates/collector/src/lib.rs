@@ -18,6 +18,7 @@ pub mod notify;
 pub mod policy;
 mod shipper;
 pub mod ui;
+mod usage;
 pub mod wal;
 
 use std::{
@@ -266,6 +267,7 @@ pub async fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>
         },
         &metrics,
     )?;
+    usage::start(args.data_dir.clone(), &metrics);
     let drain = Arc::new(DrainProgress::default());
     let store: Arc<dyn AuditStore> = match args.store {
         StoreKind::Embedded => indexer::start(&args.data_dir, &wal, &metrics, &drain)?,

@@ -422,6 +422,7 @@ async fn execute(
                     )
                     .await
                     .map_err(kube("writing the status"))?;
+                context.metrics.record_status(&status);
             }
             plan::Action::CollectRevisions { in_use, spare } => {
                 collect_old_revisions(context, &in_use, spare).await?;
