@@ -294,6 +294,167 @@ fn group_of_change(change: &Change) -> &Group {
     }
 }
 
+/// A rule as the operator sets it on the collector and the collector keeps it in its catalog:
+/// an `AuditAlert`'s spec with its topic resolved to an id and its window in seconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleSpec {
+    pub name: String,
+    /// The topic's id; empty: the topic the webhook routes to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub topic: String,
+    #[serde(default)]
+    pub query: String,
+    pub window_seconds: u64,
+    pub threshold: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_by: Vec<GroupField>,
+    #[serde(default = "default_severity")]
+    pub severity: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_severity() -> String {
+    "warning".into()
+}
+
+/// The longest window: a group's memory is 60 counts whatever the window, but a rebuild after a
+/// restart reads the whole window back from the store.
+pub const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// The most rules the collector evaluates.
+pub const MAX_RULES: usize = 500;
+const MAX_LABELS: usize = 16;
+const MAX_TEXT: usize = 4096;
+
+/// What is wrong with a rule: the field, and why (for the query, with its column).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct RuleError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl RuleError {
+    fn new(field: &'static str, message: impl Into<String>) -> RuleError {
+        RuleError {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Prometheus' label name syntax.
+fn valid_label_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.starts_with("__")
+}
+
+impl RuleSpec {
+    /// Compiles the rule, or says which field is wrong and why.
+    pub fn compile(&self) -> Result<(Rule, Presentation), RuleError> {
+        if self.name.is_empty() || self.name.len() > 253 {
+            return Err(RuleError::new("name", "must be 1 to 253 characters"));
+        }
+        let window = Duration::from_secs(self.window_seconds);
+        if window.is_zero() || window > MAX_WINDOW {
+            return Err(RuleError::new(
+                "window",
+                format!(
+                    "{} is not between 1s and {}",
+                    humantime::format_duration(window),
+                    humantime::format_duration(MAX_WINDOW)
+                ),
+            ));
+        }
+        if self.threshold == 0 {
+            return Err(RuleError::new("threshold", "must be at least 1"));
+        }
+        let mut seen = Vec::new();
+        for field in &self.group_by {
+            if seen.contains(field) {
+                return Err(RuleError::new(
+                    "groupBy",
+                    format!("{} is named twice", field.label()),
+                ));
+            }
+            seen.push(*field);
+        }
+        if self.severity.is_empty() || self.severity.len() > 63 {
+            return Err(RuleError::new("severity", "must be 1 to 63 characters"));
+        }
+        for (field, text) in [
+            ("summary", &self.summary),
+            ("description", &self.description),
+        ] {
+            if let Some(text) = text {
+                if text.len() > MAX_TEXT {
+                    return Err(RuleError::new(
+                        field,
+                        format!("longer than {MAX_TEXT} bytes"),
+                    ));
+                }
+                check_template(text, &self.group_by)
+                    .map_err(|err| RuleError::new(field, err.to_string()))?;
+            }
+        }
+        if self.labels.len() > MAX_LABELS {
+            return Err(RuleError::new(
+                "labels",
+                format!("{} labels; at most {MAX_LABELS}", self.labels.len()),
+            ));
+        }
+        for (name, value) in &self.labels {
+            if !valid_label_name(name) {
+                return Err(RuleError::new(
+                    "labels",
+                    format!("{name:?} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*, not __...)"),
+                ));
+            }
+            let reserved = ["alertname", "severity", "topic"].contains(&name.as_str())
+                || self.group_by.iter().any(|f| f.label() == name);
+            if reserved {
+                return Err(RuleError::new(
+                    "labels",
+                    format!("{name:?} is set by the alert itself"),
+                ));
+            }
+            if value.len() > MAX_TEXT {
+                return Err(RuleError::new(
+                    "labels",
+                    format!("the value of {name:?} is longer than {MAX_TEXT} bytes"),
+                ));
+            }
+        }
+        let rule = Rule::new(
+            &self.name,
+            &self.query,
+            window,
+            self.threshold,
+            &self.group_by,
+        )
+        .map_err(|err| {
+            RuleError::new(
+                "query",
+                format!("at column {}: {}", err.column, err.message),
+            )
+        })?;
+        let presentation = Presentation {
+            severity: self.severity.clone(),
+            summary: self.summary.clone(),
+            description: self.description.clone(),
+            labels: self.labels.clone(),
+        };
+        Ok((rule, presentation))
+    }
+}
+
 /// How a rule's alerts are presented: what the people who receive them read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Presentation {
@@ -634,6 +795,60 @@ mod tests {
         assert_eq!(json["startsAt"], "2027-01-15T08:16:40Z");
         assert!(json.get("endsAt").is_none());
         assert!(json["generatorURL"].is_string());
+    }
+
+    #[test]
+    fn a_rule_spec_says_which_field_is_wrong() {
+        let good = RuleSpec {
+            name: "exec".into(),
+            query: "verb:create and resource:pods".into(),
+            window_seconds: 300,
+            threshold: 1,
+            group_by: vec![GroupField::User],
+            severity: "critical".into(),
+            summary: Some("{{user}} exec".into()),
+            labels: BTreeMap::from([("team".into(), "sec".into())]),
+            ..RuleSpec::default()
+        };
+        assert!(good.compile().is_ok());
+        let wrong = |edit: fn(&mut RuleSpec)| {
+            let mut spec = good.clone();
+            edit(&mut spec);
+            spec.compile().unwrap_err()
+        };
+        let err = wrong(|s| s.query = "verb:create and (".into());
+        assert_eq!(err.field, "query");
+        assert!(err.message.starts_with("at column "), "{err}");
+        assert_eq!(wrong(|s| s.window_seconds = 0).field, "window");
+        assert_eq!(wrong(|s| s.threshold = 0).field, "threshold");
+        assert_eq!(
+            wrong(|s| s.summary = Some("{{verb}}".into())).field,
+            "summary"
+        );
+        assert_eq!(
+            wrong(|s| {
+                s.labels.insert("user".into(), "x".into());
+            })
+            .field,
+            "labels"
+        );
+        assert_eq!(
+            wrong(|s| {
+                s.labels.insert("bad-name".into(), "x".into());
+            })
+            .field,
+            "labels"
+        );
+        assert_eq!(
+            wrong(|s| s.group_by = vec![GroupField::User, GroupField::User]).field,
+            "groupBy"
+        );
+        let json: RuleSpec = serde_json::from_value(serde_json::json!({
+            "name": "n", "windowSeconds": 60, "threshold": 2, "groupBy": ["sourceIP"]
+        }))
+        .unwrap();
+        assert_eq!(json.severity, "warning");
+        assert_eq!(json.group_by, [GroupField::SourceIp]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! embedded store keeps it in a file, OpenSearch in one document written with optimistic
 //! concurrency; both apply edits through [`Catalog::apply`], so every replica decides alike.
 
-use clusteraudit_core::audit::Policy;
+use clusteraudit_core::{alert::RuleSpec, audit::Policy};
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
@@ -40,6 +40,10 @@ pub struct Catalog {
     /// Each topic's routes, for the topics that have some.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     routes: Vec<TopicRoutes>,
+    /// The alert rules the collector evaluates on acknowledged events (the operator sets them
+    /// from the `AuditAlert` objects).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    alerts: Vec<RuleSpec>,
 }
 
 /// Where a topic's events also go: each event stored in `topic_id` that matches a route's query
@@ -119,6 +123,11 @@ pub enum CatalogEdit {
     SetRoutes {
         topic_id: String,
         routes: Vec<TopicRoute>,
+    },
+    /// Replaces the alert rules. Each must compile, names are unique, and a rule's topic (when
+    /// it names one) must exist.
+    SetAlerts {
+        rules: Vec<RuleSpec>,
     },
 }
 
@@ -229,6 +238,11 @@ impl Catalog {
             .iter()
             .find(|r| r.topic_id == topic_id)
             .map_or(&[], |r| r.routes.as_slice())
+    }
+
+    /// The alert rules, as set.
+    pub fn alerts(&self) -> &[RuleSpec] {
+        &self.alerts
     }
 
     /// The policy a topic enforces, if any.
@@ -351,6 +365,7 @@ impl Catalog {
                     routes.routes.retain(|r| &r.topic_id != id);
                 }
                 self.routes.retain(|r| !r.routes.is_empty());
+                self.alerts.retain(|r| &r.topic != id);
                 Edited::Done
             }
             CatalogEdit::SetRoute { topic_id } => {
@@ -397,9 +412,42 @@ impl Catalog {
                 }
                 Edited::Done
             }
+            CatalogEdit::SetAlerts { rules } => {
+                self.check_alerts(rules)?;
+                self.alerts = rules.clone();
+                Edited::Done
+            }
         };
         let changed = !self.unchanged(&edited, &before);
         Ok((edited, changed))
+    }
+
+    fn check_alerts(&self, rules: &[RuleSpec]) -> Result<(), StoreError> {
+        if rules.len() > clusteraudit_core::alert::MAX_RULES {
+            return Err(StoreError::Invalid(format!(
+                "{} alert rules; at most {}",
+                rules.len(),
+                clusteraudit_core::alert::MAX_RULES
+            )));
+        }
+        for (index, rule) in rules.iter().enumerate() {
+            if let Err(err) = rule.compile() {
+                return Err(StoreError::Invalid(format!(
+                    "rules[{index}] ({:?}).{err}",
+                    rule.name
+                )));
+            }
+            if rules[..index].iter().any(|r| r.name == rule.name) {
+                return Err(StoreError::Invalid(format!(
+                    "rules[{index}]: the name {:?} is used twice",
+                    rule.name
+                )));
+            }
+            if !rule.topic.is_empty() {
+                self.topic(&rule.topic)?;
+            }
+        }
+        Ok(())
     }
 
     fn check_routes(&self, topic_id: &str, routes: &[TopicRoute]) -> Result<(), StoreError> {
