@@ -5,8 +5,9 @@
 //! bearer token is checked with a TokenReview and the call with a SubjectAccessReview, so
 //! cluster RBAC decides who may read audit logs:
 //! - reading (search, stats, listing logsets and topics): `get` on `auditevents.clusteraudit.io`;
-//! - changing logsets, topics and the route: `create`, `update` or `delete` on
-//!   `topics.clusteraudit.io`.
+//! - changing logsets, topics, the route and the alert rules: `create`, `update` or `delete` on
+//!   `topics.clusteraudit.io`;
+//! - which nodes batches came from (the agent's health gate): `get` on `nodes.clusteraudit.io`.
 //!
 //! Reviews cost the kube-apiserver, and anybody can send a token: failed reviews are limited per
 //! client address (and over all clients), decisions are kept briefly in a cache of bounded size,
@@ -40,6 +41,8 @@ pub enum Access {
     Create,
     Update,
     Delete,
+    /// Which nodes batches came from (the agent's health gate).
+    Nodes,
 }
 
 impl Access {
@@ -49,6 +52,7 @@ impl Access {
             Access::Create => ("create", "topics"),
             Access::Update => ("update", "topics"),
             Access::Delete => ("delete", "topics"),
+            Access::Nodes => ("get", "nodes"),
         }
     }
 }

@@ -91,6 +91,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
     });
     Router::new()
         .route("/v1/webhook", post(webhook))
+        .route("/v1/webhook/{node}", post(webhook_from_node))
+        .route("/v1/alerts", get(get_alerts).put(set_alerts))
+        .route("/v1/nodes", get(get_nodes))
         .route("/v1/logsets", get(list_logsets).post(create_logset))
         .route("/v1/logsets/{id}", get(get_logset).delete(delete_logset))
         .route(
@@ -128,7 +131,10 @@ const OVERSIZED_DRAIN_BYTES: u64 = 64 * 1024 * 1024;
 /// policy or routes changes the topic: `update` either way, so one permission covers what the
 /// operator does.
 fn access_for(method: &Method, path: &str) -> Access {
-    if (path.ends_with("/policy") || path.ends_with("/routes"))
+    if path == "/v1/nodes" {
+        return Access::Nodes;
+    }
+    if (path.ends_with("/policy") || path.ends_with("/routes") || path == "/v1/alerts")
         && (method == Method::PUT || method == Method::DELETE)
     {
         return Access::Update;
@@ -153,7 +159,7 @@ async fn guard(State(budget): State<Arc<BodyBudget>>, request: Request, next: Ne
         // is closed after the answer.
         return next.run(request).await;
     }
-    let webhook = path == "/v1/webhook";
+    let webhook = path == "/v1/webhook" || path.starts_with("/v1/webhook/");
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -326,6 +332,35 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// Its caller is authenticated by [`guard`].
 async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    take_batch(shared, None, headers, body).await
+}
+
+/// The webhook at a node's own address: the agent writes its node's name into the webhook
+/// kubeconfig it gives the kube-apiserver, so that the collector knows where batches come from
+/// (and notices a node from which none come).
+async fn webhook_from_node(
+    State(shared): State<Arc<Shared>>,
+    Path(node): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !super::alerts::valid_node_name(&node) {
+        shared.metrics.reject("invalid");
+        return ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{node:?} is not a node name"),
+        )
+        .into_response();
+    }
+    take_batch(shared, Some(node), headers, body).await
+}
+
+async fn take_batch(
+    shared: Arc<Shared>,
+    node: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
     let json_body = headers
         .get(header::CONTENT_TYPE)
@@ -388,6 +423,10 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     // Each event kept is also stored, as kept, in the topics of the routes it matches, within
     // their own retention.
     let routes = shared.enforcement.routes_for(&topic);
+    // Matched before the append, while the events are decoded; counted once acknowledged.
+    let alert_rules = shared.alerting.rules();
+    let mut hits = Vec::new();
+    let mut targets_of_event: Vec<&str> = Vec::new();
     let mut routed: Vec<(&str, Vec<usize>)> = Vec::new();
     let mut tally = super::policy::Tally::default();
     let mut items: Vec<std::borrow::Cow<'_, str>> = Vec::with_capacity(timed.len());
@@ -405,22 +444,31 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
                 Enforced::Drop(_) => continue,
             },
         };
+        targets_of_event.clear();
         if let Some(routes) = &routes {
             for target in routes.targets(&event) {
                 let retention = shared.enforcement.retention_days(target);
                 if batch::check_time(time, now, retention).is_err() {
                     continue;
                 }
+                targets_of_event.push(target);
                 match routed.iter_mut().find(|(t, _)| *t == target) {
                     Some((_, indexes)) => indexes.push(items.len()),
                     None => routed.push((target, vec![items.len()])),
                 }
             }
         }
+        if !alert_rules.is_empty() {
+            alert_rules.observe(&topic, &targets_of_event, &event, time, &mut hits);
+        }
         items.push(kept);
     }
     let count = items.len() as u64;
-    let accepted = |shared: &Shared| {
+    let accepted = |shared: &Shared, hits| {
+        shared.alerting.record(hits);
+        if let Some(node) = &node {
+            shared.nodes.record(node, &shared.metrics);
+        }
         tally.record(&shared.metrics);
         for (target, indexes) in &routed {
             shared
@@ -448,7 +496,7 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         (StatusCode::OK, Json(json!({"refused": refused}))).into_response()
     };
     if items.is_empty() {
-        return accepted(&shared);
+        return accepted(&shared, hits);
     }
     // One record, so one sync and one acknowledgement cover the batch and its routed copies.
     let mut record = batch::encode_record(&topic, &items);
@@ -478,7 +526,7 @@ async fn webhook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
                 .metrics
                 .batch_ack_seconds
                 .observe(started.elapsed().as_secs_f64());
-            accepted(&shared)
+            accepted(&shared, hits)
         }
         Ok(Err(reason)) => {
             shared.metrics.reject("log-write");
@@ -841,6 +889,33 @@ async fn delete_routes(
         .await?;
     shared.enforcement.refresh(&shared.store).await;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn get_alerts(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.alerting.view()).into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertRules {
+    rules: Vec<clusteraudit_core::alert::RuleSpec>,
+}
+
+/// Replaces the alert rules (the operator sets them from the AuditAlert objects); they take
+/// effect at once on this replica, and on the others at their next read of the catalog.
+async fn set_alerts(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiResult<Response> {
+    let AlertRules { rules } = parse_json(&body)?;
+    let count = rules.len();
+    shared
+        .store
+        .edit_catalog(CatalogEdit::SetAlerts { rules })
+        .await?;
+    shared.alerting.refresh(&shared.store).await;
+    Ok(Json(json!({ "rules": count })).into_response())
+}
+
+async fn get_nodes(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.nodes.view()).into_response()
 }
 
 async fn get_route(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {

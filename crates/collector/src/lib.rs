@@ -9,6 +9,7 @@
 //! and a restart replays the log past what each window has committed; the OpenSearch shipper
 //! sends bulk requests and releases the log once OpenSearch acknowledged.
 
+pub mod alerts;
 pub mod auth;
 pub mod batch;
 pub mod http;
@@ -110,6 +111,9 @@ pub struct CollectorArgs {
     /// share one enum).
     #[command(flatten)]
     pub serve: Box<ServeArgs>,
+    /// Where alerts go, and what evaluating them may cost.
+    #[command(flatten)]
+    pub alerts: Box<alerts::AlertArgs>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -168,6 +172,8 @@ pub enum CollectorError {
     },
     #[error("OpenSearch: {0}")]
     OpenSearch(#[from] clusteraudit_opensearch_store::OpenSearchError),
+    #[error("alert receivers: {0}")]
+    Notify(#[from] notify::NotifyError),
     #[error("the Kubernetes client for authorization: {0}")]
     Kube(#[source] clusteraudit_io::kubeclient::KubeClientError),
 }
@@ -188,6 +194,10 @@ pub struct Shared {
     /// Each topic's policy, applied to its events before they are logged, and its retention, for
     /// refusing events older than it.
     pub enforcement: Arc<policy::Enforcement>,
+    /// The alert rules, evaluated on acknowledged events.
+    pub alerting: Arc<alerts::Alerting>,
+    /// Which control-plane nodes batches came from.
+    pub nodes: alerts::Nodes,
 }
 
 /// How far the store has taken in the log, shared by the drain (which moves it) and the webhook
@@ -293,6 +303,8 @@ pub async fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>
     let enforcement = Arc::new(policy::Enforcement::default());
     enforcement.refresh(&store).await;
     enforcement.follow(store.clone());
+    let alerting = alerts::Alerting::new(&args.alerts, &metrics)?;
+    alerting.start(store.clone());
     let retention = store.clone();
     let every = Duration::from(args.retention_interval).max(Duration::from_secs(1));
     tokio::spawn(async move {
@@ -318,5 +330,7 @@ pub async fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>
         queries: tokio::sync::Semaphore::new(http::MAX_CONCURRENT_QUERIES),
         limits: http::ServeLimits::from_args(args),
         enforcement,
+        alerting,
+        nodes: alerts::Nodes::default(),
     }))
 }

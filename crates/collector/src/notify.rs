@@ -102,7 +102,7 @@ impl ReceiverConfig {
 }
 
 /// The collector's flags for its alert receivers: every receiver gets every alert.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct NotifyArgs {
     /// An Alertmanager to send alerts to (its base URL, `POST /api/v2/alerts` is appended);
     /// repeatable, e.g. once per replica of an Alertmanager cluster, as Prometheus does.

@@ -1,0 +1,703 @@
+//! Alert rules evaluated on the stream of acknowledged events, and the nodes batches come from.
+//!
+//! The webhook matches each event it keeps against the compiled rules before the log append
+//! (the event is decoded there already), and counts the matches only once the batch is
+//! acknowledged: an alert never counts an event the kube-apiserver will send again. A task
+//! advances every rule's window once a second and hands what starts or stops firing to the
+//! notifier. The windows live in memory; when a rule appears (at start, or when it is set or
+//! changed) its window is first filled from the store, so a restart neither forgets what fired nor
+//! fires it anew.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use clap::Args;
+use clusteraudit_core::{
+    alert::{
+        Change, Group, GroupAlert, Notification, Presentation, Rule, RuleSpec, Window, notification,
+    },
+    audit::Event,
+};
+use clusteraudit_store::{AuditStore, MAX_PAGE, SearchRequest, catalog::Catalog};
+use serde_json::{Value, json};
+
+use crate::{
+    metrics::{AlertLabel, Metrics, NodeLabel},
+    notify::{Notifier, NotifyArgs},
+};
+
+#[derive(Args, Debug, Clone)]
+pub struct AlertArgs {
+    #[command(flatten)]
+    pub notify: NotifyArgs,
+    /// The address people reach the collector's page at (e.g. https://audit.example.com): an
+    /// alert's link (Alertmanager's generatorURL) opens the page's search there.
+    #[arg(long, default_value = "https://clusteraudit-collector")]
+    pub public_url: String,
+    /// Groups one rule tracks at most; events of further groups are not counted (and counted in
+    /// the logs), so a rule grouping by a value an attacker chooses cannot take the memory.
+    #[arg(long, default_value_t = 10_000)]
+    pub alert_max_groups: usize,
+}
+
+/// Events read back from the store to fill one rule's window, at most.
+const REBUILD_MAX_EVENTS: usize = 100_000;
+/// Firings kept for the page and the API.
+const RECENT: usize = 100;
+/// Nodes remembered at most: the webhook's callers are the control plane's kube-apiservers.
+const MAX_NODES: usize = 256;
+
+/// A rule as the webhook matches it.
+#[derive(Debug)]
+pub struct Compiled {
+    pub spec: RuleSpec,
+    rule: Rule,
+    presentation: Presentation,
+    /// The topic whose events it counts: the spec's, or the routed topic.
+    topic: String,
+    /// Events up to this time (micros) are counted from the store when the rule is set up;
+    /// later ones as they are acknowledged.
+    counted_from_store_until: i64,
+}
+
+/// The rules in force, as one snapshot the webhook takes per batch.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    rules: Vec<Arc<Compiled>>,
+}
+
+/// An acknowledged event a rule counts.
+pub struct Hit {
+    rule: Arc<Compiled>,
+    group: Group,
+    at_micros: i64,
+}
+
+impl RuleSet {
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The matches of an event stored in `topic` and in the `routed` topics.
+    pub fn observe(
+        &self,
+        topic: &str,
+        routed: &[&str],
+        event: &Event,
+        at_micros: i64,
+        hits: &mut Vec<Hit>,
+    ) {
+        for compiled in &self.rules {
+            if at_micros <= compiled.counted_from_store_until {
+                continue;
+            }
+            if compiled.topic != topic && !routed.contains(&compiled.topic.as_str()) {
+                continue;
+            }
+            if let Some(group) = compiled.rule.group_of(event) {
+                hits.push(Hit {
+                    rule: compiled.clone(),
+                    group,
+                    at_micros,
+                });
+            }
+        }
+    }
+}
+
+struct RuleState {
+    compiled: Arc<Compiled>,
+    window: Window,
+    /// Filled from the store before it is advanced.
+    ready: bool,
+    firing: HashMap<Group, (SystemTime, u64)>,
+    last_fired: Option<SystemTime>,
+}
+
+#[derive(Clone)]
+struct Recent {
+    rule: String,
+    group: BTreeMap<String, String>,
+    query: String,
+    topic: String,
+    count: u64,
+    fired_at: SystemTime,
+    resolved_at: Option<SystemTime>,
+}
+
+#[derive(Default)]
+struct State {
+    rules: BTreeMap<String, RuleState>,
+    recent: VecDeque<Recent>,
+}
+
+pub struct Alerting {
+    rules: RwLock<Arc<RuleSet>>,
+    state: Mutex<State>,
+    notifier: Option<Notifier>,
+    metrics: Metrics,
+    search_url: String,
+    max_groups: usize,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+fn micros_to_time(micros: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(micros.max(0) as u64)
+}
+
+fn time_text(at: SystemTime) -> String {
+    jiff::Timestamp::try_from(at)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Alerting {
+    pub fn new(
+        args: &AlertArgs,
+        metrics: &Metrics,
+    ) -> Result<Arc<Alerting>, crate::notify::NotifyError> {
+        let options = args.notify.options();
+        let notifier = if options.receivers.is_empty() {
+            None
+        } else {
+            Some(Notifier::start(options, metrics)?)
+        };
+        Ok(Arc::new(Alerting {
+            rules: RwLock::default(),
+            state: Mutex::default(),
+            notifier,
+            metrics: metrics.clone(),
+            search_url: format!("{}/ui/search", args.public_url.trim_end_matches('/')),
+            max_groups: args.alert_max_groups.max(1),
+            refreshing: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The rules in force now.
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Counts the matches of a batch the webhook acknowledged.
+    pub fn record(&self, hits: Vec<Hit>) {
+        if hits.is_empty() {
+            return;
+        }
+        let mut state = lock(&self.state);
+        for hit in hits {
+            let Some(rule) = state.rules.get_mut(&hit.rule.spec.name) else {
+                continue;
+            };
+            // A batch matched against rules replaced meanwhile counts for none of them.
+            if !Arc::ptr_eq(&rule.compiled, &hit.rule) {
+                continue;
+            }
+            rule.window
+                .count(hit.group, micros_to_time(hit.at_micros), 1);
+        }
+    }
+
+    /// Takes the catalog's rules: unchanged ones keep their windows, new or changed ones are
+    /// filled from the store first.
+    pub async fn update(self: &Arc<Self>, store: &Arc<dyn AuditStore>, catalog: &Catalog) {
+        let _refreshing = self.refreshing.lock().await;
+        let current = self.rules();
+        let unchanged = current.rules.len() == catalog.alerts().len()
+            && current.rules.iter().zip(catalog.alerts()).all(|(c, spec)| {
+                c.spec == *spec && (!spec.topic.is_empty() || c.topic == catalog.route())
+            });
+        if unchanged {
+            return;
+        }
+        let now = crate::http::now_micros();
+        let mut next = Vec::new();
+        let mut fresh = Vec::new();
+        for spec in catalog.alerts() {
+            let topic = if spec.topic.is_empty() {
+                catalog.route().to_string()
+            } else {
+                spec.topic.clone()
+            };
+            if let Some(kept) = current
+                .rules
+                .iter()
+                .find(|c| c.spec == *spec && c.topic == topic)
+            {
+                next.push(kept.clone());
+                continue;
+            }
+            // The catalog holds only rules that compile.
+            let Ok((rule, presentation)) = spec.compile() else {
+                continue;
+            };
+            let compiled = Arc::new(Compiled {
+                spec: spec.clone(),
+                rule,
+                presentation,
+                topic,
+                counted_from_store_until: now,
+            });
+            fresh.push(compiled.clone());
+            next.push(compiled);
+        }
+        {
+            let mut state = lock(&self.state);
+            let names: Vec<&str> = next.iter().map(|c| c.spec.name.as_str()).collect();
+            let gone: Vec<String> = state
+                .rules
+                .keys()
+                .filter(|name| !names.contains(&name.as_str()))
+                .cloned()
+                .collect();
+            for name in gone {
+                if let Some(rule) = state.rules.remove(&name) {
+                    self.resolve_all(&rule, SystemTime::now());
+                }
+                self.metrics
+                    .alerts_firing
+                    .remove(&AlertLabel { alertname: name });
+            }
+            for compiled in &fresh {
+                let previous = state.rules.insert(
+                    compiled.spec.name.clone(),
+                    RuleState {
+                        compiled: compiled.clone(),
+                        window: Window::new(compiled.rule.clone(), self.max_groups),
+                        ready: false,
+                        firing: HashMap::new(),
+                        last_fired: None,
+                    },
+                );
+                // A changed rule starts over: what its old version fired is resolved, and what
+                // the new one finds fires under it.
+                if let Some(previous) = previous {
+                    self.resolve_all(&previous, SystemTime::now());
+                }
+            }
+            self.metrics.alert_rules.set(next.len() as i64);
+        }
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(RuleSet { rules: next });
+        for compiled in fresh {
+            tracing::info!(rule = %compiled.spec.name, topic = %compiled.topic, "evaluating alert rule");
+            let alerting = self.clone();
+            let store = store.clone();
+            tokio::spawn(async move { alerting.fill_from_store(&store, compiled).await });
+        }
+    }
+
+    /// Counts the rule's events already in the store within its window.
+    async fn fill_from_store(&self, store: &Arc<dyn AuditStore>, compiled: Arc<Compiled>) {
+        let until = compiled.counted_from_store_until;
+        let from = until - compiled.rule.window.as_micros() as i64 - 1_000_000;
+        let mut counts: HashMap<Group, Vec<i64>> = HashMap::new();
+        let mut cursor = None;
+        let mut read = 0;
+        let mut complete = true;
+        loop {
+            let request = SearchRequest {
+                query: compiled.rule.query.clone(),
+                from,
+                to: until,
+                limit: MAX_PAGE,
+                cursor: cursor.take(),
+            };
+            let page = match tokio::time::timeout(
+                Duration::from_secs(30),
+                store.search(compiled.topic.clone(), request),
+            )
+            .await
+            {
+                Ok(Ok(page)) => page,
+                Ok(Err(err)) => {
+                    tracing::warn!(rule = %compiled.spec.name, error = %err, "reading the rule's window from the store failed; it counts from now");
+                    complete = false;
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(rule = %compiled.spec.name, "reading the rule's window from the store timed out; it counts from now");
+                    complete = false;
+                    break;
+                }
+            };
+            for raw in &page.events {
+                let Ok(event) = serde_json::from_str::<Event>(raw.get()) else {
+                    continue;
+                };
+                let (Some(at), Some(group)) = (event.time_micros(), compiled.rule.group_of(&event))
+                else {
+                    continue;
+                };
+                counts.entry(group).or_default().push(at);
+            }
+            read += page.events.len();
+            match page.cursor {
+                Some(next) if read < REBUILD_MAX_EVENTS && !page.events.is_empty() => {
+                    cursor = Some(next)
+                }
+                Some(_) => {
+                    complete = false;
+                    break;
+                }
+                None => break,
+            }
+        }
+        let mut state = lock(&self.state);
+        let Some(rule) = state.rules.get_mut(&compiled.spec.name) else {
+            return;
+        };
+        if !Arc::ptr_eq(&rule.compiled, &compiled) {
+            return;
+        }
+        for (group, times) in counts {
+            for at in times {
+                rule.window.count(group.clone(), micros_to_time(at), 1);
+            }
+        }
+        rule.ready = true;
+        tracing::info!(rule = %compiled.spec.name, events = read, complete, "alert rule's window filled from the store");
+    }
+
+    /// Advances every window to `now` and notifies what started or stopped firing.
+    pub fn advance(&self, now: SystemTime) {
+        let mut state = lock(&self.state);
+        let State { rules, recent } = &mut *state;
+        for (name, rule) in rules.iter_mut() {
+            if !rule.ready {
+                continue;
+            }
+            for change in rule.window.advance(now) {
+                match change {
+                    Change::Fired { group, count, at } => {
+                        rule.firing.insert(group.clone(), (at, count));
+                        rule.last_fired = Some(at);
+                        self.metrics
+                            .alerts_fired
+                            .get_or_create(&AlertLabel {
+                                alertname: name.clone(),
+                            })
+                            .inc();
+                        let alert = GroupAlert {
+                            group: &group,
+                            count,
+                            since: at,
+                            resolved_at: None,
+                        };
+                        let sent = self.notification(&rule.compiled, &alert);
+                        tracing::info!(rule = %name, group = ?group, count, "alert firing");
+                        recent.push_front(Recent {
+                            rule: name.clone(),
+                            group: group_labels(&rule.compiled, &group),
+                            query: sent.annotations.get("query").cloned().unwrap_or_default(),
+                            topic: rule.compiled.topic.clone(),
+                            count,
+                            fired_at: at,
+                            resolved_at: None,
+                        });
+                        recent.truncate(RECENT);
+                        if let Some(notifier) = &self.notifier {
+                            notifier.fire(sent);
+                        }
+                    }
+                    Change::Resolved { group, at } => {
+                        let (since, count) = rule.firing.remove(&group).unwrap_or((at, 0));
+                        tracing::info!(rule = %name, group = ?group, "alert resolved");
+                        let labels = group_labels(&rule.compiled, &group);
+                        if let Some(entry) = recent.iter_mut().find(|r| {
+                            r.rule == *name && r.group == labels && r.resolved_at.is_none()
+                        }) {
+                            entry.resolved_at = Some(at);
+                        }
+                        if let Some(notifier) = &self.notifier {
+                            let alert = GroupAlert {
+                                group: &group,
+                                count,
+                                since,
+                                resolved_at: Some(at),
+                            };
+                            notifier.resolve(self.notification(&rule.compiled, &alert));
+                        }
+                    }
+                }
+            }
+            self.metrics
+                .alerts_firing
+                .get_or_create(&AlertLabel {
+                    alertname: name.clone(),
+                })
+                .set(rule.firing.len() as i64);
+        }
+    }
+
+    fn notification(&self, compiled: &Compiled, alert: &GroupAlert<'_>) -> Notification {
+        notification(
+            &compiled.rule,
+            &compiled.presentation,
+            &compiled.topic,
+            alert,
+            &self.search_url,
+        )
+    }
+
+    fn resolve_all(&self, rule: &RuleState, now: SystemTime) {
+        let Some(notifier) = &self.notifier else {
+            return;
+        };
+        for (group, (since, count)) in &rule.firing {
+            let alert = GroupAlert {
+                group,
+                count: *count,
+                since: *since,
+                resolved_at: Some(now),
+            };
+            notifier.resolve(self.notification(&rule.compiled, &alert));
+        }
+    }
+
+    /// What `GET /v1/alerts` answers: the rules with their firing groups, and recent firings.
+    pub fn view(&self) -> Value {
+        let state = lock(&self.state);
+        let rules: Vec<Value> = self
+            .rules()
+            .rules
+            .iter()
+            .map(|compiled| {
+                let mut rule = serde_json::to_value(&compiled.spec).unwrap_or(Value::Null);
+                let held = state
+                    .rules
+                    .get(&compiled.spec.name)
+                    .filter(|r| Arc::ptr_eq(&r.compiled, compiled));
+                let mut firing: Vec<(&Group, &(SystemTime, u64))> =
+                    held.map(|r| r.firing.iter().collect()).unwrap_or_default();
+                firing.sort();
+                let firing: Vec<Value> = firing
+                    .into_iter()
+                    .map(|(group, (since, count))| {
+                        json!({
+                            "group": group_labels(compiled, group),
+                            "count": count,
+                            "since": time_text(*since),
+                            "query": compiled.rule.group_query(group),
+                        })
+                    })
+                    .collect();
+                if let Value::Object(map) = &mut rule {
+                    map.insert("topic".into(), compiled.topic.clone().into());
+                    map.insert("firing".into(), firing.into());
+                    map.insert(
+                        "lastFiredAt".into(),
+                        held.and_then(|r| r.last_fired).map(time_text).into(),
+                    );
+                    map.insert("ready".into(), held.is_some_and(|r| r.ready).into());
+                    map.insert(
+                        "overflowed".into(),
+                        held.map_or(0, |r| r.window.overflowed).into(),
+                    );
+                }
+                rule
+            })
+            .collect();
+        let recent: Vec<Value> = state
+            .recent
+            .iter()
+            .map(|r| {
+                json!({
+                    "rule": r.rule,
+                    "group": r.group,
+                    "topic": r.topic,
+                    "count": r.count,
+                    "query": r.query,
+                    "firedAt": time_text(r.fired_at),
+                    "resolvedAt": r.resolved_at.map(time_text),
+                })
+            })
+            .collect();
+        json!({"rules": rules, "recent": recent})
+    }
+
+    /// Follows the catalog and advances the windows, for as long as the process runs.
+    pub fn start(self: &Arc<Self>, store: Arc<dyn AuditStore>) {
+        let alerting = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                alerting.advance(SystemTime::now());
+            }
+        });
+        let alerting = self.clone();
+        tokio::spawn(async move {
+            loop {
+                alerting.refresh(&store).await;
+                tokio::time::sleep(crate::policy::POLICY_REFRESH).await;
+            }
+        });
+    }
+
+    /// Reads the catalog's rules once (a store that does not answer leaves them as they are).
+    pub async fn refresh(self: &Arc<Self>, store: &Arc<dyn AuditStore>) {
+        match tokio::time::timeout(Duration::from_secs(5), store.catalog()).await {
+            Ok(Ok(catalog)) => self.update(store, &catalog).await,
+            Ok(Err(err)) => tracing::debug!(error = %err, "rereading the alert rules failed"),
+            Err(_) => tracing::debug!("rereading the alert rules timed out"),
+        }
+    }
+}
+
+fn group_labels(compiled: &Compiled, group: &Group) -> BTreeMap<String, String> {
+    compiled
+        .rule
+        .group_by
+        .iter()
+        .zip(group)
+        .map(|(field, value)| (field.label().to_string(), value.clone()))
+        .collect()
+}
+
+/// Which control-plane nodes batches came from, and when last.
+#[derive(Default)]
+pub struct Nodes {
+    seen: Mutex<BTreeMap<String, (SystemTime, u64)>>,
+}
+
+/// A node name as Kubernetes allows it (a DNS subdomain).
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+impl Nodes {
+    /// Records an acknowledged batch from `node`.
+    pub fn record(&self, node: &str, metrics: &Metrics) {
+        let now = SystemTime::now();
+        let mut seen = lock(&self.seen);
+        if !seen.contains_key(node) && seen.len() >= MAX_NODES {
+            tracing::warn!(
+                node,
+                "more nodes post to the webhook than the collector keeps track of"
+            );
+            return;
+        }
+        let entry = seen.entry(node.to_string()).or_insert((now, 0));
+        entry.0 = now;
+        entry.1 += 1;
+        metrics
+            .node_last_batch
+            .get_or_create(&NodeLabel {
+                node: node.to_string(),
+            })
+            .set(
+                now.duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+            );
+    }
+
+    /// What `GET /v1/nodes` answers.
+    pub fn view(&self) -> Value {
+        let seen = lock(&self.seen);
+        let nodes: Vec<Value> = seen
+            .iter()
+            .map(|(name, (last, batches))| {
+                json!({"name": name, "lastBatchAt": time_text(*last), "batches": batches})
+            })
+            .collect();
+        json!({ "nodes": nodes })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(user: &str, verb: &str) -> Event {
+        serde_json::from_value(json!({
+            "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+            "auditID": "00000000-0000-0000-0000-000000000001", "stage": "ResponseComplete",
+            "requestURI": "/api/v1/namespaces/kube-system/pods/p/exec", "verb": verb,
+            "user": {"username": user}, "sourceIPs": ["10.0.0.7"],
+            "objectRef": {"resource": "pods", "namespace": "kube-system", "subresource": "exec"},
+            "responseStatus": {"code": 101},
+            "stageTimestamp": "2026-11-30T12:00:00.000000Z",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn acknowledged_matches_fire_once_and_show_in_the_view() {
+        let alerting = Alerting::new(
+            &AlertArgs {
+                notify: NotifyArgs::default(),
+                public_url: "https://audit.example".into(),
+                alert_max_groups: 10,
+            },
+            &Metrics::new(),
+        )
+        .unwrap();
+        let spec = RuleSpec {
+            name: "exec".into(),
+            query: "verb:create".into(),
+            window_seconds: 300,
+            threshold: 2,
+            group_by: vec![clusteraudit_core::alert::GroupField::User],
+            severity: "critical".into(),
+            ..RuleSpec::default()
+        };
+        let (rule, presentation) = spec.compile().unwrap();
+        let compiled = Arc::new(Compiled {
+            spec,
+            rule: rule.clone(),
+            presentation,
+            topic: "t".into(),
+            counted_from_store_until: 0,
+        });
+        *alerting.rules.write().unwrap() = Arc::new(RuleSet {
+            rules: vec![compiled.clone()],
+        });
+        lock(&alerting.state).rules.insert(
+            "exec".into(),
+            RuleState {
+                compiled: compiled.clone(),
+                window: Window::new(rule, 10),
+                ready: true,
+                firing: HashMap::new(),
+                last_fired: None,
+            },
+        );
+        let now = crate::http::now_micros();
+        let rules = alerting.rules();
+        let mut hits = Vec::new();
+        rules.observe("t", &[], &event("alice", "create"), now, &mut hits);
+        rules.observe("t", &[], &event("alice", "get"), now, &mut hits);
+        rules.observe("other", &[], &event("alice", "create"), now, &mut hits);
+        rules.observe("other", &["t"], &event("alice", "create"), now, &mut hits);
+        assert_eq!(hits.len(), 2, "the topic's and a routed copy's matches");
+        alerting.record(hits);
+        alerting.advance(SystemTime::now());
+        let view = alerting.view();
+        let firing = &view["rules"][0]["firing"];
+        assert_eq!(firing[0]["group"]["user"], "alice");
+        assert_eq!(firing[0]["count"], 2);
+        assert_eq!(view["recent"][0]["rule"], "exec");
+        alerting.advance(SystemTime::now());
+        let view = alerting.view();
+        assert_eq!(view["recent"].as_array().unwrap().len(), 1, "fires once");
+    }
+
+    #[test]
+    fn node_names_are_dns_subdomains() {
+        assert!(valid_node_name("cp-1.example"));
+        assert!(!valid_node_name("CP/1"));
+        assert!(!valid_node_name(""));
+    }
+}
