@@ -1,4 +1,4 @@
-//! The page: search and dashboard, served by the collector from files built into the binary (no
+//! The page: search, dashboard and alerts, served by the collector from files built into the binary (no
 //! CDN, no build step at run time). The assets hold no data; every number on the page comes
 //! from the read API with the signed-in person's own token.
 
@@ -48,6 +48,10 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         )
         .route(
             "/ui/dashboard",
+            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
+        )
+        .route(
+            "/ui/alerts",
             get(|| async { asset("text/html; charset=utf-8", INDEX) }),
         )
         .route(
