@@ -1,6 +1,8 @@
 // Drives Debian's Chromium (through playwright-core) against a collector holding known events:
 // a wrong token gets no data, the search finds the expected rows and keeps the query in the URL,
-// a dashboard chart opens the matching search. Screenshots of both pages go to OUT_DIR.
+// a dashboard chart has time and count axes, shows a bar's count on hover and opens the matching
+// search; the topic picker switches topics through the URL; the Alerts view lists the rules and
+// the firing group, whose link opens the search for that group. Screenshots go to OUT_DIR.
 // Run by tests/ui_browser.rs, which starts the collector and passes everything in the environment.
 import { createRequire } from "node:module";
 import assert from "node:assert/strict";
@@ -83,7 +85,39 @@ try {
   assert.equal((await page.innerText("[data-card=exec] .total")).trim(), "1");
   assert.equal((await page.innerText("[data-card=deletions] .total")).trim(), "1");
   assert.equal((await page.innerText("[data-card=rbac] .total")).trim(), "1");
+
+  // The chart's axes: times (UTC, HH:MM or a day) along the bottom, counts up the side from 0.
+  const chart = page.locator("[data-card=operations] svg");
+  const xLabels = await chart.locator(".axis.x text").allTextContents();
+  assert.ok(xLabels.length >= 3, `time ticks: ${xLabels}`);
+  for (const label of xLabels) {
+    assert.match(label, /^(\d\d:\d\d|[A-Z][a-z]{2} \d{1,2})$/, `a time tick: ${label}`);
+  }
+  const yLabels = await chart.locator(".axis.y text").allTextContents();
+  assert.equal(yLabels[0], "0", `counts start at 0: ${yLabels}`);
+  assert.ok(yLabels.length >= 2, `count ticks: ${yLabels}`);
+  assert.ok(Number(yLabels[yLabels.length - 1]) >= 1);
+  assert.match(await page.innerText("[data-card=operations] .axis-note"), /Events per 30m, UTC/);
+  // Every event is in a bar; hovering a bar shows its interval and its count.
+  const counts = (await chart.locator(".bucket").evaluateAll(
+    (bars) => bars.map((b) => Number(b.dataset.count))));
+  assert.equal(counts.reduce((a, b) => a + b, 0), 9, `bars: ${counts}`);
+  const busy = chart.locator(".bucket:not([data-count='0'])").last();
+  const busyCount = Number(await busy.getAttribute("data-count"));
+  await busy.hover();
+  const tooltip = page.locator("[data-card=operations] .tooltip");
+  await tooltip.waitFor({ state: "visible" });
+  const hovered = await tooltip.innerText();
+  assert.match(hovered, /^[A-Z][a-z]{2} \d{1,2} \d\d:\d\d–([A-Z][a-z]{2} \d{1,2} )?\d\d:\d\d UTC: (\d+) events?$/, hovered);
+  assert.equal(Number(hovered.match(/: (\d+) event/)[1]), busyCount, hovered);
   await page.screenshot({ path: `${out}/dashboard.png`, fullPage: true });
+  // That bar opens the search over its own interval, finding its events.
+  await busy.click();
+  await page.waitForURL(/\/ui\/search\?.*from=.*to=/);
+  await page.waitForFunction((n) => document.querySelectorAll("#results tbody tr").length === n
+    && document.querySelector("#status").textContent.includes("events"), busyCount);
+  await page.goBack();
+  await page.waitForSelector("#cards[data-loaded=true]");
   await page.locator("[data-card=deletions] svg").click();
   await page.waitForURL(/\/ui\/search\?q=verb%3Adelete/);
   await page.waitForSelector("#results tbody tr");
@@ -95,6 +129,69 @@ try {
   await page.waitForURL(/code%3A403/);
   await page.waitForSelector("#results tbody tr");
   assert.ok((await rows().first().innerText()).includes("mallory"));
+
+  // The topic picker lists the topics; choosing one puts it in the URL, and the views read it.
+  const secrets = env("SECRETS_TOPIC");
+  await page.click("#nav-dashboard");
+  await page.waitForSelector("#cards[data-loaded=true]");
+  assert.equal((await page.innerText("[data-card=operations] .total")).trim(), "9");
+  const topics = await page.locator("#topic option").allInnerTexts();
+  assert.ok(topics.some((t) => t.endsWith("/secrets")), `the picker: ${topics}`);
+  assert.ok(topics.some((t) => t.endsWith("(webhook)")), `the picker: ${topics}`);
+  await page.selectOption("#topic", secrets);
+  await page.waitForURL(new RegExp(`/ui/dashboard\\?.*topic=${secrets}`));
+  await page.waitForFunction(() => document.querySelector("#cards[data-loaded=true] [data-card=operations] .total")
+    ?.textContent.trim() === "3");
+  // The topic stays in the URL from view to view, and the picker says which it is.
+  await page.click("#nav-search");
+  await page.waitForURL(new RegExp(`/ui/search\\?.*topic=${secrets}`));
+  await page.waitForFunction(() => document.querySelectorAll("#results tbody tr").length === 3);
+  assert.equal(await page.inputValue("#topic"), secrets);
+  for (let i = 0; i < 3; i++) assert.ok((await rows().nth(i).innerText()).includes("secrets"));
+
+  // The Alerts view: both rules, the firing group for alice, and its link to her deletions.
+  await page.click("#nav-alerts");
+  await page.waitForURL(/\/ui\/alerts/);
+  await page.waitForSelector("#alerts-view[data-loaded=true]");
+  assert.ok(await page.locator("#topic-picker").isHidden(), "alerts span every topic");
+  const rule = await page.innerText("#rules tr[data-rule=deletions-in-shop]");
+  for (const text of ["verb:delete and namespace:shop", "≥ 1", "1h", "user", "warning", "1 firing"]) {
+    assert.ok(rule.includes(text), `the rule shows ${text}: ${rule}`);
+  }
+  const quiet = await page.innerText("#rules tr[data-rule=exec-in-kube-system]");
+  for (const text of ["critical", "5m", "no", "never"]) {
+    assert.ok(quiet.includes(text), `the quiet rule shows ${text}: ${quiet}`);
+  }
+  const group = page.locator("#firing tr[data-rule=deletions-in-shop]");
+  assert.equal(await group.count(), 1);
+  const groupText = await group.innerText();
+  assert.ok(groupText.includes("user=alice"), groupText);
+  assert.equal((await group.locator("td").nth(3).innerText()).trim(), "1");
+  const firedRow = await page.innerText("#recent tr[data-rule=deletions-in-shop]");
+  assert.ok(firedRow.includes("user=alice") && firedRow.includes("still firing"), firedRow);
+  assert.match(await page.innerText("#nav-alerts .badge"), /^1$/);
+  await page.screenshot({ path: `${out}/alerts.png`, fullPage: true });
+  // Its link: the group's query (as the API gives it) from a window (1h) before it fired.
+  const since = Date.parse(await group.locator("time").getAttribute("datetime"));
+  await group.locator("a").click();
+  await page.waitForURL(/\/ui\/search\?q=.*from=/);
+  assert.equal(await page.inputValue("#q"), env("FIRING_QUERY"));
+  const link = new URL(page.url());
+  assert.equal(Date.parse(link.searchParams.get("from")), since - 3600_000, link.search);
+  await page.waitForFunction(() => document.querySelectorAll("#results tbody tr").length === 1);
+  const deletion = await rows().first().innerText();
+  assert.ok(deletion.includes("alice") && deletion.includes("delete"), deletion);
+
+  // With no rules, the view says how to get one.
+  const cleared = await context.request.put(`${base}/v1/alerts`, {
+    headers: { Authorization: `Bearer ${env("ADMIN_TOKEN")}` },
+    data: { rules: [] },
+  });
+  assert.equal(cleared.status(), 200, await cleared.text());
+  await page.click("#nav-alerts");
+  await page.waitForSelector("#alerts-empty:not([hidden])");
+  assert.match(await page.innerText("#alerts-empty"), /No alert rules: apply an AuditAlert/);
+  assert.ok(await page.locator("#alerts-content").isHidden());
   console.log("browser checks passed");
 } finally {
   await browser.close();
