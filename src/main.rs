@@ -17,8 +17,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the ClusterAudit CustomResourceDefinition as YAML.
-    Crd,
+    /// Print a CustomResourceDefinition as YAML (crds/clusteraudit.yaml, crds/auditalert.yaml).
+    Crd {
+        #[arg(value_enum, default_value_t = CrdKind::Clusteraudit)]
+        kind: CrdKind,
+    },
     /// The audit webhook, the embedded store and the search API.
     Collector(clusteraudit_collector::CollectorArgs),
     /// Post realistic audit EventLists to a collector and report events/s and ack latency.
@@ -32,6 +35,12 @@ enum Command {
     /// Render, check and preview audit policies.
     #[command(subcommand)]
     Policy(crate::cli::policy::PolicyCommand),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CrdKind {
+    Clusteraudit,
+    Auditalert,
 }
 
 /// Runs a command's future to completion; its error goes to standard error, exit status 1.
@@ -87,8 +96,14 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
-        Command::Crd => {
-            print!("{}", clusteraudit_core::api::crd_yaml());
+        Command::Crd { kind } => {
+            print!(
+                "{}",
+                match kind {
+                    CrdKind::Clusteraudit => clusteraudit_core::api::crd_yaml(),
+                    CrdKind::Auditalert => clusteraudit_core::api::alert::crd_yaml(),
+                }
+            );
             ExitCode::SUCCESS
         }
         Command::Collector(args) => block_on(clusteraudit_collector::run(args)),

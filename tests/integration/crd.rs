@@ -19,17 +19,28 @@ const EXAMPLE: &str = include_str!("../../examples/clusteraudit.yaml");
 
 #[test]
 fn committed_crds_match_the_types() {
-    for path in [
-        "crds/clusteraudit.yaml",
-        "charts/clusteraudit/crds/clusteraudit.yaml",
+    let alert_crd = clusteraudit_core::api::alert::crd_yaml();
+    for (path, generated, kind) in [
+        ("crds/clusteraudit.yaml", crd_yaml(), "clusteraudit"),
+        (
+            "charts/clusteraudit/crds/clusteraudit.yaml",
+            crd_yaml(),
+            "clusteraudit",
+        ),
+        ("crds/auditalert.yaml", alert_crd.clone(), "auditalert"),
+        (
+            "charts/clusteraudit/crds/auditalert.yaml",
+            alert_crd,
+            "auditalert",
+        ),
     ] {
         let committed =
             std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
                 .unwrap_or_else(|err| panic!("{path} is committed: {err}"));
         assert!(
-            committed == crd_yaml(),
+            committed == generated,
             "{path} differs from what the types generate; regenerate it with \
-             `cargo run -- crd > {path}`"
+             `cargo run -- crd {kind} > {path}`"
         );
     }
 }

@@ -65,6 +65,12 @@ fn order(type_: &str) -> usize {
     .unwrap_or(usize::MAX)
 }
 
+pub fn is_false(conditions: &[Condition], type_: &str) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "False")
+}
+
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     conditions
         .iter()

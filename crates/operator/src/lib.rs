@@ -3,6 +3,7 @@
 //! cuts content-addressed revisions, releases them to the nodes' agents through the restart
 //! guard, and reports it all in status, conditions and Events.
 
+pub mod alerts;
 pub mod conditions;
 pub mod metrics;
 pub mod plan;
@@ -188,6 +189,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         #[cfg(feature = "test-hooks")]
         test_hooks: args.enable_test_hooks,
     });
+    tokio::spawn(alerts::run(context.clone()));
     let singleton = || Some(ObjectRef::<ClusterAudit>::new(SINGLETON_NAME));
     let controller = Controller::new(
         Api::<ClusterAudit>::all(client.clone()),

@@ -148,7 +148,7 @@ impl LastChoice {
 }
 
 impl Context {
-    fn sink_client(&self) -> Result<SinkClient, ReconcileError> {
+    pub(crate) fn sink_client(&self) -> Result<SinkClient, ReconcileError> {
         let token = match &self.collector.token_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)

@@ -117,6 +117,56 @@ impl SinkClient {
         })
     }
 
+    /// Every topic of every logset, as (id, name).
+    pub async fn all_topics(&self) -> Result<Vec<(String, String)>, SinkError> {
+        let (_, logsets) = self
+            .expect(Method::GET, "/v1/logsets", None, "listing logsets")
+            .await?;
+        let mut topics = Vec::new();
+        for logset in logsets["items"].as_array().into_iter().flatten() {
+            let Some(id) = logset["id"].as_str() else {
+                continue;
+            };
+            let (_, listed) = self
+                .expect(
+                    Method::GET,
+                    &format!("/v1/logsets/{id}/topics"),
+                    None,
+                    "listing topics",
+                )
+                .await?;
+            for topic in listed["items"].as_array().into_iter().flatten() {
+                if let (Some(id), Some(name)) = (topic["id"].as_str(), topic["name"].as_str()) {
+                    topics.push((id.to_string(), name.to_string()));
+                }
+            }
+        }
+        Ok(topics)
+    }
+
+    /// Replaces the collector's alert rules.
+    pub async fn set_alert_rules(
+        &self,
+        rules: &[clusteraudit_core::alert::RuleSpec],
+    ) -> Result<(), SinkError> {
+        self.expect(
+            Method::PUT,
+            "/v1/alerts",
+            Some(serde_json::json!({ "rules": rules })),
+            "setting the alert rules",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The collector's alert rules with their firing groups (`GET /v1/alerts`).
+    pub async fn alerts(&self) -> Result<Value, SinkError> {
+        let (_, view) = self
+            .expect(Method::GET, "/v1/alerts", None, "reading the alerts")
+            .await?;
+        Ok(view)
+    }
+
     /// Makes the sink exist as `spec` says and routes the webhook to its topic. `previous` is the
     /// status from the last reconcile: what the operator created stays remembered as created.
     pub async fn ensure(
