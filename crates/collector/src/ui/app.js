@@ -502,7 +502,7 @@ function alertLink(query, topicId, startedAt, windowSeconds, until) {
   const url = searchUrl(query, { from, to: until || null }, topicId);
   const a = document.createElement("a");
   a.href = url.pathname + url.search;
-  a.textContent = "Search";
+  a.textContent = "Open in search";
   a.className = "open-search";
   a.addEventListener("click", (e) => {
     if (e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
