@@ -135,6 +135,11 @@ struct State {
 }
 
 pub struct Alerting {
+    /// Where the firing groups are kept across restarts, so that a group still firing after a
+    /// restart keeps the start Alertmanager knows it by.
+    firing_file: Option<std::path::PathBuf>,
+    /// What the file held at start: (rule, group) -> (the rule's spec, since).
+    restored: Mutex<HashMap<(String, Group), (RuleSpec, SystemTime)>>,
     rules: RwLock<Arc<RuleSet>>,
     state: Mutex<State>,
     notifier: Option<Notifier>,
@@ -162,7 +167,25 @@ impl Alerting {
     pub fn new(
         args: &AlertArgs,
         metrics: &Metrics,
+        data_dir: Option<&std::path::Path>,
     ) -> Result<Arc<Alerting>, crate::notify::NotifyError> {
+        let firing_file = data_dir.map(|dir| dir.join("alerts-firing.json"));
+        let restored = firing_file
+            .as_deref()
+            .and_then(|path| std::fs::read(path).ok())
+            .and_then(|bytes| serde_json::from_slice::<Vec<KeptFiring>>(&bytes).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|kept| {
+                (
+                    (kept.rule.name.clone(), kept.group),
+                    (
+                        kept.rule,
+                        UNIX_EPOCH + Duration::from_micros(kept.since_micros),
+                    ),
+                )
+            })
+            .collect();
         let options = args.notify.options();
         let notifier = if options.receivers.is_empty() {
             None
@@ -170,6 +193,8 @@ impl Alerting {
             Some(Notifier::start(options, metrics)?)
         };
         Ok(Arc::new(Alerting {
+            firing_file,
+            restored: Mutex::new(restored),
             rules: RwLock::default(),
             state: Mutex::default(),
             notifier,
@@ -368,13 +393,35 @@ impl Alerting {
     pub fn advance(&self, now: SystemTime) {
         let mut state = lock(&self.state);
         let State { rules, recent } = &mut *state;
+        let mut changed = false;
         for (name, rule) in rules.iter_mut() {
             if !rule.ready {
                 continue;
             }
             for change in rule.window.advance(now) {
+                changed = true;
                 match change {
                     Change::Fired { group, count, at } => {
+                        let restored = lock(&self.restored)
+                            .remove(&(name.clone(), group.clone()))
+                            .filter(|(spec, _)| *spec == rule.compiled.spec);
+                        if let Some((_, since)) = restored {
+                            // Still firing from before a restart: sent again as it was, not
+                            // as a new firing.
+                            rule.firing.insert(group.clone(), (since, count));
+                            rule.last_fired = rule.last_fired.max(Some(since));
+                            tracing::info!(rule = %name, group = ?group, count, "alert still firing after a restart");
+                            if let Some(notifier) = &self.notifier {
+                                let alert = GroupAlert {
+                                    group: &group,
+                                    count,
+                                    since,
+                                    resolved_at: None,
+                                };
+                                notifier.fire(self.notification(&rule.compiled, &alert));
+                            }
+                            continue;
+                        }
                         rule.firing.insert(group.clone(), (at, count));
                         rule.last_fired = Some(at);
                         self.metrics
@@ -426,12 +473,52 @@ impl Alerting {
                     }
                 }
             }
+            // What was kept from before a restart and does not fire again at once is over.
+            let mut restored = lock(&self.restored);
+            if !restored.is_empty() {
+                restored.retain(|(rule, _), _| rule != name);
+            }
+            drop(restored);
             self.metrics
                 .alerts_firing
                 .get_or_create(&AlertLabel {
                     alertname: name.clone(),
                 })
                 .set(rule.firing.len() as i64);
+        }
+        if changed {
+            self.keep_firing(rules);
+        }
+    }
+
+    /// Writes the firing groups down (replacing the file whole, so a crash leaves the old or
+    /// the new one).
+    fn keep_firing(&self, rules: &BTreeMap<String, RuleState>) {
+        let Some(path) = &self.firing_file else {
+            return;
+        };
+        let kept: Vec<KeptFiring> = rules
+            .values()
+            .flat_map(|rule| {
+                rule.firing.iter().map(|(group, (since, _))| KeptFiring {
+                    rule: rule.compiled.spec.clone(),
+                    group: group.clone(),
+                    since_micros: since
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_micros() as u64,
+                })
+            })
+            .collect();
+        let written = serde_json::to_vec(&kept)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                let partial = path.with_extension("json.partial");
+                std::fs::write(&partial, bytes)?;
+                std::fs::rename(&partial, path)
+            });
+        if let Err(err) = written {
+            tracing::warn!(error = %err, path = %path.display(), "keeping the firing alerts failed");
         }
     }
 
@@ -551,6 +638,15 @@ impl Alerting {
     }
 }
 
+/// A firing group as kept across restarts.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeptFiring {
+    rule: RuleSpec,
+    group: Group,
+    since_micros: u64,
+}
+
 fn group_labels(compiled: &Compiled, group: &Group) -> BTreeMap<String, String> {
     compiled
         .rule
@@ -642,6 +738,7 @@ mod tests {
                 alert_max_groups: 10,
             },
             &Metrics::new(),
+            None,
         )
         .unwrap();
         let spec = RuleSpec {

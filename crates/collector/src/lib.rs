@@ -303,7 +303,7 @@ pub async fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>
     let enforcement = Arc::new(policy::Enforcement::default());
     enforcement.refresh(&store).await;
     enforcement.follow(store.clone());
-    let alerting = alerts::Alerting::new(&args.alerts, &metrics)?;
+    let alerting = alerts::Alerting::new(&args.alerts, &metrics, Some(&args.data_dir))?;
     alerting.start(store.clone());
     let retention = store.clone();
     let every = Duration::from(args.retention_interval).max(Duration::from_secs(1));
