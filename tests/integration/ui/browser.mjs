@@ -158,6 +158,9 @@ try {
   for (const text of ["verb:delete and namespace:shop", "≥ 1", "1h", "user", "warning", "1 firing"]) {
     assert.ok(rule.includes(text), `the rule shows ${text}: ${rule}`);
   }
+  const ruleLink = new URL(await page.locator("#rules tr[data-rule=deletions-in-shop] a").getAttribute("href"), base);
+  assert.equal(ruleLink.searchParams.get("q"), "verb:delete and namespace:shop", ruleLink.search);
+  assert.ok(ruleLink.searchParams.get("from"), ruleLink.search);
   const quiet = await page.innerText("#rules tr[data-rule=exec-in-kube-system]");
   for (const text of ["critical", "5m", "no", "never"]) {
     assert.ok(quiet.includes(text), `the quiet rule shows ${text}: ${quiet}`);

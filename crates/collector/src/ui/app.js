@@ -561,6 +561,10 @@ function renderAlerts(alerts, topics, routed) {
       cell(duration(rule.windowSeconds)), cell((rule.groupBy || []).join(", ") || "(none)"),
       cell(rule.severity, `severity ${rule.severity || ""}`), cell(t ? topicLabel(t, routed) : id),
       firingCell, timeCell(rule.lastFiredAt));
+    // The rule's own events, over its window up to now.
+    const link = cell("");
+    link.append(alertLink(rule.query, id, new Date().toISOString(), rule.windowSeconds, null));
+    tr.append(link);
     if (rule.summary) tr.title = rule.summary;
     for (const group of groups) firing.push({ rule, group, id });
     return tr;
