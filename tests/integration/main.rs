@@ -7,6 +7,7 @@
 
 mod support;
 
+mod agent_gate;
 mod agent_node;
 mod agent_trust;
 mod alerting;
@@ -20,6 +21,7 @@ mod collector_policy;
 mod collector_routes;
 mod control_plane;
 mod crd;
+mod observability;
 mod opensearch_server;
 mod operator_rollout;
 mod operator_sink;
