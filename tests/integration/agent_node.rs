@@ -1,17 +1,24 @@
 //! The agent on one control-plane node, with the real kube-apiserver run from its static-pod
-//! manifest by the stand-in kubelet: a revision rolls out with one restart, a revision that
-//! cannot start falls back to the last known good manifest, and disabling restores the original
-//! manifest byte for byte.
+//! manifest by the stand-in kubelet: a revision rolls out with one restart, its batches posted
+//! to the node's own webhook path; a revision that cannot start falls back to the last known
+//! good manifest, and disabling restores the original manifest byte for byte.
 
-use std::time::Duration;
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use clusteraudit_agent::node::{Node, NodeError, NodePaths};
+use clusteraudit_agent::{
+    delivery,
+    node::{Node, NodeError, NodePaths},
+};
 use clusteraudit_core::{
     api::PolicySpec,
     policy::render,
     rollout::revision::{self, WebhookTarget},
 };
-use clusteraudit_testkit::KubeletEvent;
+use clusteraudit_testkit::{KubeletEvent, eventually};
 
 const READY: Duration = Duration::from_secs(180);
 
@@ -28,19 +35,26 @@ async fn a_revision_rolls_out_falls_back_and_is_undone() {
         readyz_url: format!("https://127.0.0.1:{}/readyz", node.port),
     })
     .unwrap();
+    let (webhook, posted) = record_posts();
     let target = WebhookTarget {
-        // Nothing listens there: the kube-apiserver starts anyway and retries its batches.
-        server: "https://127.0.0.1:9/v1/webhook".into(),
+        server: format!("{webhook}/v1/webhook"),
         ca_pem: std::fs::read_to_string(control_plane.pki_dir().join("ca.crt")).unwrap(),
         token: "webhook-token".into(),
     };
     let good = revision::build(&render(&PolicySpec::default()).unwrap().yaml, &target);
+    // As the agent writes it on node-1.
+    let mut good_here = good.clone();
+    good_here.files.insert(
+        revision::WEBHOOK_CONFIG_FILE.into(),
+        delivery::kubeconfig_for_node(&good.files[revision::WEBHOOK_CONFIG_FILE], "node-1")
+            .unwrap(),
+    );
     let starts = || node.kubelet.starts("kube-apiserver").len();
     assert_eq!(starts(), 1);
 
     // A revision rolls out with exactly one restart, and the kube-apiserver runs with it.
     let state = agent
-        .apply(&good, Duration::from_secs(120))
+        .apply(&good_here, Duration::from_secs(120), None)
         .await
         .expect("the revision rolls out");
     assert_eq!(state.current.as_deref(), Some(good.name.as_str()));
@@ -60,9 +74,31 @@ async fn a_revision_rolls_out_falls_back_and_is_undone() {
         argv.iter().any(|a| a == "--audit-webhook-mode=batch"),
         "{argv:?}"
     );
+    // The kube-apiserver posts its batches to the path the kubeconfig names, node and all:
+    // that is how the collector tells the nodes apart.
+    let paths = eventually(
+        "a batch posted to the node's webhook path",
+        Duration::from_secs(60),
+        async || {
+            let paths = posted.lock().unwrap().clone();
+            if paths.is_empty() { Err(()) } else { Ok(paths) }
+        },
+    )
+    .await
+    .unwrap();
+    // (It adds its request timeout as a query parameter.)
+    assert!(
+        paths
+            .iter()
+            .all(|p| p.split('?').next() == Some("POST /v1/webhook/node-1")),
+        "{paths:?}"
+    );
 
     // Applying it again restarts nothing.
-    agent.apply(&good, Duration::from_secs(120)).await.unwrap();
+    agent
+        .apply(&good_here, Duration::from_secs(120), None)
+        .await
+        .unwrap();
     assert!(node.kubelet.wait_syncs(5, Duration::from_secs(30)).await);
     assert_eq!(starts(), 2);
 
@@ -85,7 +121,7 @@ async fn a_revision_rolls_out_falls_back_and_is_undone() {
     }
     let good_manifest = std::fs::read(&node.manifest_path).unwrap();
     let err = agent
-        .apply(&bad, Duration::from_secs(30))
+        .apply(&bad, Duration::from_secs(30), None)
         .await
         .unwrap_err();
     assert!(
@@ -99,7 +135,7 @@ async fn a_revision_rolls_out_falls_back_and_is_undone() {
     assert_eq!(state.current.as_deref(), Some(good.name.as_str()));
     assert_eq!(state.last_failed.as_deref(), Some("rev-unstartable"));
     assert!(matches!(
-        agent.apply(&bad, Duration::from_secs(30)).await,
+        agent.apply(&bad, Duration::from_secs(30), None).await,
         Err(NodeError::KnownBad(_))
     ));
 
@@ -116,4 +152,59 @@ async fn a_revision_rolls_out_falls_back_and_is_undone() {
         unreachable!()
     };
     assert!(!argv.iter().any(|a| a.starts_with("--audit-")), "{argv:?}");
+}
+
+/// A plain HTTP webhook on loopback answering 200 to everything, recording each request's method
+/// and path: what the kube-apiserver's audit webhook client puts on the wire.
+fn record_posts() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let posted = Arc::new(Mutex::new(Vec::new()));
+    let record = posted.clone();
+    std::thread::spawn(move || {
+        for connection in listener.incoming() {
+            let Ok(connection) = connection else { continue };
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let mut writer = connection.try_clone().unwrap();
+                let mut reader = BufReader::new(connection);
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut length = 0usize;
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let header = header.trim_end();
+                        if header.is_empty() {
+                            break;
+                        }
+                        if let Some((name, value)) = header.split_once(':')
+                            && name.eq_ignore_ascii_case("content-length")
+                        {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let mut words = request_line.split_whitespace();
+                    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                    record.lock().unwrap().push(format!("{method} {path}"));
+                    if writer
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, posted)
 }

@@ -121,6 +121,8 @@ async fn the_agent_refuses_a_foreign_webhook_and_a_forged_hash_and_applies_the_g
         "--webhook-ca-file={}",
         control_plane.pki_dir().join("ca.crt").display()
     ));
+    // No collector here to receive the node's batches (the delivery gate is agent_gate's).
+    args.push("--delivery-gate=false".into());
     let log = control_plane.dir().join("agent.log");
     let agent = ManagedProcess::spawn("agent", &binary(), &args, &log).unwrap();
 

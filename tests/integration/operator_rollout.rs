@@ -148,6 +148,26 @@ impl Harness {
             )
             .unwrap();
 
+        // The agents ask the collector whether their node's batches arrive, with what the chart
+        // gives them: a service-account token for the collector's audience, allowed to get
+        // nodes.clusteraudit.io.
+        control_plane
+            .apply_json(
+                "agent-gate-rbac",
+                &clusteraudit_testkit::cluster::agent_gate_rbac(NAMESPACE, "clusteraudit-agent"),
+            )
+            .unwrap();
+        let agent_token = clusteraudit_testkit::cluster::service_account_token(
+            &client,
+            NAMESPACE,
+            "clusteraudit-agent",
+            "clusteraudit",
+        )
+        .await
+        .unwrap();
+        let agent_token_file = dir.join("agent-collector-token");
+        crate::support::write(&agent_token_file, &agent_token);
+
         let collector_dir = dir.join("collector");
         std::fs::create_dir_all(&collector_dir).unwrap();
         let collector_kubeconfig = control_plane
@@ -193,6 +213,10 @@ impl Harness {
             // The agents trust only a webhook to this collector, with its CA.
             args.push(format!("--webhook-server={}/v1/webhook", collector.url));
             args.push(format!("--webhook-ca-file={}", collector.ca_path.display()));
+            args.push(format!(
+                "--collector-token-file={}",
+                agent_token_file.display()
+            ));
             agents.insert(node.name.clone(), (args, None));
         }
         let mut harness = Harness {

@@ -11,13 +11,14 @@
 
 use std::{
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use clusteraudit_core::rollout::manifest::{ManifestError, apply_audit};
 use clusteraudit_core::rollout::revision::Revision;
 use clusteraudit_io::{FileError, file_error};
 
+use crate::delivery::Asker;
 pub use crate::step::NodeState;
 use crate::step::{Action, Facts, Goal, Outcome, Rollout};
 
@@ -43,11 +44,11 @@ pub enum NodeError {
     #[error("the state file {path} is damaged: {message}")]
     State { path: PathBuf, message: String },
     #[error(
-        "revision {revision} did not become ready within {timeout:?}; the last known good manifest is back ({restored})"
+        "revision {revision} fell back: {reason}; the last known good manifest is back ({restored})"
     )]
     FellBack {
         revision: String,
-        timeout: Duration,
+        reason: String,
         /// Whether the restored kube-apiserver came back ready.
         restored: String,
     },
@@ -145,11 +146,14 @@ impl Node {
         Ok(())
     }
 
-    /// Brings this node to `revision`, or back to where it was if the revision does not come up.
+    /// Brings this node to `revision`, or back to where it was if the revision does not come up:
+    /// ready, and with `gate`, its batches received by the collector. `revision` holds the
+    /// files as this node writes them (its webhook kubeconfig names the node).
     pub async fn apply(
         &self,
         revision: &Revision,
         health_timeout: Duration,
+        gate: Option<&Asker>,
     ) -> Result<NodeState, NodeError> {
         let state = self.state()?;
         let current = self.read(&self.paths.manifest)?;
@@ -167,7 +171,14 @@ impl Node {
             },
             health_timeout,
         );
+        if let Some(gate) = gate {
+            rollout = rollout.with_delivery_gate(gate.node());
+        }
         let mut ready = None;
+        // What the collector said last when it did not say yes: a fall back for want of a
+        // batch says why (a refused token, the collector unreachable).
+        let mut collector_problem: Option<String> = None;
+        let mut ready_seen: Option<Instant> = None;
         loop {
             match rollout.step(&facts, ready.take(), Instant::now()) {
                 Action::SaveOriginal => {
@@ -195,6 +206,25 @@ impl Node {
                     facts.manifest_matches = true;
                 }
                 Action::CheckHealth { .. } => ready = Some(self.ready().await),
+                Action::CheckDelivery { since, .. } => {
+                    let gate = gate.expect("only a gated rollout asks the collector");
+                    ready_seen.get_or_insert(since);
+                    let wall_since = SystemTime::now() - since.elapsed();
+                    ready = Some(match gate.received_since(wall_since).await {
+                        Ok(received) => {
+                            collector_problem = None;
+                            received
+                        }
+                        Err(err) => {
+                            let problem = err.to_string();
+                            if collector_problem.as_ref() != Some(&problem) {
+                                tracing::warn!(revision = %revision.name, %problem, "asking the collector for this node's batches");
+                            }
+                            collector_problem = Some(problem);
+                            false
+                        }
+                    });
+                }
                 Action::WaitUntil(at) => tokio::time::sleep_until(at.into()).await,
                 Action::FallBack { reason } => {
                     tracing::warn!(revision = %revision.name, %reason, "putting the last known good manifest back");
@@ -205,7 +235,18 @@ impl Node {
                 Action::Restore | Action::Forget => {
                     unreachable!("applying a revision never restores the original")
                 }
-                Action::Finish { save, outcome } => {
+                Action::Finish {
+                    mut save,
+                    mut outcome,
+                } => {
+                    if let (Outcome::FellBack { reason, .. }, Some(problem), Some(_)) =
+                        (&mut outcome, &collector_problem, ready_seen)
+                    {
+                        *reason = format!("{reason} (the collector's last answer: {problem})");
+                        if let Some(state) = save.as_mut() {
+                            state.reason = Some(reason.clone());
+                        }
+                    }
                     if let Some(state) = save {
                         self.save_state(&state)?;
                         facts.state = state;
@@ -216,15 +257,16 @@ impl Node {
                                 tracing::info!(
                                     revision = %revision.name,
                                     manifest_written_to_ready_ms = waited.as_millis() as u64,
+                                    ready_to_batch_received_ms = ready_seen.map(|at| at.elapsed().as_millis() as u64),
                                     "the kube-apiserver is ready with the revision"
                                 );
                             }
                             Ok(facts.state)
                         }
                         Outcome::KnownBad => Err(NodeError::KnownBad(revision.name.clone())),
-                        Outcome::FellBack { restored, .. } => Err(NodeError::FellBack {
+                        Outcome::FellBack { restored, reason } => Err(NodeError::FellBack {
                             revision: revision.name.clone(),
-                            timeout: health_timeout,
+                            reason,
                             restored: if restored {
                                 "ready again"
                             } else {
@@ -264,6 +306,9 @@ impl Node {
                 }
                 Action::CheckHealth { .. } => ready = Some(self.ready().await),
                 Action::WaitUntil(at) => tokio::time::sleep_until(at.into()).await,
+                Action::CheckDelivery { .. } => {
+                    unreachable!("restoring the original does not wait for the collector")
+                }
                 Action::Forget => {
                     self.save_state(&NodeState::default())?;
                     for file in [ORIGINAL, LAST_GOOD] {
@@ -351,7 +396,7 @@ mod tests {
             Vec::new(),
         );
         let err = node
-            .apply(&revision, Duration::from_millis(200))
+            .apply(&revision, Duration::from_millis(200), None)
             .await
             .unwrap_err();
         assert!(matches!(err, NodeError::FellBack { .. }), "{err}");

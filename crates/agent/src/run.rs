@@ -19,6 +19,7 @@ use kube::{
 };
 use kube_lease_manager::LeaseManagerBuilder;
 
+use crate::delivery;
 use crate::node::{Node, NodeError, NodePaths, NodeState};
 use crate::step::{self, Pass, Refused};
 use crate::trust;
@@ -29,7 +30,7 @@ use clusteraudit_core::{
             self, NODE_REPORT_LABEL, NodeReport, ROLLOUT_LEASE, node_report_from_lease,
             node_report_lease,
         },
-        revision::Revision,
+        revision::{POLICY_FILE, Revision, WEBHOOK_CONFIG_FILE},
     },
 };
 
@@ -67,6 +68,20 @@ pub struct AgentArgs {
     /// others. Read on every pass. Without it, every revision is refused.
     #[arg(long)]
     pub webhook_ca_file: Option<PathBuf>,
+    /// A token the collector accepts for `get nodes.clusteraudit.io` (a projected
+    /// service-account token for its audience), read at each question: after a restart the
+    /// agent asks the collector whether this node's batches arrive.
+    #[arg(
+        long,
+        default_value = "/var/run/secrets/clusteraudit/collector-token/token"
+    )]
+    pub collector_token_file: PathBuf,
+    /// A revision counts as up on this node only once the collector has received a batch from
+    /// it sent after the restart, within the health timeout; otherwise the node falls back.
+    /// `--delivery-gate=false` trusts a ready kube-apiserver alone (not recommended: a node
+    /// whose events never arrive then counts as done).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub delivery_gate: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +102,16 @@ pub enum AgentError {
     Revision(#[from] objects::ObjectError),
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error("the webhook kubeconfig for this node: {0}")]
+    PerNode(#[from] delivery::PerNodeError),
+    #[error("the collector gate: {0}")]
+    Gate(#[from] delivery::GateError),
+    #[error("reading the pinned webhook CA {path}: {source}")]
+    WebhookCa {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn kube(what: &'static str) -> impl FnOnce(kube::Error) -> AgentError {
@@ -105,6 +130,13 @@ struct Agent {
 }
 
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
+    // The node's name goes into the webhook URL: a name that cannot is an error at start.
+    delivery::server_for_node("https://collector/v1/webhook", &args.node_name)?;
+    if !args.delivery_gate {
+        tracing::warn!(
+            "the delivery gate is off: a node whose kube-apiserver is ready counts as done even if its events never reach the collector"
+        );
+    }
     let client = clusteraudit_io::kubeclient::client(args.kubeconfig.as_deref())
         .await
         .map_err(AgentError::Client)?;
@@ -294,16 +326,62 @@ impl Agent {
         Some(trust::Pins { servers, ca })
     }
 
+    /// The revision as this node writes it (its webhook kubeconfig names the node, so the
+    /// collector knows where each batch comes from), and, unless the gate is off or the
+    /// revision's policy records nothing, whom to ask whether this node's batches arrive.
+    fn for_this_node(
+        &self,
+        revision: Revision,
+    ) -> Result<(Revision, Option<delivery::Asker>), AgentError> {
+        let node = &self.args.node_name;
+        let mut local = revision;
+        let Some(kubeconfig) = local.files.get(WEBHOOK_CONFIG_FILE) else {
+            return Ok((local, None));
+        };
+        let server = delivery::webhook_server(kubeconfig)?;
+        let per_node = delivery::kubeconfig_for_node(kubeconfig, node)?;
+        local
+            .files
+            .insert(WEBHOOK_CONFIG_FILE.to_string(), per_node);
+        let records = local
+            .files
+            .get(POLICY_FILE)
+            .is_none_or(|policy| delivery::policy_records(policy));
+        let Some(ca_file) = self
+            .args
+            .webhook_ca_file
+            .as_ref()
+            .filter(|_| self.args.delivery_gate && records)
+        else {
+            if self.args.delivery_gate {
+                tracing::info!(revision = %local.name, "its policy records nothing: not waiting for a batch from this node");
+            }
+            return Ok((local, None));
+        };
+        let ca_pem = std::fs::read(ca_file).map_err(|source| AgentError::WebhookCa {
+            path: ca_file.clone(),
+            source,
+        })?;
+        let asker = delivery::Asker::new(delivery::DeliveryGate {
+            node: node.clone(),
+            nodes_url: delivery::nodes_url(&server)?,
+            ca_pem,
+            token_file: self.args.collector_token_file.clone(),
+        })?;
+        Ok((local, Some(asker)))
+    }
+
     /// Applies under the rollout Lease and reports the outcome before letting the Lease go, so
     /// that the next node sees a failure before it could start.
     async fn apply(&self, revision: Revision, health_timeout: Duration) -> Result<(), AgentError> {
+        let (revision, gate) = self.for_this_node(revision)?;
         let name = revision.name.clone();
         let node = &self.node;
         let started = Instant::now();
         let outcome = self
             .with_rollout_lease(health_timeout, Some(&name), async {
-                tracing::info!(revision = %name, "applying");
-                node.apply(&revision, health_timeout).await
+                tracing::info!(revision = %name, gated = gate.is_some(), "applying");
+                node.apply(&revision, health_timeout, gate.as_ref()).await
             })
             .await?;
         let Some(outcome) = outcome else {

@@ -256,6 +256,9 @@ pub fn rollout_lease_seconds(health_timeout: Duration) -> u64 {
 
 /// How often readiness is asked while waiting.
 pub const POLL: Duration = Duration::from_millis(100);
+/// How often the collector is asked whether this node's batches arrive: the kube-apiserver
+/// sends a batch at least every second while it has events.
+pub const DELIVERY_POLL: Duration = Duration::from_secs(1);
 /// The kubelet notices a manifest change within seconds; a kube-apiserver still answering after
 /// this long is not being restarted (nothing changed for the kubelet), and its answer counts.
 pub const RESTART_GRACE: Duration = Duration::from_secs(20);
@@ -295,6 +298,9 @@ pub enum Action {
     },
     /// Ask the kube-apiserver whether it is ready, and step again with the answer.
     CheckHealth { until: Instant },
+    /// Ask the collector whether it acknowledged a batch from this node at or after `since`
+    /// (when the kube-apiserver was seen ready), and step again with the answer.
+    CheckDelivery { since: Instant, until: Instant },
     /// Step again at this time, without an answer.
     WaitUntil(Instant),
     /// Put the last known good manifest back.
@@ -364,6 +370,11 @@ enum Phase {
     /// The manifest is the goal's; the wait starts at the next step.
     Written,
     Waiting(Watch),
+    /// Ready since `ready_at`; waiting for the collector to receive a batch from this node.
+    Delivering {
+        watch: Watch,
+        ready_at: Instant,
+    },
     /// The last known good manifest is written; the wait starts at the next step.
     FellBack {
         reason: String,
@@ -391,6 +402,9 @@ enum Waited {
 pub struct Rollout {
     goal: Goal,
     health_timeout: Duration,
+    /// This node's name, when a revision counts as up only once the collector has received a
+    /// batch from it.
+    delivery_gate: Option<String>,
     phase: Phase,
 }
 
@@ -399,12 +413,20 @@ impl Rollout {
         Rollout {
             goal,
             health_timeout,
+            delivery_gate: None,
             phase: Phase::Start,
         }
     }
 
-    /// The next action, from the facts, the readiness answer to the last
-    /// [`Action::CheckHealth`] (none otherwise) and the time `now`.
+    /// A revision is up only once the collector has received a batch from `node` sent by the
+    /// restarted kube-apiserver, within the same health timeout; otherwise it falls back.
+    pub fn with_delivery_gate(mut self, node: &str) -> Rollout {
+        self.delivery_gate = Some(node.to_string());
+        self
+    }
+
+    /// The next action, from the facts, the answer to the last [`Action::CheckHealth`] or
+    /// [`Action::CheckDelivery`] (none otherwise) and the time `now`.
     pub fn step(&mut self, facts: &Facts, ready: Option<bool>, now: Instant) -> Action {
         match self.goal.clone() {
             Goal::Revision { name, hash } => self.towards_revision(&name, &hash, facts, ready, now),
@@ -459,24 +481,35 @@ impl Rollout {
                     self.phase = Phase::Waiting(watch);
                     action
                 }
-                Waited::Ready => self.finish(
-                    Some(NodeState {
-                        current: Some(name.to_string()),
-                        applying: None,
-                        applying_hash: None,
-                        ..state.clone()
-                    }),
-                    Outcome::Current {
-                        waited: Some(now.saturating_duration_since(watch.since)),
-                    },
-                ),
-                Waited::TimedOut => {
-                    let reason = format!("not ready within {:?}", self.health_timeout);
-                    self.phase = Phase::FellBack {
-                        reason: reason.clone(),
+                Waited::Ready if self.delivery_gate.is_some() => {
+                    self.phase = Phase::Delivering {
+                        watch,
+                        ready_at: now,
                     };
-                    Action::FallBack { reason }
+                    Action::CheckDelivery {
+                        since: now,
+                        until: watch.until,
+                    }
                 }
+                Waited::Ready => self.current(name, state, watch, now),
+                Waited::TimedOut => {
+                    self.fall_back(format!("not ready within {:?}", self.health_timeout))
+                }
+            },
+            Phase::Delivering { watch, ready_at } => match ready {
+                Some(true) => self.current(name, state, watch, now),
+                Some(false) => Action::WaitUntil(now + DELIVERY_POLL),
+                None if now >= watch.until => {
+                    let node = self.delivery_gate.clone().unwrap_or_default();
+                    self.fall_back(format!(
+                        "the collector received no audit batch from node {node} within {:?}",
+                        self.health_timeout
+                    ))
+                }
+                None => Action::CheckDelivery {
+                    since: ready_at,
+                    until: watch.until,
+                },
             },
             Phase::FellBack { reason } => {
                 let watch = Watch::start(now, self.health_timeout);
@@ -509,6 +542,28 @@ impl Rollout {
                 outcome,
             },
         }
+    }
+
+    /// The revision is up: the state says so.
+    fn current(&mut self, name: &str, state: &NodeState, watch: Watch, now: Instant) -> Action {
+        self.finish(
+            Some(NodeState {
+                current: Some(name.to_string()),
+                applying: None,
+                applying_hash: None,
+                ..state.clone()
+            }),
+            Outcome::Current {
+                waited: Some(now.saturating_duration_since(watch.since)),
+            },
+        )
+    }
+
+    fn fall_back(&mut self, reason: String) -> Action {
+        self.phase = Phase::FellBack {
+            reason: reason.clone(),
+        };
+        Action::FallBack { reason }
     }
 
     fn towards_original(&mut self, facts: &Facts, ready: Option<bool>, now: Instant) -> Action {
@@ -546,8 +601,8 @@ impl Rollout {
                 save: None,
                 outcome,
             },
-            Phase::FellBack { .. } | Phase::FallingBack { .. } => {
-                unreachable!("restoring never falls back")
+            Phase::FellBack { .. } | Phase::FallingBack { .. } | Phase::Delivering { .. } => {
+                unreachable!("restoring never falls back nor waits for the collector")
             }
         }
     }
@@ -598,6 +653,10 @@ mod tests {
         written_at: Option<Instant>,
         restarts: usize,
         actions: Vec<(Duration, Action)>,
+        /// Whether the revision's kube-apiserver's batches reach the collector.
+        delivers: bool,
+        /// The running kube-apiserver is the revision's (not a fall back's).
+        revision_running: bool,
     }
 
     impl Sim {
@@ -610,7 +669,28 @@ mod tests {
                 written_at: None,
                 restarts: 0,
                 actions: Vec::new(),
+                delivers: true,
+                revision_running: false,
             }
+        }
+
+        /// Whether the collector acknowledged a batch from the node at or after `since`: a
+        /// ready kube-apiserver sends its first batch two seconds after it is ready, then one
+        /// every ten seconds (its identity Lease's renewal).
+        fn delivered(&self, since: Instant, now: Instant) -> bool {
+            let Some(written) = self.written_at else {
+                return false;
+            };
+            let first = written + Duration::from_secs(1) + self.startup + Duration::from_secs(2);
+            if !(self.delivers && self.revision_running && self.running == Manifest::Starts)
+                || now < first
+            {
+                return false;
+            }
+            let every = Duration::from_secs(10);
+            let batches = (now - first).as_secs() / every.as_secs();
+            let last = first + every * batches as u32;
+            last >= since
         }
 
         fn write(&mut self, manifest: Manifest, now: Instant) {
@@ -654,6 +734,7 @@ mod tests {
                         self.facts.state = state.clone();
                         if *manifest {
                             self.write(self.revision, now);
+                            self.revision_running = true;
                         }
                         self.facts.manifest_matches = true;
                     }
@@ -661,12 +742,18 @@ mod tests {
                         now += ANSWER;
                         ready = Some(self.ready(now));
                     }
+                    Action::CheckDelivery { since, .. } => {
+                        now += ANSWER;
+                        ready = Some(self.delivered(*since, now));
+                    }
                     Action::WaitUntil(at) => now = now.max(*at),
                     Action::FallBack { .. } => {
+                        self.revision_running = false;
                         self.write(Manifest::Starts, now);
                         self.facts.manifest_matches = false;
                     }
                     Action::Restore => {
+                        self.revision_running = false;
                         self.write(Manifest::Starts, now);
                         self.facts.manifest_matches = true;
                     }
@@ -857,6 +944,124 @@ mod tests {
             pass(&node.facts.state, &Target::Revision("rev-c".into()), true),
             Pass::Apply("rev-c".into())
         );
+    }
+
+    #[test]
+    fn with_the_delivery_gate_a_revision_is_current_once_the_collector_has_its_batch() {
+        let t0 = Instant::now();
+        let mut node = Sim::new(audited_on("rev-a"), Manifest::Starts);
+        let mut rollout = Rollout::new(rev("rev-b"), TIMEOUT).with_delivery_gate("cp-1");
+        let outcome = node.drive(&mut rollout, t0);
+
+        let Outcome::Current {
+            waited: Some(waited),
+        } = outcome
+        else {
+            panic!("{outcome:?}");
+        };
+        // Ready 16 s after the write; the first batch 2 s later.
+        assert!(
+            waited >= Duration::from_secs(18) && waited < Duration::from_secs(20),
+            "{waited:?}"
+        );
+        let asked = node.when(|a| matches!(a, Action::CheckDelivery { .. }));
+        assert!(asked[0] >= Duration::from_secs(16), "{asked:?}");
+        // Only what came after the kube-apiserver was ready counts.
+        let Some((ready_at, _)) = node
+            .actions
+            .iter()
+            .find(|(_, a)| matches!(a, Action::CheckDelivery { .. }))
+        else {
+            unreachable!()
+        };
+        assert!(node.actions.iter().all(|(_, a)| match a {
+            Action::CheckDelivery { since, until } =>
+                *since - t0 == *ready_at && *until == t0 + TIMEOUT,
+            _ => true,
+        }));
+        assert_eq!(node.restarts, 1);
+        assert_eq!(node.facts.state.current.as_deref(), Some("rev-b"));
+        assert!(
+            node.when(|a| matches!(a, Action::FallBack { .. }))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn ready_but_no_batch_within_the_timeout_falls_back_with_the_reason() {
+        let t0 = Instant::now();
+        let mut node = Sim::new(audited_on("rev-a"), Manifest::Starts);
+        node.delivers = false;
+        let mut rollout = Rollout::new(rev("rev-b"), TIMEOUT).with_delivery_gate("cp-1");
+        let outcome = node.drive(&mut rollout, t0);
+
+        let reason = "the collector received no audit batch from node cp-1 within 180s";
+        assert_eq!(
+            outcome,
+            Outcome::FellBack {
+                reason: reason.into(),
+                restored: true
+            }
+        );
+        // The health timeout counts from the manifest's write, the collector's wait included.
+        let fell_back = node.when(|a| matches!(a, Action::FallBack { .. }));
+        assert_eq!(fell_back.len(), 1);
+        assert!(
+            fell_back[0] >= TIMEOUT && fell_back[0] < TIMEOUT + Duration::from_secs(2),
+            "{fell_back:?}"
+        );
+        // Asked about once a second, not in a tight loop.
+        let asked = node
+            .when(|a| matches!(a, Action::CheckDelivery { .. }))
+            .len();
+        assert!((150..=170).contains(&asked), "{asked}");
+        assert_eq!(node.restarts, 2, "the revision, then the last known good");
+        assert_eq!(
+            node.facts.state,
+            NodeState {
+                current: Some("rev-a".into()),
+                last_failed: Some("rev-b".into()),
+                reason: Some(reason.into()),
+                ..NodeState::default()
+            }
+        );
+        assert_eq!(
+            pass(&node.facts.state, &Target::Revision("rev-b".into()), true),
+            Pass::Nothing
+        );
+    }
+
+    #[test]
+    fn a_kube_apiserver_ready_late_leaves_the_gate_what_remains_of_the_timeout() {
+        let t0 = Instant::now();
+        let mut node = Sim::new(audited_on("rev-a"), Manifest::Starts);
+        // Ready one second before the deadline: its first batch would come after it.
+        node.startup = TIMEOUT - Duration::from_secs(2);
+        let mut rollout = Rollout::new(rev("rev-b"), TIMEOUT).with_delivery_gate("cp-1");
+        let outcome = node.drive(&mut rollout, t0);
+        assert!(
+            matches!(&outcome, Outcome::FellBack { reason, .. } if reason.contains("no audit batch")),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn an_agent_crashed_while_waiting_for_the_collector_resumes_without_a_second_restart() {
+        let t0 = Instant::now();
+        let mut node = Sim::new(audited_on("rev-a"), Manifest::Starts);
+        let crashed = node.drive_until(
+            &mut Rollout::new(rev("rev-b"), TIMEOUT).with_delivery_gate("cp-1"),
+            t0,
+            |a| matches!(a, Action::CheckDelivery { .. }),
+        );
+        assert_eq!(crashed, None);
+        assert_eq!(node.restarts, 1);
+        let t1 = t0 + Duration::from_secs(17);
+        let mut resumed = Rollout::new(rev("rev-b"), TIMEOUT).with_delivery_gate("cp-1");
+        let outcome = node.drive(&mut resumed, t1);
+        assert!(matches!(outcome, Outcome::Current { .. }), "{outcome:?}");
+        assert_eq!(node.restarts, 1);
+        assert_eq!(node.facts.state.current.as_deref(), Some("rev-b"));
     }
 
     #[test]

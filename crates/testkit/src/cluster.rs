@@ -642,3 +642,54 @@ pub fn collector_rbac(admins: &[&str], readers: &[&str]) -> serde_json::Value {
     }
     serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
 }
+
+/// What the chart gives the agent's service account `service_account` in `namespace`: `get` on
+/// `nodes.clusteraudit.io`, which the collector asks (SubjectAccessReview) before it says which
+/// nodes' batches it received.
+pub fn agent_gate_rbac(namespace: &str, service_account: &str) -> serde_json::Value {
+    let name = format!("{service_account}-collector-nodes");
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": name},
+            "rules": [{"apiGroups": ["clusteraudit.io"], "resources": ["nodes"], "verbs": ["get"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}]},
+    ]})
+}
+
+/// A token of the service account `name` in `namespace` (created when missing) for `audience`,
+/// valid for an hour: what a projected service-account token volume holds.
+pub async fn service_account_token(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    audience: &str,
+) -> Result<String> {
+    use k8s_openapi::api::{authentication::v1::TokenRequest, core::v1::ServiceAccount};
+    let accounts: kube::Api<ServiceAccount> = kube::Api::namespaced(client.clone(), namespace);
+    let account: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
+            .expect("a service account");
+    match accounts
+        .create(&kube::api::PostParams::default(), &account)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(err) => return Err(TestkitError::Client(err.to_string())),
+    }
+    let request: TokenRequest = serde_json::from_value(serde_json::json!({
+        "spec": {"audiences": [audience], "expirationSeconds": 3600},
+    }))
+    .expect("a token request");
+    let issued = accounts
+        .create_token_request(name, &kube::api::PostParams::default(), &request)
+        .await
+        .map_err(|err| TestkitError::Client(err.to_string()))?;
+    issued
+        .status
+        .and_then(|s| s.token)
+        .ok_or_else(|| TestkitError::Client("the token request issued no token".into()))
+}
