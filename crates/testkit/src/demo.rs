@@ -206,10 +206,27 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         ],
         &dir.join("operator.log"),
     )?;
-    // The agent writes to the host only a webhook to this collector, with its CA.
+    // The agent writes to the host only a webhook to this collector, with its CA; it asks the
+    // collector whether node-1's batches arrive with a token as the chart gives it.
+    control_plane.apply_json(
+        "demo-agent-gate-rbac",
+        &super::cluster::agent_gate_rbac(NAMESPACE, "clusteraudit-agent"),
+    )?;
+    let agent_token = super::cluster::service_account_token(
+        &client,
+        NAMESPACE,
+        "clusteraudit-agent",
+        "clusteraudit",
+    )
+    .await?;
+    let agent_token_file = write("agent-collector-token", &agent_token)?;
     let mut agent_args = node.agent_args(NAMESPACE, control_plane.kubeconfig_path());
     agent_args.push(format!("--webhook-server={url}/v1/webhook"));
     agent_args.push(format!("--webhook-ca-file={}", ca_path.display()));
+    agent_args.push(format!(
+        "--collector-token-file={}",
+        agent_token_file.display()
+    ));
     let agent = ManagedProcess::spawn("agent", &binary, &agent_args, &dir.join("agent.log"))?;
 
     step(&format!(
