@@ -25,6 +25,7 @@ use kube::{
 use serde_json::{Value, json};
 
 const NAMESPACE: &str = "clusteraudit-system";
+const NODES: [&str; 2] = ["node-1", "node-2"];
 const WEBHOOK_TOKEN: &str = "webhook-token-for-the-observability-test";
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/clusteraudit");
 const DASHBOARD: &str = concat!(
@@ -386,16 +387,6 @@ fn scrape_config_from_chart(
     .to_string()
 }
 
-/// Whether this agent checks with the collector that its node's batches arrive before it counts
-/// a revision as up (then it needs a token for that).
-fn agent_asks_the_collector() -> bool {
-    let help = Command::new(crate::operator_rollout::binary())
-        .args(["agent", "--help"])
-        .output()
-        .expect("the binary runs");
-    String::from_utf8_lossy(&help.stdout).contains("--collector-token-file")
-}
-
 /// RBAC letting the user `user` `get nodes.clusteraudit.io` (which nodes' batches the collector
 /// received).
 fn nodes_reader(user: &str) -> Value {
@@ -420,7 +411,10 @@ fn as_grafana_sends(expr: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the control plane, Prometheus and Alertmanager: scripts/test runs it"]
 async fn prometheus_scrapes_both_components_as_the_chart_says_and_every_dashboard_query_has_data() {
-    let docs = render(&[]);
+    // A short audit gap, so that the rule is seen firing within the test; the kube-apiservers
+    // send a batch every second while they have events (`--audit-webhook-batch-max-wait=1s`),
+    // and the agents and the operator make some every few seconds.
+    let docs = render(&["--set", "prometheusRule.auditGapSeconds=20"]);
     let server_name = of_kind(&docs, "ServiceMonitor")[0]["spec"]["endpoints"]
         .as_array()
         .unwrap()
@@ -436,20 +430,26 @@ async fn prometheus_scrapes_both_components_as_the_chart_says_and_every_dashboar
         })
         .await
         .expect("etcd starts");
-    control_plane
-        .add_static_pod_node("node-1", |kubelet| {
-            kubelet.backoff_initial = Duration::from_millis(500);
-            kubelet.backoff_max = Duration::from_secs(2);
-            kubelet.termination_grace = Duration::from_secs(10);
-        })
-        .expect("the node starts");
-    let node = control_plane.node("node-1").unwrap();
-    assert!(
-        node.wait_ready(Duration::from_secs(300)).await,
-        "{:#?}",
-        node.kubelet.events()
-    );
-    let kubeconfig = control_plane.kubeconfig_for_node("node-1").unwrap();
+    for name in NODES {
+        control_plane
+            .add_static_pod_node(name, |kubelet| {
+                kubelet.backoff_initial = Duration::from_millis(500);
+                kubelet.backoff_max = Duration::from_secs(2);
+                kubelet.termination_grace = Duration::from_secs(10);
+            })
+            .expect("the node starts");
+    }
+    for node in control_plane.nodes() {
+        assert!(
+            node.wait_ready(Duration::from_secs(300)).await,
+            "{}: {:#?}",
+            node.name,
+            node.kubelet.events()
+        );
+    }
+    // The operator, the collector and the test go through node-2's kube-apiserver: node-1's is
+    // the one stopped below.
+    let kubeconfig = control_plane.kubeconfig_for_node("node-2").unwrap();
     let client = clusteraudit_io::kubeclient::client(Some(&kubeconfig))
         .await
         .unwrap();
@@ -519,34 +519,38 @@ async fn prometheus_scrapes_both_components_as_the_chart_says_and_every_dashboar
         &dir.join("operator.log"),
     )
     .unwrap();
-    let mut agent_args = node.agent_args(NAMESPACE, &kubeconfig);
-    agent_args.push(format!("--webhook-server={}/v1/webhook", collector.url));
-    agent_args.push(format!("--webhook-ca-file={}", collector.ca_path.display()));
-    if agent_asks_the_collector() {
-        // The agent asks the collector whether its node's batches arrive, as an identity that
-        // may `get nodes.clusteraudit.io`: here the operator's.
-        control_plane
-            .apply_json(
-                "collector-nodes-rbac",
-                &nodes_reader("clusteraudit-operator"),
-            )
-            .unwrap();
-        agent_args.push(format!("--collector-token-file={}", token_file.display()));
-    }
-    let agent = ManagedProcess::spawn(
-        "agent",
-        &crate::operator_rollout::binary(),
-        &agent_args,
-        &dir.join("agent.log"),
-    )
-    .unwrap();
-    let logs = || {
-        format!(
-            "--- operator\n{}\n--- agent\n{}\n--- collector\n{}",
-            operator.log_tail(30),
-            agent.log_tail(20),
-            collector.process.log_tail(20)
+    // The agents ask the collector whether their node's batches arrive, as an identity that may
+    // `get nodes.clusteraudit.io`: here the operator's.
+    control_plane
+        .apply_json(
+            "collector-nodes-rbac",
+            &nodes_reader("clusteraudit-operator"),
         )
+        .unwrap();
+    let agents: Vec<ManagedProcess> = control_plane
+        .nodes()
+        .iter()
+        .map(|node| {
+            let own = control_plane.kubeconfig_for_node(&node.name).unwrap();
+            let mut args = node.agent_args(NAMESPACE, &own);
+            args.push(format!("--webhook-server={}/v1/webhook", collector.url));
+            args.push(format!("--webhook-ca-file={}", collector.ca_path.display()));
+            args.push(format!("--collector-token-file={}", token_file.display()));
+            ManagedProcess::spawn(
+                "agent",
+                &crate::operator_rollout::binary(),
+                &args,
+                &dir.join(format!("agent-{}.log", node.name)),
+            )
+            .unwrap()
+        })
+        .collect();
+    let logs = || {
+        let mut out = format!("--- operator\n{}\n", operator.log_tail(30));
+        for agent in &agents {
+            out += &format!("--- agent\n{}\n", agent.log_tail(15));
+        }
+        out + &format!("--- collector\n{}", collector.process.log_tail(20))
     };
 
     // Prometheus scrapes from the start, as it would in a cluster, and loads the chart's rules.
@@ -587,10 +591,10 @@ async fn prometheus_scrapes_both_components_as_the_chart_says_and_every_dashboar
         .unwrap();
     let audits = Api::<ClusterAudit>::all(client.clone());
     eventually(
-        "the rollout to node-1",
+        "the rollout to both nodes",
         crate::operator_rollout::ROLLOUT,
         async || match audits.get("cluster").await {
-            Ok(audit) if crate::operator_rollout::rolled_out_on(&audit, 1) => Ok(()),
+            Ok(audit) if crate::operator_rollout::rolled_out_on(&audit, NODES.len()) => Ok(()),
             Ok(audit) => Err(format!("{:?}", audit.status)),
             Err(err) => Err(err.to_string()),
         },
@@ -628,18 +632,9 @@ async fn prometheus_scrapes_both_components_as_the_chart_says_and_every_dashboar
     .await
     .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", logs()));
 
-    // A batch from node-1 through its own webhook path, whatever the agent writes, and one
-    // refused for its content type.
+    // A batch refused for its content type. (Each node's batches come from its kube-apiserver,
+    // through the webhook path its agent wrote.)
     let batch = json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": []});
-    let answer = collector
-        .http
-        .post(format!("{}/v1/webhook/node-1", collector.url))
-        .bearer_auth(WEBHOOK_TOKEN)
-        .json(&batch)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 200);
     let answer = collector
         .http
         .post(format!("{}/v1/webhook", collector.url))
@@ -735,4 +730,66 @@ async fn prometheus_scrapes_both_components_as_the_chart_says_and_every_dashboar
     .unwrap_or_else(|timed_out| panic!("{timed_out}"));
     let firing: Vec<&Value> = rules.iter().filter(|r| r["state"] == "firing").collect();
     assert!(firing.is_empty(), "{firing:#?}");
+
+    // The audit gap on real metrics: node-1's kube-apiserver stops (its static pod's manifest
+    // taken away) while the operator still reports it running an auditing revision. The alert
+    // names node-1 and only node-1, and clears once it is back and posting.
+    let node_1 = control_plane.node("node-1").unwrap();
+    let aside = dir.join("kube-apiserver.yaml.aside");
+    std::fs::rename(&node_1.manifest_path, &aside).unwrap();
+    let gap = |node: &str| {
+        let node = node.to_string();
+        let prometheus = &prometheus;
+        async move {
+            let alerts = prometheus_alerts(prometheus).await?;
+            Ok::<_, String>(alerts.into_iter().find(|a| {
+                a["labels"]["alertname"] == "ClusterAuditAuditGap"
+                    && a["labels"]["node"] == node.as_str()
+                    && a["state"] == "firing"
+            }))
+        }
+    };
+    let firing = eventually(
+        "ClusterAuditAuditGap firing for node-1",
+        Duration::from_secs(180),
+        async || match gap("node-1").await {
+            Ok(Some(alert)) => Ok(alert),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", logs()));
+    assert_eq!(firing["labels"]["severity"], "critical");
+    assert!(
+        firing["annotations"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("node-1")),
+        "{firing}"
+    );
+    assert_eq!(gap("node-2").await, Ok(None), "node-2 still posts");
+    std::fs::rename(&aside, &node_1.manifest_path).unwrap();
+    eventually(
+        "ClusterAuditAuditGap cleared for node-1",
+        Duration::from_secs(180),
+        async || match gap("node-1").await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", logs()));
+}
+
+/// The alerts Prometheus's rules hold, pending and firing (`GET /api/v1/alerts`).
+async fn prometheus_alerts(prometheus: &Prometheus) -> Result<Vec<Value>, String> {
+    let answer: Value = reqwest::get(format!("{}/api/v1/alerts", prometheus.url))
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    answer["data"]["alerts"]
+        .as_array()
+        .cloned()
+        .ok_or_else(|| answer.to_string())
 }
