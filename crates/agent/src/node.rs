@@ -3,8 +3,9 @@
 //! The agent writes the revision's files into their own directory, keeps the manifest it found
 //! before auditing (byte for byte) and the last one that came up healthy, rewrites the
 //! static-pod manifest atomically, and waits for the kube-apiserver the kubelet restarts to be
-//! ready. If it is not ready within the health timeout, the last known good manifest goes back
-//! and the failure is reported; the same revision is never retried by itself. Progress is kept
+//! ready and (with the delivery gate, [`crate::delivery`]) for the collector to receive a batch
+//! from it. If either does not happen within the health timeout, the last known good manifest
+//! goes back and the failure is reported; the same revision is never retried by itself. Progress is kept
 //! in a state file, so an agent restarted midway resumes without restarting kube-apiserver again.
 //!
 //! What to do next is decided in [`crate::step`]; this carries it out on the node.

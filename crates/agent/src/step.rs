@@ -1,7 +1,8 @@
 //! What the agent decides, as pure code: from the node's state file, what the API released, what
-//! the agent sees on its node (the manifest on disk, the kube-apiserver's readiness) and the time
-//! `now`, the next thing to do. The IO around it (node.rs, run.rs) gathers the inputs and carries
-//! out the actions, so every decision is unit-tested here on a fake clock.
+//! the agent sees (the manifest on disk, the kube-apiserver's readiness, whether the collector
+//! received a batch from the node) and the time `now`, the next thing to do. The IO around it
+//! (node.rs, run.rs) gathers the inputs and carries out the actions, so every decision is
+//! unit-tested here on a fake clock.
 
 use std::time::{Duration, Instant};
 
