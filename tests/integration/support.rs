@@ -99,6 +99,9 @@ pub struct TlsCollector {
     pub http: reqwest::Client,
     /// The CA of its serving certificate.
     pub ca_path: std::path::PathBuf,
+    args: Vec<String>,
+    dir: std::path::PathBuf,
+    starts: usize,
 }
 
 pub fn write(path: &Path, content: impl AsRef<[u8]>) {
@@ -109,6 +112,16 @@ pub async fn start_tls_collector(
     kubeconfig: &Path,
     dir: &Path,
     token: &str,
+) -> (TlsCollector, String) {
+    start_tls_collector_with(kubeconfig, dir, token, &[]).await
+}
+
+/// [`start_tls_collector`] with more flags.
+pub async fn start_tls_collector_with(
+    kubeconfig: &Path,
+    dir: &Path,
+    token: &str,
+    extra: &[String],
 ) -> (TlsCollector, String) {
     clusteraudit_io::tls::install_crypto_provider();
     let ca = CertificateAuthority::generate("collector-ca").unwrap();
@@ -130,7 +143,7 @@ pub async fn start_tls_collector(
         format!("{}{}", client.cert_pem, client.key_pem),
     );
     let port = free_port().unwrap();
-    let args: Vec<String> = vec![
+    let mut args: Vec<String> = vec![
         "collector".into(),
         format!("--data-dir={}", dir.join("data").display()),
         format!("--listen=127.0.0.1:{port}"),
@@ -155,6 +168,7 @@ pub async fn start_tls_collector(
         ),
         format!("--kubeconfig={}", kubeconfig.display()),
     ];
+    args.extend(extra.iter().cloned());
     let process = ManagedProcess::spawn(
         "collector",
         Path::new(env!("CARGO_BIN_EXE_clusteraudit")),
@@ -195,12 +209,47 @@ pub async fn start_tls_collector(
             url,
             http,
             ca_path: dir.join("collector-ca.crt"),
+            args,
+            dir: dir.to_path_buf(),
+            starts: 1,
         },
         webhook_config.display().to_string(),
     )
 }
 
 impl TlsCollector {
+    /// The collector's /metrics page.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Kills the collector (SIGKILL) and starts it again on the same data, waiting until it is
+    /// ready.
+    pub async fn restart(&mut self) {
+        self.process.kill_now();
+        self.starts += 1;
+        self.process = ManagedProcess::spawn(
+            "collector",
+            Path::new(env!("CARGO_BIN_EXE_clusteraudit")),
+            &self.args,
+            &self.dir.join(format!("collector-{}.log", self.starts)),
+        )
+        .unwrap();
+        if let Err(timed_out) = clusteraudit_testkit::readyz(&self.http, &self.url).await {
+            panic!(
+                "the collector never became ready again: {timed_out}: {}",
+                self.process.log_tail(30)
+            );
+        }
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
         let mut request = self.http.get(format!("{}{path}", self.url));
         if let Some(token) = token {
