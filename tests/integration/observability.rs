@@ -161,6 +161,28 @@ fn every_dashboard_panel_queries_series_the_components_declare() {
         .filter(|p| p["type"] != "row")
         .collect();
     assert!(panels.len() >= 10, "{} panels", panels.len());
+    assert_eq!(dashboard["uid"], "clusteraudit");
+    let ids: BTreeSet<u64> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_u64().expect("a panel id"))
+        .collect();
+    assert_eq!(
+        ids.len(),
+        dashboard["panels"].as_array().unwrap().len(),
+        "panel ids are unique"
+    );
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let at = &panel["gridPos"];
+        assert!(
+            at["w"]
+                .as_u64()
+                .is_some_and(|w| w > 0 && at["x"].as_u64().unwrap() + w <= 24),
+            "{}: {at}",
+            panel["title"]
+        );
+    }
     for panel in &panels {
         let targets = panel["targets"].as_array().cloned().unwrap_or_default();
         assert!(!targets.is_empty(), "{} has no query", panel["title"]);
