@@ -17,7 +17,8 @@ use std::{
 use clap::Args;
 use clusteraudit_core::{
     alert::{
-        Change, Group, GroupAlert, Notification, Presentation, Rule, RuleSpec, Window, notification,
+        Change, GapChange, GapWatch, Group, GroupAlert, Notification, Presentation, Rule, RuleSpec,
+        Window, notification,
     },
     audit::Event,
 };
@@ -41,6 +42,10 @@ pub struct AlertArgs {
     /// the logs), so a rule grouping by a value an attacker chooses cannot take the memory.
     #[arg(long, default_value_t = 10_000)]
     pub alert_max_groups: usize,
+    /// A control-plane node the operator says audits, from which no batch arrived for this long,
+    /// is in an audit gap (alert AuditGap); 0s: never.
+    #[arg(long, default_value = "5m")]
+    pub audit_gap_after: humantime::Duration,
 }
 
 /// Events read back from the store to fill one rule's window, at most.
@@ -147,6 +152,9 @@ pub struct Alerting {
     search_url: String,
     max_groups: usize,
     refreshing: tokio::sync::Mutex<()>,
+    /// Which nodes batches come from, and which are silent.
+    pub nodes: Nodes,
+    public_url: String,
 }
 
 fn micros_to_time(micros: i64) -> SystemTime {
@@ -202,6 +210,8 @@ impl Alerting {
             search_url: format!("{}/ui/search", args.public_url.trim_end_matches('/')),
             max_groups: args.alert_max_groups.max(1),
             refreshing: tokio::sync::Mutex::new(()),
+            nodes: Nodes::new(args.audit_gap_after.into(), data_dir),
+            public_url: args.public_url.trim_end_matches('/').to_string(),
         }))
     }
 
@@ -489,6 +499,78 @@ impl Alerting {
         if changed {
             self.keep_firing(rules);
         }
+        drop(state);
+        self.advance_gaps(now);
+    }
+
+    fn advance_gaps(&self, now: SystemTime) {
+        for change in self.nodes.advance(now) {
+            let (node, since, resolved_at) = match change {
+                GapChange::Fired { node, since } => {
+                    tracing::warn!(%node, since = %time_text(since), "audit gap: no batch from the node");
+                    self.metrics
+                        .alerts_fired
+                        .get_or_create(&AlertLabel {
+                            alertname: AUDIT_GAP.into(),
+                        })
+                        .inc();
+                    (node, since, None)
+                }
+                GapChange::Resolved { node, since, at } => {
+                    tracing::info!(%node, "audit gap over: the node sends again");
+                    (node, since, Some(at))
+                }
+            };
+            let notification = self.gap_notification(&node, since, resolved_at);
+            if let Some(notifier) = &self.notifier {
+                match resolved_at {
+                    None => notifier.fire(notification),
+                    Some(_) => notifier.resolve(notification),
+                }
+            }
+        }
+        if !self.nodes.after.is_zero() {
+            self.metrics
+                .alerts_firing
+                .get_or_create(&AlertLabel {
+                    alertname: AUDIT_GAP.into(),
+                })
+                .set(self.nodes.firing().len() as i64);
+        }
+    }
+
+    fn gap_notification(
+        &self,
+        node: &str,
+        since: SystemTime,
+        resolved_at: Option<SystemTime>,
+    ) -> Notification {
+        let after = humantime::format_duration(self.nodes.after).to_string();
+        Notification {
+            labels: BTreeMap::from([
+                ("alertname".to_string(), AUDIT_GAP.to_string()),
+                ("severity".to_string(), "critical".to_string()),
+                ("node".to_string(), node.to_string()),
+            ]),
+            annotations: BTreeMap::from([
+                (
+                    "summary".to_string(),
+                    format!(
+                        "no audit events from node {node} since {}",
+                        time_text(since)
+                    ),
+                ),
+                (
+                    "description".to_string(),
+                    format!(
+                        "The kube-apiserver on {node} runs an auditing revision, but the collector has acknowledged no batch from it for over {after}: its requests are not being audited. Check the kube-apiserver's audit webhook errors (apiserver_audit_error_total) and its reach to the collector."
+                    ),
+                ),
+            ]),
+            starts_at: since,
+            ends_at: resolved_at,
+            generator_url: format!("{}/ui/alerts", self.public_url),
+        }
     }
 
     /// Writes the firing groups down (replacing the file whole, so a crash leaves the old or
@@ -605,6 +687,29 @@ impl Alerting {
                 })
             })
             .collect();
+        let mut rules = rules;
+        if !self.nodes.after.is_zero() {
+            let firing: Vec<Value> = self
+                .nodes
+                .firing()
+                .into_iter()
+                .map(|(node, since)| {
+                    json!({"group": {"node": node}, "count": 0, "since": time_text(since), "query": ""})
+                })
+                .collect();
+            rules.push(json!({
+                "name": AUDIT_GAP,
+                "builtIn": true,
+                "query": "",
+                "windowSeconds": self.nodes.after.as_secs(),
+                "threshold": 1,
+                "groupBy": ["node"],
+                "severity": "critical",
+                "summary": "a node whose kube-apiserver audits sends no batch",
+                "firing": firing,
+                "ready": true,
+            }));
+        }
         json!({"rules": rules, "recent": recent})
     }
 
@@ -657,10 +762,19 @@ fn group_labels(compiled: &Compiled, group: &Group) -> BTreeMap<String, String> 
         .collect()
 }
 
-/// Which control-plane nodes batches came from, and when last.
-#[derive(Default)]
+/// The alert a node in an audit gap raises.
+pub const AUDIT_GAP: &str = "AuditGap";
+
+/// Which control-plane nodes batches came from, when last, and which of the nodes that should
+/// send have gone silent.
 pub struct Nodes {
+    after: Duration,
     seen: Mutex<BTreeMap<String, (SystemTime, u64)>>,
+    gaps: Mutex<GapWatch>,
+    /// Where the last batch times and the expected nodes are kept across restarts.
+    file: Option<std::path::PathBuf>,
+    changed: std::sync::atomic::AtomicBool,
+    last_kept: Mutex<Option<std::time::Instant>>,
 }
 
 /// A node name as Kubernetes allows it (a DNS subdomain).
@@ -672,7 +786,44 @@ pub fn valid_node_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
+/// What is kept of the nodes across restarts.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeptNodes {
+    expected: Vec<String>,
+    last_batch_micros: BTreeMap<String, u64>,
+}
+
+/// How often the nodes' last batches are written down (when they changed).
+const KEEP_NODES_EVERY: Duration = Duration::from_secs(10);
+
 impl Nodes {
+    fn new(after: Duration, data_dir: Option<&std::path::Path>) -> Nodes {
+        let file = data_dir.map(|dir| dir.join("nodes.json"));
+        let kept: KeptNodes = file
+            .as_deref()
+            .and_then(|path| std::fs::read(path).ok())
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        let now = SystemTime::now();
+        let mut gaps = GapWatch::new(after, now);
+        gaps.expect(&kept.expected, now);
+        let mut seen = BTreeMap::new();
+        for (node, micros) in kept.last_batch_micros {
+            let at = UNIX_EPOCH + Duration::from_micros(micros);
+            gaps.batch(&node, at);
+            seen.insert(node, (at, 0));
+        }
+        Nodes {
+            after,
+            seen: Mutex::new(seen),
+            gaps: Mutex::new(gaps),
+            file,
+            changed: Default::default(),
+            last_kept: Mutex::new(None),
+        }
+    }
+
     /// Records an acknowledged batch from `node`.
     pub fn record(&self, node: &str, metrics: &Metrics) {
         let now = SystemTime::now();
@@ -687,6 +838,10 @@ impl Nodes {
         let entry = seen.entry(node.to_string()).or_insert((now, 0));
         entry.0 = now;
         entry.1 += 1;
+        drop(seen);
+        lock(&self.gaps).batch(node, now);
+        self.changed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         metrics
             .node_last_batch
             .get_or_create(&NodeLabel {
@@ -699,13 +854,104 @@ impl Nodes {
             );
     }
 
-    /// What `GET /v1/nodes` answers.
+    /// The nodes whose kube-apiservers run an auditing revision (the operator says which).
+    pub fn expect(&self, nodes: &[String]) {
+        let nodes: Vec<String> = nodes
+            .iter()
+            .filter(|n| valid_node_name(n))
+            .take(MAX_NODES)
+            .cloned()
+            .collect();
+        lock(&self.gaps).expect(&nodes, SystemTime::now());
+        self.changed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn advance(&self, now: SystemTime) -> Vec<GapChange> {
+        if self.after.is_zero() {
+            return Vec::new();
+        }
+        let changes = lock(&self.gaps).advance(now);
+        self.keep();
+        changes
+    }
+
+    fn firing(&self) -> Vec<(String, SystemTime)> {
+        lock(&self.gaps)
+            .firing()
+            .map(|(node, since)| (node.to_string(), since))
+            .collect()
+    }
+
+    /// Writes the nodes down, at most every few seconds and only when something changed.
+    fn keep(&self) {
+        let Some(path) = &self.file else {
+            return;
+        };
+        let mut last = lock(&self.last_kept);
+        if last.is_some_and(|at| at.elapsed() < KEEP_NODES_EVERY)
+            || !self
+                .changed
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let kept = {
+            let gaps = lock(&self.gaps);
+            let seen = lock(&self.seen);
+            KeptNodes {
+                expected: gaps.expected().map(String::from).collect(),
+                last_batch_micros: seen
+                    .iter()
+                    .map(|(node, (at, _))| {
+                        (
+                            node.clone(),
+                            at.duration_since(UNIX_EPOCH)
+                                .unwrap_or_default()
+                                .as_micros() as u64,
+                        )
+                    })
+                    .collect(),
+            }
+        };
+        let written = serde_json::to_vec(&kept)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                let partial = path.with_extension("json.partial");
+                std::fs::write(&partial, bytes)?;
+                std::fs::rename(&partial, path)
+            });
+        if let Err(err) = written {
+            tracing::warn!(error = %err, path = %path.display(), "keeping the nodes' last batches failed");
+        }
+    }
+
+    /// What `GET /v1/nodes` answers: each node that sent or should send, when it last sent, and
+    /// since when it is silent if it is in an audit gap.
     pub fn view(&self) -> Value {
         let seen = lock(&self.seen);
-        let nodes: Vec<Value> = seen
-            .iter()
-            .map(|(name, (last, batches))| {
-                json!({"name": name, "lastBatchAt": time_text(*last), "batches": batches})
+        let gaps = lock(&self.gaps);
+        let expected: Vec<&str> = gaps.expected().collect();
+        let firing: BTreeMap<&str, SystemTime> = gaps.firing().collect();
+        let mut names: Vec<&str> = seen.keys().map(String::as_str).collect();
+        names.extend(expected.iter().copied());
+        names.sort();
+        names.dedup();
+        let nodes: Vec<Value> = names
+            .into_iter()
+            .map(|name| {
+                let (last, batches) = seen
+                    .get(name)
+                    .copied()
+                    .map_or((None, 0), |(at, n)| (Some(at), n));
+                json!({
+                    "name": name,
+                    "lastBatchAt": last.map(time_text),
+                    "batches": batches,
+                    "expected": expected.contains(&name),
+                    "silentSince": firing.get(name).copied().map(time_text),
+                })
             })
             .collect();
         json!({ "nodes": nodes })
@@ -736,6 +982,7 @@ mod tests {
                 notify: NotifyArgs::default(),
                 public_url: "https://audit.example".into(),
                 alert_max_groups: 10,
+                audit_gap_after: Duration::from_secs(300).into(),
             },
             &Metrics::new(),
             None,

@@ -93,7 +93,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/webhook", post(webhook))
         .route("/v1/webhook/{node}", post(webhook_from_node))
         .route("/v1/alerts", get(get_alerts).put(set_alerts))
-        .route("/v1/nodes", get(get_nodes))
+        .route("/v1/nodes", get(get_nodes).put(set_nodes))
         .route("/v1/logsets", get(list_logsets).post(create_logset))
         .route("/v1/logsets/{id}", get(get_logset).delete(delete_logset))
         .route(
@@ -131,10 +131,13 @@ const OVERSIZED_DRAIN_BYTES: u64 = 64 * 1024 * 1024;
 /// policy or routes changes the topic: `update` either way, so one permission covers what the
 /// operator does.
 fn access_for(method: &Method, path: &str) -> Access {
-    if path == "/v1/nodes" {
+    if path == "/v1/nodes" && method == Method::GET {
         return Access::Nodes;
     }
-    if (path.ends_with("/policy") || path.ends_with("/routes") || path == "/v1/alerts")
+    if (path.ends_with("/policy")
+        || path.ends_with("/routes")
+        || path == "/v1/alerts"
+        || path == "/v1/nodes")
         && (method == Method::PUT || method == Method::DELETE)
     {
         return Access::Update;
@@ -467,7 +470,7 @@ async fn take_batch(
     let accepted = |shared: &Shared, hits| {
         shared.alerting.record(hits);
         if let Some(node) = &node {
-            shared.nodes.record(node, &shared.metrics);
+            shared.alerting.nodes.record(node, &shared.metrics);
         }
         tally.record(&shared.metrics);
         for (target, indexes) in &routed {
@@ -915,7 +918,27 @@ async fn set_alerts(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiResult
 }
 
 async fn get_nodes(State(shared): State<Arc<Shared>>) -> Response {
-    Json(shared.nodes.view()).into_response()
+    Json(shared.alerting.nodes.view()).into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpectedNodes {
+    expected: Vec<String>,
+}
+
+/// Which nodes' kube-apiservers run an auditing revision (the operator says), so that a silent
+/// one raises an audit gap.
+async fn set_nodes(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiResult<Response> {
+    let ExpectedNodes { expected } = parse_json(&body)?;
+    if let Some(bad) = expected.iter().find(|n| !super::alerts::valid_node_name(n)) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{bad:?} is not a node name"),
+        ));
+    }
+    shared.alerting.nodes.expect(&expected);
+    Ok(Json(shared.alerting.nodes.view()).into_response())
 }
 
 async fn get_route(State(shared): State<Arc<Shared>>) -> ApiResult<Response> {

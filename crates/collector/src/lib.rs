@@ -194,10 +194,8 @@ pub struct Shared {
     /// Each topic's policy, applied to its events before they are logged, and its retention, for
     /// refusing events older than it.
     pub enforcement: Arc<policy::Enforcement>,
-    /// The alert rules, evaluated on acknowledged events.
+    /// The alert rules, evaluated on acknowledged events, and which nodes batches come from.
     pub alerting: Arc<alerts::Alerting>,
-    /// Which control-plane nodes batches came from.
-    pub nodes: alerts::Nodes,
 }
 
 /// How far the store has taken in the log, shared by the drain (which moves it) and the webhook
@@ -331,6 +329,5 @@ pub async fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>
         limits: http::ServeLimits::from_args(args),
         enforcement,
         alerting,
-        nodes: alerts::Nodes::default(),
     }))
 }

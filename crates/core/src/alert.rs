@@ -455,6 +455,128 @@ impl RuleSpec {
     }
 }
 
+/// Which control-plane nodes have gone silent: a node whose kube-apiserver runs an auditing
+/// revision (it is *expected*) and from which no batch arrived for `after` is in an audit gap.
+/// Silence counts from the node's last batch, or from when it became expected or the watch
+/// started, whichever is latest, so a node is never blamed for time nobody was listening.
+#[derive(Debug)]
+pub struct GapWatch {
+    after: Duration,
+    started: SystemTime,
+    nodes: BTreeMap<String, NodeWatch>,
+}
+
+#[derive(Debug, Default)]
+struct NodeWatch {
+    expected_since: Option<SystemTime>,
+    last_batch: Option<SystemTime>,
+    firing_since: Option<SystemTime>,
+}
+
+/// A node entering or leaving an audit gap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GapChange {
+    /// Silent since `since` (its last batch, or when listening began).
+    Fired { node: String, since: SystemTime },
+    Resolved {
+        node: String,
+        since: SystemTime,
+        at: SystemTime,
+    },
+}
+
+impl GapWatch {
+    pub fn new(after: Duration, started: SystemTime) -> GapWatch {
+        GapWatch {
+            after,
+            started,
+            nodes: BTreeMap::new(),
+        }
+    }
+
+    /// The nodes expected to send from now on; the others are no longer watched.
+    pub fn expect(&mut self, nodes: &[String], now: SystemTime) {
+        for node in nodes {
+            let watch = self.nodes.entry(node.clone()).or_default();
+            watch.expected_since.get_or_insert(now);
+        }
+        for (node, watch) in &mut self.nodes {
+            if !nodes.contains(node) {
+                watch.expected_since = None;
+            }
+        }
+    }
+
+    /// A batch from `node` was acknowledged at `at`.
+    pub fn batch(&mut self, node: &str, at: SystemTime) {
+        let watch = self.nodes.entry(node.to_string()).or_default();
+        watch.last_batch = watch.last_batch.max(Some(at));
+    }
+
+    /// When the node last sent a batch, if it did while watched.
+    pub fn last_batch(&self, node: &str) -> Option<SystemTime> {
+        self.nodes.get(node)?.last_batch
+    }
+
+    fn silent_since(&self, watch: &NodeWatch) -> Option<SystemTime> {
+        let expected = watch.expected_since?;
+        Some(
+            expected
+                .max(self.started)
+                .max(watch.last_batch.unwrap_or(UNIX_EPOCH)),
+        )
+    }
+
+    /// Says which nodes entered or left a gap by `now`.
+    pub fn advance(&mut self, now: SystemTime) -> Vec<GapChange> {
+        let mut changes = Vec::new();
+        let silences: Vec<(String, Option<SystemTime>)> = self
+            .nodes
+            .iter()
+            .map(|(node, watch)| (node.clone(), self.silent_since(watch)))
+            .collect();
+        for (node, silent_since) in silences {
+            let watch = self.nodes.get_mut(&node).expect("listed above");
+            let in_gap = silent_since
+                .is_some_and(|since| now.duration_since(since).unwrap_or_default() >= self.after);
+            match (watch.firing_since, in_gap) {
+                (None, true) => {
+                    let since = silent_since.expect("in a gap");
+                    watch.firing_since = Some(since);
+                    changes.push(GapChange::Fired { node, since });
+                }
+                (Some(since), false) => {
+                    watch.firing_since = None;
+                    changes.push(GapChange::Resolved {
+                        node,
+                        since,
+                        at: now,
+                    });
+                }
+                _ => {}
+            }
+        }
+        self.nodes
+            .retain(|_, w| w.expected_since.is_some() || w.last_batch.is_some());
+        changes
+    }
+
+    /// The nodes in a gap now, with since when they are silent.
+    pub fn firing(&self) -> impl Iterator<Item = (&str, SystemTime)> {
+        self.nodes
+            .iter()
+            .filter_map(|(node, w)| w.firing_since.map(|since| (node.as_str(), since)))
+    }
+
+    /// The nodes expected to send.
+    pub fn expected(&self) -> impl Iterator<Item = &str> {
+        self.nodes
+            .iter()
+            .filter(|(_, w)| w.expected_since.is_some())
+            .map(|(node, _)| node.as_str())
+    }
+}
+
 /// How a rule's alerts are presented: what the people who receive them read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Presentation {
@@ -795,6 +917,55 @@ mod tests {
         assert_eq!(json["startsAt"], "2027-01-15T08:16:40Z");
         assert!(json.get("endsAt").is_none());
         assert!(json["generatorURL"].is_string());
+    }
+
+    #[test]
+    fn a_node_that_sends_nothing_for_the_gap_fires_and_clears_with_its_next_batch() {
+        let mut watch = GapWatch::new(Duration::from_secs(300), at(0));
+        let nodes = vec!["cp-1".to_string(), "cp-2".to_string()];
+        watch.expect(&nodes, at(0));
+        watch.batch("cp-1", at(10));
+        watch.batch("cp-2", at(10));
+        assert!(watch.advance(at(200)).is_empty());
+        watch.batch("cp-1", at(250));
+        // cp-2 is silent since 10 s: at 310 it has been five minutes.
+        assert_eq!(
+            watch.advance(at(310)),
+            [GapChange::Fired {
+                node: "cp-2".into(),
+                since: at(10)
+            }]
+        );
+        assert!(watch.advance(at(320)).is_empty(), "fires once");
+        watch.batch("cp-2", at(400));
+        assert_eq!(
+            watch.advance(at(401)),
+            [GapChange::Resolved {
+                node: "cp-2".into(),
+                since: at(10),
+                at: at(401)
+            }]
+        );
+        // cp-1 goes quiet because auditing was turned off on it: no gap.
+        watch.expect(&["cp-2".to_string()], at(500));
+        watch.batch("cp-2", at(900));
+        assert!(watch.advance(at(1000)).is_empty());
+        assert_eq!(watch.expected().collect::<Vec<_>>(), ["cp-2"]);
+    }
+
+    #[test]
+    fn silence_counts_from_when_listening_began() {
+        // A collector that starts at 1000 does not blame a node for the time before.
+        let mut watch = GapWatch::new(Duration::from_secs(300), at(1000));
+        watch.expect(&["cp-1".to_string()], at(0));
+        assert!(watch.advance(at(1200)).is_empty());
+        assert_eq!(
+            watch.advance(at(1300)),
+            [GapChange::Fired {
+                node: "cp-1".into(),
+                since: at(1000)
+            }]
+        );
     }
 
     #[test]
