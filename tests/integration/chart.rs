@@ -221,6 +221,8 @@ async fn the_chart_is_accepted_by_the_apiserver_and_least_privileged() {
         assert!(applied.contains(kind), "{kind} missing from:\n{applied}");
     }
     assert!(!defaults.contains("kind: ServiceMonitor"));
+    assert!(!defaults.contains("kind: PrometheusRule"));
+    assert!(!defaults.contains("grafana_dashboard"));
 
     // Non-default values need the prometheus-operator's ServiceMonitor kind; a stand-in CRD
     // gives the kube-apiserver the kind to check the rest against.
@@ -239,17 +241,27 @@ spec:
       schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
 "#;
     kubectl_apply(&control_plane, stand_in, false);
-    let established = control_plane
-        .kubectl()
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/servicemonitors.monitoring.coreos.com",
-        ])
-        .output()
-        .unwrap();
-    assert!(established.status.success());
+    // Likewise the PrometheusRule kind.
+    kubectl_apply(
+        &control_plane,
+        &stand_in
+            .replace("servicemonitors", "prometheusrules")
+            .replace("ServiceMonitor", "PrometheusRule"),
+        false,
+    );
+    for crd in ["servicemonitors", "prometheusrules"] {
+        let established = control_plane
+            .kubectl()
+            .args([
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                &format!("crd/{crd}.monitoring.coreos.com"),
+            ])
+            .output()
+            .unwrap();
+        assert!(established.status.success());
+    }
 
     let values = control_plane.dir().join("values.yaml");
     std::fs::write(
@@ -282,6 +294,8 @@ networkPolicy:
   apiFrom: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: dashboards}}}]
   metricsFrom: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]
 serviceMonitor: {enabled: true, interval: 15s, labels: {release: prometheus}}
+prometheusRule: {enabled: true, labels: {release: prometheus}, alertLabels: {team: platform}}
+grafanaDashboard: {enabled: true, annotations: {grafana_folder: Audit}}
 "#,
     )
     .unwrap();
@@ -305,6 +319,10 @@ serviceMonitor: {enabled: true, interval: 15s, labels: {release: prometheus}}
         "secretName: audit-collector-tls",
         "cidr: 10.0.0.0/24",
         "kind: ServiceMonitor",
+        "kind: PrometheusRule",
+        "team: platform",
+        "grafana_dashboard: \"1\"",
+        "grafana_folder: Audit",
     ] {
         assert!(custom.contains(text), "{text} missing from:\n{custom}");
     }
@@ -314,6 +332,8 @@ serviceMonitor: {enabled: true, interval: 15s, labels: {release: prometheus}}
         "daemonset.apps/clusteraudit-agent",
         "statefulset.apps/clusteraudit-collector",
         "servicemonitor.monitoring.coreos.com/clusteraudit",
+        "prometheusrule.monitoring.coreos.com/clusteraudit",
+        "configmap/clusteraudit-dashboard",
     ] {
         assert!(applied.contains(kind), "{kind} missing from:\n{applied}");
     }
