@@ -24,7 +24,11 @@ use serde_json::{Value, json};
 
 use clusteraudit_core::{
     alert::RuleSpec,
-    api::alert::{AuditAlert, AuditAlertStatus, FiringGroup, MAX_FIRING_IN_STATUS},
+    api::{
+        ClusterAudit, ClusterAuditStatus, SINGLETON_NAME,
+        alert::{AuditAlert, AuditAlertStatus, FiringGroup, MAX_FIRING_IN_STATUS},
+    },
+    rollout::revision,
 };
 
 use crate::{
@@ -247,12 +251,66 @@ pub async fn run(context: Arc<Context>) {
         }
     });
     let mut pushed: Option<(Vec<RuleSpec>, Instant)> = None;
+    let mut expected: Option<(Vec<String>, Instant)> = None;
     loop {
+        sync_expected_nodes(&context, &mut expected).await;
         sync(&context, &api, &mut pushed).await;
         tokio::select! {
             () = changed.notified() => {}
             () = tokio::time::sleep(RESYNC) => {}
         }
+    }
+}
+
+/// The nodes whose kube-apiservers run an auditing revision, as their agents reported it.
+pub fn auditing_nodes(status: Option<&ClusterAuditStatus>) -> Vec<String> {
+    let mut nodes: Vec<String> = status
+        .and_then(|s| s.revision.as_ref())
+        .map(|r| {
+            r.nodes
+                .iter()
+                .filter(|n| {
+                    n.current
+                        .as_deref()
+                        .is_some_and(|c| c != revision::ORIGINAL)
+                })
+                .map(|n| n.name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    nodes.sort();
+    nodes
+}
+
+/// Tells the collector which nodes should be sending, when that changes (and every few minutes).
+async fn sync_expected_nodes(context: &Context, sent: &mut Option<(Vec<String>, Instant)>) {
+    let audits: Api<ClusterAudit> = Api::all(context.client.clone());
+    let nodes = match audits.get_opt(SINGLETON_NAME).await {
+        Ok(audit) => auditing_nodes(audit.as_ref().and_then(|a| a.status.as_ref())),
+        Err(err) => {
+            tracing::debug!(%err, "reading the ClusterAudit for the auditing nodes");
+            return;
+        }
+    };
+    if sent
+        .as_ref()
+        .is_some_and(|(before, at)| *before == nodes && at.elapsed() < REPUSH)
+    {
+        return;
+    }
+    let client = match context.sink_client() {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::warn!(%err, "no collector client for the auditing nodes");
+            return;
+        }
+    };
+    match client.set_expected_nodes(&nodes).await {
+        Ok(()) => {
+            tracing::info!(?nodes, "told the collector which nodes audit");
+            *sent = Some((nodes, Instant::now()));
+        }
+        Err(err) => tracing::warn!(%err, "telling the collector which nodes audit"),
     }
 }
 
@@ -435,6 +493,19 @@ mod tests {
             }
         ));
         assert_eq!(judge(&alert(json!({"topic": "x"})), None), Judged::Unknown);
+    }
+
+    #[test]
+    fn only_nodes_on_an_auditing_revision_should_send() {
+        let status: ClusterAuditStatus = serde_json::from_value(json!({"revision": {"nodes": [
+            {"name": "cp-2", "current": "rev-3"},
+            {"name": "cp-1", "current": "rev-3", "target": "rev-4"},
+            {"name": "cp-3", "current": "original"},
+            {"name": "cp-4"},
+        ]}}))
+        .unwrap();
+        assert_eq!(auditing_nodes(Some(&status)), ["cp-1", "cp-2"]);
+        assert!(auditing_nodes(None).is_empty());
     }
 
     #[test]

@@ -159,6 +159,19 @@ impl SinkClient {
         Ok(())
     }
 
+    /// Tells the collector which nodes' kube-apiservers audit, so that it notices one going
+    /// silent.
+    pub async fn set_expected_nodes(&self, nodes: &[String]) -> Result<(), SinkError> {
+        self.expect(
+            Method::PUT,
+            "/v1/nodes",
+            Some(serde_json::json!({ "expected": nodes })),
+            "setting the auditing nodes",
+        )
+        .await?;
+        Ok(())
+    }
+
     /// The collector's alert rules with their firing groups (`GET /v1/alerts`).
     pub async fn alerts(&self) -> Result<Value, SinkError> {
         let (_, view) = self
