@@ -477,8 +477,11 @@ async fn prometheus_scrapes_both_components_as_the_chart_says_and_every_dashboar
         .unwrap();
     let dir = control_plane.dir().join("observability-test");
     std::fs::create_dir_all(&dir).unwrap();
-    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/clusteraudit.yaml");
-    control_plane.apply_file(&crd).unwrap();
+    for crd in ["clusteraudit", "auditalert"] {
+        control_plane
+            .apply_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("crds/{crd}.yaml")))
+            .unwrap();
+    }
     let established = control_plane
         .kubectl()
         .args([
@@ -486,6 +489,7 @@ async fn prometheus_scrapes_both_components_as_the_chart_says_and_every_dashboar
             "--for=condition=Established",
             "--timeout=120s",
             "crd/clusteraudits.clusteraudit.io",
+            "crd/auditalerts.clusteraudit.io",
         ])
         .output()
         .unwrap();
@@ -624,29 +628,21 @@ async fn prometheus_scrapes_both_components_as_the_chart_says_and_every_dashboar
     .await
     .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", logs()));
 
-    // An audit alert rule every kube-apiserver request matches: it fires, and the collector
-    // notifies Alertmanager.
-    let response = collector
-        .http
-        .put(format!("{}/v1/alerts", collector.url))
-        .bearer_auth(&operator_token)
-        .json(&json!({"rules": [{
-            "name": "any-request", "query": "", "windowSeconds": 300, "threshold": 1,
-            "severity": "warning", "summary": "{{count}} requests",
-        }]}))
-        .send()
-        .await
+    // An AuditAlert the agents' and the operator's reads match within seconds: the operator
+    // hands it to the collector, it fires, and the collector notifies Alertmanager.
+    control_plane
+        .apply_json(
+            "any-read",
+            &json!({"apiVersion": "clusteraudit.io/v1alpha1", "kind": "AuditAlert",
+                "metadata": {"name": "any-read"},
+                "spec": {"query": "verb:get", "window": "5m", "threshold": 1,
+                         "severity": "warning", "summary": "{{count}} reads"}}),
+        )
         .unwrap();
-    let status = response.status();
-    assert!(
-        status.is_success(),
-        "{status}: {}",
-        response.text().await.unwrap_or_default()
-    );
     eventually(
         "the alert in Alertmanager",
         Duration::from_secs(120),
-        async || match alertmanager.alert("any-request", &[]).await {
+        async || match alertmanager.alert("any-read", &[]).await {
             Ok(Some(_)) => Ok(()),
             other => Err(format!("{other:?}")),
         },
