@@ -4,7 +4,8 @@
 //! the node's own webhook path, and the collector's `GET /v1/nodes` shows the node. A revision
 //! whose kube-apiserver comes back ready but whose batches the collector refuses (a webhook token
 //! it does not accept, as when a rotated token never reached it) falls back to the last known
-//! good manifest, the node's report saying why.
+//! good manifest, the node's report saying why; so does one the collector will not answer about
+//! (the agent's token lacks the chart's RBAC).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -110,19 +111,14 @@ async fn a_node_whose_batches_do_not_reach_the_collector_falls_back() {
     };
 
     // The collector, checking readers' tokens with this cluster; the agent's token as the chart
-    // gives it: a service-account token for the collector's audience, allowed to get
-    // nodes.clusteraudit.io.
+    // gives it: a token of its service account for the collector's audience, with the chart's
+    // RBAC (get nodes.clusteraudit.io).
     let dir = control_plane.dir().join("gate-test");
     std::fs::create_dir_all(&dir).unwrap();
     let (collector, _) =
         crate::support::start_tls_collector(control_plane.kubeconfig_path(), &dir, WEBHOOK_TOKEN)
             .await;
-    control_plane
-        .apply_json(
-            "agent-gate-rbac",
-            &clusteraudit_testkit::cluster::agent_gate_rbac(NAMESPACE, "clusteraudit-agent"),
-        )
-        .unwrap();
+    apply_chart_rbac(&control_plane);
     let agent_token = clusteraudit_testkit::cluster::service_account_token(
         &client,
         NAMESPACE,
@@ -249,10 +245,71 @@ async fn a_node_whose_batches_do_not_reach_the_collector_falls_back() {
     // Not retried by itself.
     assert!(node.kubelet.wait_syncs(5, Duration::from_secs(30)).await);
     assert_eq!(starts(), 4);
+
+    // The agent's token without the chart's RBAC (an upgrade that left it out, say): the
+    // collector will not say what it received, and the node falls back saying why.
+    let no_rights = clusteraudit_testkit::cluster::service_account_token(
+        &client,
+        NAMESPACE,
+        "no-rights",
+        "clusteraudit",
+    )
+    .await
+    .unwrap();
+    crate::support::write(&token_file, &no_rights);
+    let metadata_policy = render(&PolicySpec {
+        profile: clusteraudit_core::api::Profile::Metadata,
+        ..PolicySpec::default()
+    })
+    .unwrap()
+    .yaml;
+    let unanswered = revision::build(&metadata_policy, &target(WEBHOOK_TOKEN));
+    release(&unanswered).await;
+    let fell_back = eventually("the unanswered revision fallen back", READY, async || {
+        let report = report().await?;
+        if report.last_failed.as_deref() == Some(unanswered.name.as_str()) {
+            Ok(report)
+        } else {
+            Err(format!("{report:?}"))
+        }
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}\n{}", agent.log_tail(30)));
+    eprintln!("fell back: {fell_back:?}");
+    let reason = fell_back.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("no audit batch from node node-1")
+            && reason.contains("the collector's last answer: the collector answered 403"),
+        "{reason}"
+    );
+    assert_eq!(fell_back.current, delivering.name);
+    assert_eq!(starts(), 6, "{:#?}", node.kubelet.events());
 }
 
 /// What the agent logged after `before` (its log read earlier).
 fn agent_log_since(log: &std::path::Path, before: &str) -> String {
     let now = std::fs::read_to_string(log).unwrap();
     now.get(before.len()..).unwrap_or_default().to_string()
+}
+
+/// The chart's RBAC, rendered by helm for a release named clusteraudit in the test's namespace.
+fn apply_chart_rbac(control_plane: &clusteraudit_testkit::ControlPlane) {
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/clusteraudit");
+    let rendered = std::process::Command::new(control_plane.binaries().helm())
+        .args(["template", "clusteraudit", chart, "--namespace", NAMESPACE])
+        .args(["--show-only", "templates/rbac.yaml"])
+        .args([
+            "--kube-version",
+            &clusteraudit_testkit::cluster::kubernetes_version(),
+        ])
+        .args(["--set", "networkPolicy.allowWebhookFromAnywhere=true"])
+        .env("HELM_CACHE_HOME", control_plane.dir().join("helm/cache"))
+        .env("HELM_CONFIG_HOME", control_plane.dir().join("helm/config"))
+        .env("HELM_DATA_HOME", control_plane.dir().join("helm/data"))
+        .output()
+        .expect("helm runs");
+    assert!(rendered.status.success(), "{rendered:?}");
+    let path = control_plane.dir().join("chart-rbac.yaml");
+    std::fs::write(&path, &rendered.stdout).unwrap();
+    control_plane.apply_file(&path).unwrap();
 }
