@@ -1,0 +1,423 @@
+//! What alert rules cost ingestion, and how soon an alert is sent, on this machine:
+//! - ingest with 0, 10 and 100 rules: the release collector and the load generator sharing the
+//!   machine, rounds interleaved; events/s and the collector's CPU per event;
+//! - alert latency: while the load generator sends, probe events that each cross a rule's
+//!   threshold are posted one by one; from each probe's acknowledgement to the notification for
+//!   its group reaching a JSON webhook, p50 / p99 / max.
+//!
+//!   cargo bench --bench alerts
+//!   ALERT_BENCH_EVENTS=200000 ALERT_BENCH_ROUNDS=3 ALERT_BENCH_PROBES=60 cargo bench --bench alerts
+//!
+//! Under `cargo test` (no `--bench` argument) it runs each part for a moment, as a smoke test.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use clusteraudit_loadgen::LoadgenArgs;
+use clusteraudit_testkit::{free_port, process::ManagedProcess};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The process's user and system CPU time so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces; the fields after its closing parenthesis do not.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the parenthesis.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// `count` rules over loadgen's mix: deletions, secret reads, refusals, exec and writes per
+/// resource and namespace, grouped as people group them.
+fn rules(count: usize) -> Vec<Value> {
+    let resources = [
+        "pods",
+        "deployments",
+        "secrets",
+        "configmaps",
+        "services",
+        "replicasets",
+        "serviceaccounts",
+        "roles",
+        "rolebindings",
+        "jobs",
+    ];
+    let namespaces = ["default", "kube-system", "shop", "payments", "monitoring"];
+    (0..count)
+        .map(|i| {
+            let resource = resources[i % resources.len()];
+            let namespace = namespaces[(i / resources.len()) % namespaces.len()];
+            let (query, group_by) = match i % 5 {
+                0 => (
+                    format!("verb:delete and resource:{resource}"),
+                    json!(["user", "namespace"]),
+                ),
+                1 => (
+                    format!("resource:{resource} and (verb:get or verb:list) and not user:system:*"),
+                    json!(["user"]),
+                ),
+                2 => (
+                    format!("code>=400 and namespace:{namespace}"),
+                    json!(["user", "verb"]),
+                ),
+                3 => (
+                    format!(
+                        "namespace:{namespace} and resource:pods and (subresource:exec or subresource:attach)"
+                    ),
+                    json!(["user"]),
+                ),
+                _ => (
+                    format!(
+                        "resource:{resource} and (verb:create or verb:update or verb:patch) and namespace:{namespace}"
+                    ),
+                    json!(["user", "resource"]),
+                ),
+            };
+            json!({"name": format!("rule-{i}"), "query": query, "windowSeconds": 300,
+                   "threshold": 1000, "groupBy": group_by})
+        })
+        .collect()
+}
+
+struct Collector {
+    process: ManagedProcess,
+    url: String,
+    http: reqwest::Client,
+}
+
+async fn start_collector(dir: &Path, extra: &[String]) -> Collector {
+    let port = free_port().unwrap();
+    let mut args = vec![
+        "collector".to_string(),
+        format!("--data-dir={}", dir.join("data").display()),
+        format!("--listen=127.0.0.1:{port}"),
+        "--insecure-dev".into(),
+    ];
+    args.extend(extra.iter().cloned());
+    let process = ManagedProcess::spawn(
+        "collector",
+        Path::new(env!("CARGO_BIN_EXE_clusteraudit")),
+        &args,
+        &dir.join("collector.log"),
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "{}", process.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Collector { process, url, http }
+}
+
+impl Collector {
+    async fn set_rules(&self, rules: &[Value]) {
+        let response = self
+            .http
+            .put(format!("{}/v1/alerts", self.url))
+            .json(&json!({ "rules": rules }))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{:?}",
+            response.text().await
+        );
+        // Every rule is in force (its window read from the store) before the load starts.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let view: Value = self
+                .http
+                .get(format!("{}/v1/alerts", self.url))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let ready = view["rules"]
+                .as_array()
+                .map_or(0, |r| r.iter().filter(|r| r["ready"] == true).count());
+            if ready >= rules.len() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "rules never ready: {view}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn loadgen(url: &str, events: u64, rate: u64, duration: Option<Duration>) -> LoadgenArgs {
+    LoadgenArgs {
+        target: vec![format!("{url}/v1/webhook")],
+        events,
+        batch: 400,
+        concurrency: 4,
+        token: None,
+        token_file: None,
+        ca_file: None,
+        insecure_skip_verify: false,
+        duration: duration.map(Into::into),
+        rate,
+        seed: 42,
+        acked_ids_file: None,
+        json: false,
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+async fn ingest(dir: &Path, events: u64, rounds: usize) {
+    let counts = [0usize, 10, 100];
+    let mut rates: HashMap<usize, Vec<f64>> = HashMap::new();
+    let mut cpu: HashMap<usize, Vec<f64>> = HashMap::new();
+    for round in 0..rounds {
+        for &count in &counts {
+            let run = dir.join(format!("ingest-{count}-{round}"));
+            std::fs::create_dir_all(&run).unwrap();
+            let mut collector = start_collector(&run, &[]).await;
+            collector.set_rules(&rules(count)).await;
+            let pid = collector.process.pid();
+            let before = cpu_seconds(pid);
+            let report = clusteraudit_loadgen::run(loadgen(&collector.url, events, 0, None))
+                .await
+                .expect("the load generator runs");
+            let used = cpu_seconds(pid) - before;
+            collector.process.stop(Duration::from_secs(30));
+            rates
+                .entry(count)
+                .or_default()
+                .push(report.events_per_second);
+            cpu.entry(count)
+                .or_default()
+                .push(used * 1e6 / report.events_acked.max(1) as f64);
+            println!(
+                "  round {round}, {count:>3} rules: {:>8.0} events/s, collector CPU {:.2} µs/event, ack p99 {:.1} ms",
+                report.events_per_second,
+                used * 1e6 / report.events_acked.max(1) as f64,
+                report.ack_latency_ms.p99
+            );
+        }
+    }
+    let base_cpu = median(cpu.get_mut(&0).unwrap());
+    let base_rate = median(rates.get_mut(&0).unwrap());
+    println!("ingest with alert rules ({events} events per run, {rounds} rounds, medians):");
+    for count in counts {
+        let rate = median(rates.get_mut(&count).unwrap());
+        let used = median(cpu.get_mut(&count).unwrap());
+        println!(
+            "  {count:>3} rules: {rate:>8.0} events/s ({:+.1}%), collector CPU {used:.2} µs/event ({:+.1}%)",
+            (rate / base_rate - 1.0) * 100.0,
+            (used / base_cpu - 1.0) * 100.0
+        );
+    }
+}
+
+/// A JSON webhook that notes when the first notification for each `user` label arrived.
+async fn receiver() -> (String, Arc<Mutex<HashMap<String, Instant>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+    let arrivals = Arc::new(Mutex::new(HashMap::new()));
+    let kept = arrivals.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 16 * 1024];
+                loop {
+                    // One request: headers, then content-length bytes.
+                    let (head_end, length) = loop {
+                        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
+                            let length = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            break (end + 4, length);
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    while buffer.len() < head_end + length {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let now = Instant::now();
+                    let body: Value = serde_json::from_slice(&buffer[head_end..head_end + length])
+                        .unwrap_or_default();
+                    buffer.drain(..head_end + length);
+                    for alert in body["alerts"].as_array().into_iter().flatten() {
+                        if let Some(user) = alert["labels"]["user"].as_str() {
+                            kept.lock().unwrap().entry(user.to_string()).or_insert(now);
+                        }
+                    }
+                    let answer = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, arrivals)
+}
+
+fn probe_batch(user: &str) -> Value {
+    let now = jiff::Timestamp::now().to_string();
+    json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": [{
+        "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+        "auditID": format!("{:08x}-0000-4000-8000-000000000000", rand_u32()),
+        "stage": "ResponseComplete",
+        "requestURI": "/api/v1/namespaces/kube-system/pods/etcd-0/exec?command=sh",
+        "verb": "create", "user": {"username": user}, "sourceIPs": ["10.0.0.9"],
+        "objectRef": {"resource": "pods", "namespace": "kube-system", "name": "etcd-0",
+                      "subresource": "exec", "apiVersion": "v1"},
+        "responseStatus": {"code": 101},
+        "requestReceivedTimestamp": now, "stageTimestamp": now,
+    }]})
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    hasher.finish() as u32
+}
+
+async fn latency(dir: &Path, probes: usize, background_rate: u64) {
+    let (webhook, arrivals) = receiver().await;
+    let run = dir.join("latency");
+    std::fs::create_dir_all(&run).unwrap();
+    let collector = start_collector(&run, &[format!("--alert-webhook-url={webhook}")]).await;
+    let mut with_probe = rules(100);
+    with_probe.push(
+        json!({"name": "probe", "query": "user:latency-probe-* and subresource:exec",
+                           "windowSeconds": 300, "threshold": 1, "groupBy": ["user"]}),
+    );
+    collector.set_rules(&with_probe).await;
+    let background = {
+        let url = collector.url.clone();
+        tokio::spawn(async move {
+            clusteraudit_loadgen::run(loadgen(
+                &url,
+                u64::MAX / 2,
+                background_rate,
+                Some(Duration::from_secs(3600)),
+            ))
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut acked = Vec::new();
+    for i in 0..probes {
+        let user = format!("latency-probe-{i}");
+        let response = collector
+            .http
+            .post(format!("{}/v1/webhook", collector.url))
+            .json(&probe_batch(&user))
+            .send()
+            .await
+            .unwrap();
+        let at = Instant::now();
+        assert!(
+            response.status().is_success(),
+            "{:?}",
+            response.text().await
+        );
+        acked.push((user, at));
+        // Probes spread over the resolution of the rules' tick.
+        tokio::time::sleep(Duration::from_millis(237)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while arrivals.lock().unwrap().len() < probes && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    background.abort();
+    let arrived = arrivals.lock().unwrap().clone();
+    let mut latencies: Vec<f64> = acked
+        .iter()
+        .filter_map(|(user, at)| {
+            arrived
+                .get(user)
+                .map(|got| (*got - *at).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    println!(
+        "alert latency (101 rules, background load {background_rate} events/s requested): {} of {probes} probes notified; from acknowledgement to the webhook p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        latencies.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+    let mut collector = collector;
+    collector.process.stop(Duration::from_secs(30));
+}
+
+fn main() {
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    let (events, rounds, probes, rate) = if benchmarking {
+        (
+            env_or("ALERT_BENCH_EVENTS", 300_000),
+            env_or("ALERT_BENCH_ROUNDS", 3),
+            env_or("ALERT_BENCH_PROBES", 60),
+            env_or("ALERT_BENCH_RATE", 20_000),
+        )
+    } else {
+        (4_000, 1, 3, 2_000)
+    };
+    clusteraudit_io::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        ingest(dir.path(), events, rounds).await;
+        latency(dir.path(), probes, rate).await;
+    });
+}
