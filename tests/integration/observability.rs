@@ -25,7 +25,7 @@ use kube::{
 use serde_json::{Value, json};
 
 const NAMESPACE: &str = "clusteraudit-system";
-const NODES: [&str; 2] = ["node-1", "node-2"];
+const NODES: [&str; 3] = ["node-1", "node-2", "node-3"];
 const WEBHOOK_TOKEN: &str = "webhook-token-for-the-observability-test";
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/clusteraudit");
 const DASHBOARD: &str = concat!(
@@ -332,6 +332,8 @@ async fn start_collector(
         ),
         format!("--kubeconfig={}", kubeconfig.display()),
         format!("--alertmanager-url={alertmanager}"),
+        // The collector's own AuditGap alert, as short as the PrometheusRule's in this test.
+        "--audit-gap-after=20s".into(),
     ];
     let process = ManagedProcess::spawn(
         "collector",
@@ -785,11 +787,38 @@ async fn prometheus_scrapes_both_components_as_the_chart_says_and_every_dashboar
         "{firing}"
     );
     assert_eq!(gap("node-2").await, Ok(None), "node-2 still posts");
+    // The collector says so itself, to Alertmanager, for node-1 alone.
+    let collector_gap = |node: &'static str| {
+        let alertmanager = &alertmanager;
+        async move { alertmanager.alert("AuditGap", &[("node", node)]).await }
+    };
+    let sent = eventually(
+        "AuditGap for node-1 in Alertmanager",
+        Duration::from_secs(120),
+        async || match collector_gap("node-1").await {
+            Ok(Some(alert)) => Ok(alert),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", logs()));
+    assert_eq!(sent["labels"]["severity"], "critical");
+    assert_eq!(collector_gap("node-2").await, Ok(None), "node-2 still posts");
     std::fs::rename(&aside, &node_1.manifest_path).unwrap();
     eventually(
         "ClusterAuditAuditGap cleared for node-1",
         Duration::from_secs(180),
         async || match gap("node-1").await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await
+    .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", logs()));
+    eventually(
+        "AuditGap for node-1 resolved in Alertmanager",
+        Duration::from_secs(120),
+        async || match collector_gap("node-1").await {
             Ok(None) => Ok(()),
             other => Err(format!("{other:?}")),
         },
