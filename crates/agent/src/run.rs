@@ -343,19 +343,17 @@ impl Agent {
         local
             .files
             .insert(WEBHOOK_CONFIG_FILE.to_string(), per_node);
-        let records = local
-            .files
-            .get(POLICY_FILE)
-            .is_none_or(|policy| delivery::policy_records(policy));
-        let Some(ca_file) = self
-            .args
-            .webhook_ca_file
-            .as_ref()
-            .filter(|_| self.args.delivery_gate && records)
-        else {
-            if self.args.delivery_gate {
-                tracing::info!(revision = %local.name, "its policy records nothing: not waiting for a batch from this node");
-            }
+        if !self.args.delivery_gate {
+            return Ok((local, None));
+        }
+        if let Some(policy) = local.files.get(POLICY_FILE)
+            && !delivery::policy_records(policy)
+        {
+            tracing::info!(revision = %local.name, "its policy records nothing: not waiting for a batch from this node");
+            return Ok((local, None));
+        }
+        // Pinned, since the revision was trusted.
+        let Some(ca_file) = self.args.webhook_ca_file.as_ref() else {
             return Ok((local, None));
         };
         let ca_pem = std::fs::read(ca_file).map_err(|source| AgentError::WebhookCa {
