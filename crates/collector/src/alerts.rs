@@ -21,6 +21,7 @@ use clusteraudit_core::{
         Window, notification,
     },
     audit::Event,
+    query::{Field, required_values},
 };
 use clusteraudit_store::{AuditStore, MAX_PAGE, SearchRequest, catalog::Catalog};
 use serde_json::{Value, json};
@@ -68,10 +69,14 @@ pub struct Compiled {
     counted_from_store_until: i64,
 }
 
-/// The rules in force, as one snapshot the webhook takes per batch.
+/// The rules in force, as one snapshot the webhook takes per batch. Most rules name the
+/// resource (or the verb) they are about; those are only tried on events of it.
 #[derive(Debug, Default)]
 pub struct RuleSet {
     rules: Vec<Arc<Compiled>>,
+    by_resource: HashMap<String, Vec<usize>>,
+    by_verb: HashMap<String, Vec<usize>>,
+    others: Vec<usize>,
 }
 
 /// An acknowledged event a rule counts.
@@ -82,6 +87,29 @@ pub struct Hit {
 }
 
 impl RuleSet {
+    fn new(rules: Vec<Arc<Compiled>>) -> RuleSet {
+        let mut set = RuleSet::default();
+        for (index, compiled) in rules.iter().enumerate() {
+            let query = &compiled.rule.query;
+            if let Some(resources) = required_values(query, Field::Resource) {
+                for resource in resources {
+                    set.by_resource
+                        .entry(resource.to_string())
+                        .or_default()
+                        .push(index);
+                }
+            } else if let Some(verbs) = required_values(query, Field::Verb) {
+                for verb in verbs {
+                    set.by_verb.entry(verb.to_string()).or_default().push(index);
+                }
+            } else {
+                set.others.push(index);
+            }
+        }
+        set.rules = rules;
+        set
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
@@ -95,7 +123,14 @@ impl RuleSet {
         at_micros: i64,
         hits: &mut Vec<Hit>,
     ) {
-        for compiled in &self.rules {
+        let resource = event.object_ref.as_ref().map(|o| o.resource.as_str());
+        let candidates = resource
+            .and_then(|r| self.by_resource.get(r))
+            .into_iter()
+            .chain(self.by_verb.get(event.verb.as_str()))
+            .flatten()
+            .chain(&self.others);
+        for compiled in candidates.map(|&i| &self.rules[i]) {
             if at_micros <= compiled.counted_from_store_until {
                 continue;
             }
@@ -318,7 +353,7 @@ impl Alerting {
             }
             self.metrics.alert_rules.set(next.len() as i64);
         }
-        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(RuleSet { rules: next });
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(RuleSet::new(next));
         for compiled in fresh {
             tracing::info!(rule = %compiled.spec.name, topic = %compiled.topic, "evaluating alert rule");
             let alerting = self.clone();
@@ -1005,9 +1040,7 @@ mod tests {
             topic: "t".into(),
             counted_from_store_until: 0,
         });
-        *alerting.rules.write().unwrap() = Arc::new(RuleSet {
-            rules: vec![compiled.clone()],
-        });
+        *alerting.rules.write().unwrap() = Arc::new(RuleSet::new(vec![compiled.clone()]));
         lock(&alerting.state).rules.insert(
             "exec".into(),
             RuleState {

@@ -13,6 +13,33 @@ use crate::audit::Event;
 /// Free-text words longer than this (in bytes, not less) are not indexed, so never match.
 const MAX_WORD_BYTES: usize = 40;
 
+/// The values `field` must take for `query` to match an event: `Some(values)` when no event
+/// whose `field` is none of `values` can match (so a rule needs only be tried on events with one
+/// of them), `None` when the query does not narrow `field` that way. Only single-valued fields
+/// (resource, verb, namespace, ...) are meaningful here.
+pub fn required_values(query: &Query, field: Field) -> Option<Vec<&str>> {
+    match query {
+        Query::Field {
+            field: f,
+            op: Op::Eq,
+            value: Value::Exact(value),
+        } if *f == field => Some(vec![value.as_str()]),
+        // One narrowing part narrows the whole conjunction.
+        Query::And(parts) => parts.iter().find_map(|p| required_values(p, field)),
+        // Every alternative must narrow it, and the union is what is required.
+        Query::Or(parts) => {
+            let mut values = Vec::new();
+            for part in parts {
+                values.extend(required_values(part, field)?);
+            }
+            values.sort_unstable();
+            values.dedup();
+            Some(values)
+        }
+        _ => None,
+    }
+}
+
 /// Whether `event` matches `query`.
 pub fn matches(query: &Query, event: &Event) -> bool {
     match query {
@@ -119,6 +146,44 @@ fn field_matches(field: Field, op: Op, value: &Value, event: &Event) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_values_a_query_requires_of_a_field_are_a_necessary_condition() {
+        let required = |q: &str, f| {
+            let query = parse_matchable(q).unwrap();
+            required_values(&query, f).map(|v| v.into_iter().map(String::from).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            required("verb:delete and resource:pods", Field::Resource),
+            Some(vec!["pods".to_string()])
+        );
+        assert_eq!(
+            required(
+                "(resource:secrets or resource:configmaps) and verb:get",
+                Field::Resource
+            ),
+            Some(vec!["configmaps".to_string(), "secrets".to_string()])
+        );
+        assert_eq!(
+            required("resource:secrets or verb:get", Field::Resource),
+            None
+        );
+        assert_eq!(required("not resource:secrets", Field::Resource), None);
+        assert_eq!(required("resource:sec*", Field::Resource), None);
+        assert_eq!(required("code>=400", Field::Resource), None);
+        // Necessary: whatever matches has one of the values.
+        let event = event();
+        for q in [
+            "resource:secrets and verb:get",
+            "(resource:secrets or resource:pods) and code:403",
+            "resource:secrets or (resource:secrets and user:x)",
+        ] {
+            let query = parse_matchable(q).unwrap();
+            assert!(matches(&query, &event), "{q}");
+            let values = required_values(&query, Field::Resource).unwrap();
+            assert!(values.contains(&"secrets"), "{q}: {values:?}");
+        }
+    }
 
     fn event() -> Event {
         serde_json::from_str(

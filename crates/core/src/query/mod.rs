@@ -23,7 +23,7 @@ mod matcher;
 
 use std::fmt;
 
-pub use matcher::{matches, parse_matchable};
+pub use matcher::{matches, parse_matchable, required_values};
 
 /// A parsed search query. The stores evaluate it in their own indexes; [`matches`] evaluates it
 /// on one event in memory, with the same answers.
