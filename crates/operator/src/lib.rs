@@ -186,6 +186,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         ),
         metrics: metrics.clone(),
         last_choice: Default::default(),
+        sink_memory: Default::default(),
         #[cfg(feature = "test-hooks")]
         test_hooks: args.enable_test_hooks,
     });

@@ -120,6 +120,9 @@ pub struct Context {
     pub token_propagation: Duration,
     /// The last policy choice, reused while its inputs stay the same.
     pub last_choice: LastChoice,
+    /// What of the sink this process found or created, as last known: kept beside the status
+    /// because a reconcile can create the sink and fail before its status is written.
+    pub sink_memory: std::sync::Mutex<Option<clusteraudit_core::api::SinkStatus>>,
     #[cfg(feature = "test-hooks")]
     pub test_hooks: bool,
 }
@@ -252,8 +255,16 @@ async fn reconcile_inner(
         Ok(rendered) => {
             let sink_client = context.sink_client()?;
             let mut known = None;
+            let remembered = crate::sink::with_remembered(
+                previous.sink.as_ref(),
+                context
+                    .sink_memory
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref(),
+            );
             let sink = match sink_client
-                .ensure_remembering(&spec.sink, previous.sink.as_ref(), &mut known)
+                .ensure_remembering(&spec.sink, remembered.as_ref(), &mut known)
                 .await
             {
                 Ok(status) => Sink::Ready(status),
@@ -263,6 +274,17 @@ async fn reconcile_inner(
                     known,
                 },
             };
+            if let Sink::Ready(status)
+            | Sink::Failed {
+                known: Some(status),
+                ..
+            } = &sink
+            {
+                *context
+                    .sink_memory
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(status.clone());
+            }
             // The revision carries the released revision's policy while the spec's only narrows
             // it: the kube-apiservers already send more than it wants, so no restart is needed.
             let released = match previous.revision.as_ref().and_then(|r| r.latest.as_deref()) {

@@ -605,6 +605,36 @@ impl std::fmt::Display for Deleted {
 
 /// What the API server's schema cannot check of `spec.sink.routes`: each query parses (the field
 /// and the column named), and no route's topic is the sink's own topic.
+/// What the status says the operator created, completed with what this process remembers
+/// creating: a reconcile that creates the sink and then fails before writing status (a later
+/// step, or the status write itself, refused while a kube-apiserver restarts) must not leave the
+/// next one believing it found the logset and topic already there.
+pub fn with_remembered(
+    status: Option<&SinkStatus>,
+    memory: Option<&SinkStatus>,
+) -> Option<SinkStatus> {
+    let Some(memory) = memory else {
+        return status.cloned();
+    };
+    let mut merged = status.cloned().unwrap_or_else(|| memory.clone());
+    if memory.created.logset && merged.logset_id.is_some() && merged.logset_id == memory.logset_id {
+        merged.created.logset = true;
+    }
+    if memory.created.topic && merged.topic_id.is_some() && merged.topic_id == memory.topic_id {
+        merged.created.topic = true;
+    }
+    for route in &mut merged.routes {
+        if memory
+            .routes
+            .iter()
+            .any(|r| r.created && r.topic_id == route.topic_id)
+        {
+            route.created = true;
+        }
+    }
+    Some(merged)
+}
+
 pub fn check_routes(sink: &SinkSpec) -> Result<(), String> {
     for (index, route) in sink.routes.iter().enumerate() {
         if let Err(err) = clusteraudit_core::query::parse_matchable(&route.query) {
@@ -638,6 +668,38 @@ fn find_by_name(list: &Value, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_this_process_created_survives_a_status_that_was_never_written() {
+        let created = SinkStatus {
+            logset_id: Some("ls-1".into()),
+            topic_id: Some("tp-1".into()),
+            created: clusteraudit_core::api::CreatedBySink {
+                logset: true,
+                topic: true,
+            },
+            routes: Vec::new(),
+        };
+        // The status write failed: the next reconcile reads no sink at all.
+        assert_eq!(with_remembered(None, Some(&created)), Some(created.clone()));
+        // A status written by a reconcile that found them (created false) is corrected.
+        let found = SinkStatus {
+            created: Default::default(),
+            ..created.clone()
+        };
+        assert_eq!(
+            with_remembered(Some(&found), Some(&created)),
+            Some(created.clone())
+        );
+        // A different topic (the spec changed) is not claimed.
+        let other = SinkStatus {
+            topic_id: Some("tp-2".into()),
+            ..found.clone()
+        };
+        let merged = with_remembered(Some(&other), Some(&created)).unwrap();
+        assert!(merged.created.logset && !merged.created.topic);
+        assert_eq!(with_remembered(Some(&found), None), Some(found));
+    }
 
     #[test]
     fn a_route_that_cannot_parse_or_routes_to_itself_is_named() {
