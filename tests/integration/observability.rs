@@ -803,7 +803,11 @@ async fn prometheus_scrapes_both_components_as_the_chart_says_and_every_dashboar
     .await
     .unwrap_or_else(|timed_out| panic!("{timed_out}\n{}", logs()));
     assert_eq!(sent["labels"]["severity"], "critical");
-    assert_eq!(collector_gap("node-2").await, Ok(None), "node-2 still posts");
+    assert_eq!(
+        collector_gap("node-2").await,
+        Ok(None),
+        "node-2 still posts"
+    );
     std::fs::rename(&aside, &node_1.manifest_path).unwrap();
     eventually(
         "ClusterAuditAuditGap cleared for node-1",
