@@ -1,4 +1,6 @@
 //! What alert rules cost ingestion, and how soon an alert is sent, on this machine:
+//! - matching in-process: per event of loadgen's mix, the rules' share of the webhook's work
+//!   (matching, grouping, counting in the windows) with 0, 10 and 100 rules;
 //! - ingest with 0, 10 and 100 rules: the release collector and the load generator sharing the
 //!   machine, rounds interleaved; events/s and the collector's CPU per event;
 //! - alert latency: while the load generator sends, probe events that each cross a rule's
@@ -7,6 +9,7 @@
 //!
 //!   cargo bench --bench alerts
 //!   ALERT_BENCH_EVENTS=200000 ALERT_BENCH_ROUNDS=3 ALERT_BENCH_PROBES=60 cargo bench --bench alerts
+//!   ALERT_BENCH_ONLY=matching cargo bench --bench alerts    # the in-process part alone
 //!
 //! Under `cargo test` (no `--bench` argument) it runs each part for a moment, as a smoke test.
 
@@ -397,6 +400,64 @@ async fn latency(dir: &Path, probes: usize, background_rate: u64) {
     collector.process.stop(Duration::from_secs(30));
 }
 
+/// The webhook's share of the rules' cost in-process: matching each decoded event against the
+/// rules and counting the matches in their windows, per event of loadgen's mix.
+fn matching(events: usize) {
+    use clusteraudit_core::{
+        alert::{RuleSpec, Window},
+        audit::Event,
+    };
+    let mut generator = clusteraudit_loadgen::EventGenerator::new(7);
+    // Decoded, with their times, as the webhook has them before it matches.
+    let decoded: Vec<(Event, i64)> = (0..events)
+        .map(|_| {
+            let bytes = serde_json::to_vec(&generator.next_event()).unwrap();
+            let event: Event = serde_json::from_slice(&bytes).unwrap();
+            let at = event.time_micros().unwrap_or_default();
+            (event, at)
+        })
+        .collect();
+    println!("matching in-process ({events} events of loadgen's mix, best of 5 passes):");
+    for count in [0usize, 10, 100] {
+        let specs: Vec<RuleSpec> = rules(count)
+            .into_iter()
+            .map(|r| serde_json::from_value(r).unwrap())
+            .collect();
+        let set = clusteraudit_collector::alerts::RuleSet::for_topic(&specs, "t");
+        let mut best = f64::MAX;
+        let mut hits_per_event = 0.0;
+        for _ in 0..5 {
+            let mut windows: HashMap<String, Window> = specs
+                .iter()
+                .map(|s| (s.name.clone(), Window::new(s.compile().unwrap().0, 10_000)))
+                .collect();
+            let started = Instant::now();
+            let mut hits = Vec::new();
+            let mut counted = 0usize;
+            for batch in decoded.chunks(400) {
+                for (event, at) in batch {
+                    set.observe("t", &[], event, *at, &mut hits);
+                }
+                counted += hits.len();
+                for hit in hits.drain(..) {
+                    let (rule, group, at) = hit.parts();
+                    if let Some(window) = windows.get_mut(rule) {
+                        let at = std::time::UNIX_EPOCH + Duration::from_micros(at.max(0) as u64);
+                        window.count(group.clone(), at, 1);
+                    }
+                }
+            }
+            best = best.min(started.elapsed().as_secs_f64());
+            hits_per_event = counted as f64 / events as f64;
+        }
+        println!(
+            "  {count:>3} rules ({} compiled): {:.2} µs/event, {hits_per_event:.2} matches/event",
+            set.len(),
+            best * 1e6 / events as f64
+        );
+    }
+}
+
 fn main() {
     let benchmarking = std::env::args().any(|a| a == "--bench");
     let (events, rounds, probes, rate) = if benchmarking {
@@ -416,6 +477,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    matching(if benchmarking { 200_000 } else { 2_000 });
+    if std::env::var("ALERT_BENCH_ONLY").is_ok_and(|only| only == "matching") {
+        return;
+    }
     runtime.block_on(async {
         ingest(dir.path(), events, rounds).await;
         latency(dir.path(), probes, rate).await;

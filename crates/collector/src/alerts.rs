@@ -70,12 +70,13 @@ pub struct Compiled {
 }
 
 /// The rules in force, as one snapshot the webhook takes per batch. Most rules name the
-/// resource (or the verb) they are about; those are only tried on events of it.
+/// resource, verb or namespace they are about; those are only tried on events of it.
 #[derive(Debug, Default)]
 pub struct RuleSet {
     rules: Vec<Arc<Compiled>>,
     by_resource: HashMap<String, Vec<usize>>,
     by_verb: HashMap<String, Vec<usize>>,
+    by_namespace: HashMap<String, Vec<usize>>,
     others: Vec<usize>,
 }
 
@@ -84,6 +85,13 @@ pub struct Hit {
     rule: Arc<Compiled>,
     group: Group,
     at_micros: i64,
+}
+
+impl Hit {
+    /// The rule's name, the group and the event's time: what a window counts.
+    pub fn parts(&self) -> (&str, &Group, i64) {
+        (&self.rule.spec.name, &self.group, self.at_micros)
+    }
 }
 
 impl RuleSet {
@@ -102,6 +110,13 @@ impl RuleSet {
                 for verb in verbs {
                     set.by_verb.entry(verb.to_string()).or_default().push(index);
                 }
+            } else if let Some(namespaces) = required_values(query, Field::Namespace) {
+                for namespace in namespaces {
+                    set.by_namespace
+                        .entry(namespace.to_string())
+                        .or_default()
+                        .push(index);
+                }
             } else {
                 set.others.push(index);
             }
@@ -110,8 +125,31 @@ impl RuleSet {
         set
     }
 
+    /// Rules over `topic` that count every event from the start (no window read back first):
+    /// what the benchmarks match with.
+    pub fn for_topic(specs: &[RuleSpec], topic: &str) -> RuleSet {
+        let compiled = specs
+            .iter()
+            .filter_map(|spec| {
+                let (rule, presentation) = spec.compile().ok()?;
+                Some(Arc::new(Compiled {
+                    spec: spec.clone(),
+                    rule,
+                    presentation,
+                    topic: topic.to_string(),
+                    counted_from_store_until: i64::MIN,
+                }))
+            })
+            .collect();
+        RuleSet::new(compiled)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
     }
 
     /// The matches of an event stored in `topic` and in the `routed` topics.
@@ -123,11 +161,12 @@ impl RuleSet {
         at_micros: i64,
         hits: &mut Vec<Hit>,
     ) {
-        let resource = event.object_ref.as_ref().map(|o| o.resource.as_str());
-        let candidates = resource
-            .and_then(|r| self.by_resource.get(r))
+        let object = event.object_ref.as_ref();
+        let candidates = object
+            .and_then(|o| self.by_resource.get(o.resource.as_str()))
             .into_iter()
             .chain(self.by_verb.get(event.verb.as_str()))
+            .chain(object.and_then(|o| self.by_namespace.get(o.namespace.as_str())))
             .flatten()
             .chain(&self.others);
         for compiled in candidates.map(|&i| &self.rules[i]) {
