@@ -49,6 +49,13 @@ pub struct AlertArgs {
     pub audit_gap_after: humantime::Duration,
 }
 
+/// Events a rule being filled remembers having counted live, at most (past it, an event both
+/// acknowledged meanwhile and found in the store may count twice).
+const MAX_COUNTED_LIVE: usize = 1_000_000;
+/// How long a new rule waits before reading its window from the store: the embedded store
+/// commits about once a second, so what was acknowledged before the rule is searchable then.
+const FILL_DELAY: Duration = Duration::from_secs(2);
+
 /// Events read back from the store to fill one rule's window, at most.
 const REBUILD_MAX_EVENTS: usize = 100_000;
 /// Firings kept for the page and the API.
@@ -64,9 +71,6 @@ pub struct Compiled {
     presentation: Presentation,
     /// The topic whose events it counts: the spec's, or the routed topic.
     topic: String,
-    /// Events up to this time (micros) are counted from the store when the rule is set up;
-    /// later ones as they are acknowledged.
-    counted_from_store_until: i64,
 }
 
 /// The rules in force, as one snapshot the webhook takes per batch. Most rules name the
@@ -85,6 +89,14 @@ pub struct Hit {
     rule: Arc<Compiled>,
     group: Group,
     at_micros: i64,
+    /// Which event it is, for a rule still reading its window from the store.
+    key: u64,
+}
+
+/// An event's identity, (auditID, stage), hashed.
+fn event_key(event: &Event) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one((&event.audit_id, event.stage.as_str()))
 }
 
 impl Hit {
@@ -137,7 +149,6 @@ impl RuleSet {
                     rule,
                     presentation,
                     topic: topic.to_string(),
-                    counted_from_store_until: i64::MIN,
                 }))
             })
             .collect();
@@ -170,9 +181,6 @@ impl RuleSet {
             .flatten()
             .chain(&self.others);
         for compiled in candidates.map(|&i| &self.rules[i]) {
-            if at_micros <= compiled.counted_from_store_until {
-                continue;
-            }
             if compiled.topic != topic && !routed.contains(&compiled.topic.as_str()) {
                 continue;
             }
@@ -181,6 +189,7 @@ impl RuleSet {
                     rule: compiled.clone(),
                     group,
                     at_micros,
+                    key: event_key(event),
                 });
             }
         }
@@ -192,6 +201,9 @@ struct RuleState {
     window: Window,
     /// Filled from the store before it is advanced.
     ready: bool,
+    /// While it is being filled: the events counted as they were acknowledged, which the store
+    /// may also return.
+    counted_live: std::collections::HashSet<u64>,
     firing: HashMap<Group, (SystemTime, u64)>,
     last_fired: Option<SystemTime>,
 }
@@ -308,6 +320,9 @@ impl Alerting {
             if !Arc::ptr_eq(&rule.compiled, &hit.rule) {
                 continue;
             }
+            if !rule.ready && rule.counted_live.len() < MAX_COUNTED_LIVE {
+                rule.counted_live.insert(hit.key);
+            }
             rule.window
                 .count(hit.group, micros_to_time(hit.at_micros), 1);
         }
@@ -325,7 +340,6 @@ impl Alerting {
         if unchanged {
             return;
         }
-        let now = crate::http::now_micros();
         let mut next = Vec::new();
         let mut fresh = Vec::new();
         for spec in catalog.alerts() {
@@ -351,7 +365,6 @@ impl Alerting {
                 rule,
                 presentation,
                 topic,
-                counted_from_store_until: now,
             });
             fresh.push(compiled.clone());
             next.push(compiled);
@@ -380,6 +393,7 @@ impl Alerting {
                         compiled: compiled.clone(),
                         window: Window::new(compiled.rule.clone(), self.max_groups),
                         ready: false,
+                        counted_live: Default::default(),
                         firing: HashMap::new(),
                         last_fired: None,
                     },
@@ -402,10 +416,15 @@ impl Alerting {
     }
 
     /// Counts the rule's events already in the store within its window.
+    /// Events acknowledged before the rule was in force are counted from the store; those
+    /// acknowledged since were counted live and are not counted again.
     async fn fill_from_store(&self, store: &Arc<dyn AuditStore>, compiled: Arc<Compiled>) {
-        let until = compiled.counted_from_store_until;
-        let from = until - compiled.rule.window.as_micros() as i64 - 1_000_000;
-        let mut counts: HashMap<Group, Vec<i64>> = HashMap::new();
+        tokio::time::sleep(FILL_DELAY).await;
+        let now = crate::http::now_micros();
+        let from = now - compiled.rule.window.as_micros() as i64 - 1_000_000;
+        // The webhook takes events up to an hour ahead.
+        let until = now + 3_600_000_000;
+        let mut counts: HashMap<Group, Vec<(i64, u64)>> = HashMap::new();
         let mut cursor = None;
         let mut read = 0;
         let mut complete = true;
@@ -443,7 +462,10 @@ impl Alerting {
                 else {
                     continue;
                 };
-                counts.entry(group).or_default().push(at);
+                counts
+                    .entry(group)
+                    .or_default()
+                    .push((at, event_key(&event)));
             }
             read += page.events.len();
             match page.cursor {
@@ -464,9 +486,12 @@ impl Alerting {
         if !Arc::ptr_eq(&rule.compiled, &compiled) {
             return;
         }
-        for (group, times) in counts {
-            for at in times {
-                rule.window.count(group.clone(), micros_to_time(at), 1);
+        let counted_live = std::mem::take(&mut rule.counted_live);
+        for (group, events) in counts {
+            for (at, key) in events {
+                if !counted_live.contains(&key) {
+                    rule.window.count(group.clone(), micros_to_time(at), 1);
+                }
             }
         }
         rule.ready = true;
@@ -1077,7 +1102,6 @@ mod tests {
             rule: rule.clone(),
             presentation,
             topic: "t".into(),
-            counted_from_store_until: 0,
         });
         *alerting.rules.write().unwrap() = Arc::new(RuleSet::new(vec![compiled.clone()]));
         lock(&alerting.state).rules.insert(
@@ -1086,6 +1110,7 @@ mod tests {
                 compiled: compiled.clone(),
                 window: Window::new(rule, 10),
                 ready: true,
+                counted_live: Default::default(),
                 firing: HashMap::new(),
                 last_fired: None,
             },
@@ -1108,6 +1133,135 @@ mod tests {
         alerting.advance(SystemTime::now());
         let view = alerting.view();
         assert_eq!(view["recent"].as_array().unwrap().len(), 1, "fires once");
+    }
+
+    /// A store holding a fixed set of events, for what a rule reads back when it appears.
+    struct EventsInStore(Vec<String>);
+
+    impl AuditStore for EventsInStore {
+        fn catalog(&self) -> clusteraudit_store::StoreFuture<'_, Catalog> {
+            unimplemented!("not read by the alerts")
+        }
+        fn edit_catalog(
+            &self,
+            _: clusteraudit_store::CatalogEdit,
+        ) -> clusteraudit_store::StoreFuture<'_, clusteraudit_store::Edited> {
+            unimplemented!("not read by the alerts")
+        }
+        fn route(&self) -> clusteraudit_store::StoreFuture<'_, String> {
+            unimplemented!("not read by the alerts")
+        }
+        fn search(
+            &self,
+            _: String,
+            _: SearchRequest,
+        ) -> clusteraudit_store::StoreFuture<'_, clusteraudit_store::Page> {
+            let events = self
+                .0
+                .iter()
+                .map(|e| serde_json::value::RawValue::from_string(e.clone()).unwrap())
+                .collect();
+            Box::pin(std::future::ready(Ok(clusteraudit_store::Page {
+                events,
+                cursor: None,
+            })))
+        }
+        fn stats(
+            &self,
+            _: String,
+            _: clusteraudit_store::StatsRequest,
+        ) -> clusteraudit_store::StoreFuture<'_, clusteraudit_store::Stats> {
+            unimplemented!("not read by the alerts")
+        }
+        fn usage(
+            &self,
+            _: String,
+        ) -> clusteraudit_store::StoreFuture<'_, clusteraudit_store::TopicUsage> {
+            unimplemented!("not read by the alerts")
+        }
+        fn enforce_retention(&self, _: i64) -> clusteraudit_store::StoreFuture<'_, Vec<String>> {
+            unimplemented!("not read by the alerts")
+        }
+    }
+
+    fn event_at(id: u32, user: &str, at: SystemTime) -> String {
+        json!({
+            "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+            "auditID": format!("00000000-0000-0000-0000-{id:012}"), "stage": "ResponseComplete",
+            "requestURI": "/api/v1/namespaces/shop/secrets", "verb": "list",
+            "user": {"username": user}, "sourceIPs": ["10.0.0.7"],
+            "objectRef": {"resource": "secrets", "namespace": "shop"},
+            "responseStatus": {"code": 200},
+            "stageTimestamp": time_text(at),
+        })
+        .to_string()
+    }
+
+    #[tokio::test]
+    async fn a_new_rule_counts_the_store_and_the_live_stream_once_each() {
+        let now = SystemTime::now();
+        // Two events acknowledged before the rule existed, and one acknowledged while it was
+        // reading its window (so both live and in the store).
+        let before = [1, 2].map(|id| event_at(id, "alice", now));
+        let meanwhile = event_at(3, "alice", now);
+        let store: Arc<dyn AuditStore> = Arc::new(EventsInStore(
+            before.iter().chain([&meanwhile]).cloned().collect(),
+        ));
+        let alerting = Alerting::new(
+            &AlertArgs {
+                notify: NotifyArgs::default(),
+                public_url: "https://audit.example".into(),
+                alert_max_groups: 10,
+                audit_gap_after: Duration::ZERO.into(),
+            },
+            &Metrics::new(),
+            None,
+        )
+        .unwrap();
+        let mut catalog = Catalog::default();
+        catalog
+            .apply(
+                &clusteraudit_store::CatalogEdit::Initialize,
+                &mut clusteraudit_store::catalog::SystemOrigin,
+            )
+            .unwrap();
+        let spec = RuleSpec {
+            name: "secret-lists".into(),
+            query: "resource:secrets".into(),
+            window_seconds: 300,
+            threshold: 4,
+            group_by: vec![clusteraudit_core::alert::GroupField::User],
+            severity: "warning".into(),
+            ..RuleSpec::default()
+        };
+        catalog
+            .apply(
+                &clusteraudit_store::CatalogEdit::SetAlerts { rules: vec![spec] },
+                &mut clusteraudit_store::catalog::SystemOrigin,
+            )
+            .unwrap();
+        alerting.update(&store, &catalog).await;
+        // While the rule waits to read the store, the third event and a fourth are acknowledged.
+        let topic = catalog.route().to_string();
+        let mut hits = Vec::new();
+        for raw in [&meanwhile, &event_at(4, "alice", now)] {
+            let event: Event = serde_json::from_str(raw).unwrap();
+            let at = event.time_micros().unwrap();
+            alerting.rules().observe(&topic, &[], &event, at, &mut hits);
+        }
+        assert_eq!(hits.len(), 2);
+        alerting.record(hits);
+        let deadline = std::time::Instant::now() + FILL_DELAY * 10;
+        while alerting.view()["rules"][0]["ready"] != true {
+            assert!(std::time::Instant::now() < deadline, "{}", alerting.view());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        alerting.advance(SystemTime::now());
+        let view = alerting.view();
+        assert_eq!(
+            view["rules"][0]["firing"][0]["count"], 4,
+            "two from the store, two live, the one in both once: {view}"
+        );
     }
 
     #[test]
