@@ -7,7 +7,7 @@
 //! good manifest, the node's report saying why; so does one the collector will not answer about
 //! (the agent's token lacks the chart's RBAC).
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use clusteraudit_core::{
     api::{ClusterAudit, PolicySpec},
@@ -36,31 +36,15 @@ const WEBHOOK_TOKEN: &str = "the-webhook-token-the-collector-accepts";
 const HEALTH_TIMEOUT: &str = "45s";
 const READY: Duration = Duration::from_secs(180);
 
-fn binary() -> PathBuf {
-    std::env::var_os("CLUSTERAUDIT_TEST_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_clusteraudit")))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the control plane: scripts/test runs it"]
 async fn a_node_whose_batches_do_not_reach_the_collector_falls_back() {
     let control_plane = crate::support::one_static_pod_node().await;
     let node = control_plane.node("node-1").unwrap();
     assert!(node.wait_ready(READY).await, "{:#?}", node.kubelet.events());
-    let crd = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/clusteraudit.yaml");
-    control_plane.apply_file(&crd).unwrap();
-    let established = control_plane
-        .kubectl()
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=120s",
-            "crd/clusteraudits.clusteraudit.io",
-        ])
-        .output()
+    control_plane
+        .install_crds(&[&crate::support::crd("clusteraudit")])
         .unwrap();
-    assert!(established.status.success(), "{established:?}");
     let client = control_plane.client().await.unwrap();
     Api::<Namespace>::all(client.clone())
         .create(
@@ -135,7 +119,8 @@ async fn a_node_whose_batches_do_not_reach_the_collector_falls_back() {
     args.push(format!("--webhook-ca-file={}", collector.ca_path.display()));
     args.push(format!("--collector-token-file={}", token_file.display()));
     let log = dir.join("agent.log");
-    let agent = ManagedProcess::spawn("agent", &binary(), &args, &log).unwrap();
+    let agent =
+        ManagedProcess::spawn("agent", &crate::operator_rollout::binary(), &args, &log).unwrap();
 
     let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
     let report = async || -> Result<NodeReport, String> {

@@ -32,31 +32,15 @@ const NAMESPACE: &str = "clusteraudit";
 const PINNED: &str = "https://127.0.0.1:9/v1/webhook";
 const READY: Duration = Duration::from_secs(180);
 
-fn binary() -> PathBuf {
-    std::env::var_os("CLUSTERAUDIT_TEST_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_clusteraudit")))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the control plane: scripts/test runs it"]
 async fn the_agent_refuses_a_foreign_webhook_and_a_forged_hash_and_applies_the_genuine_revision() {
     let control_plane = crate::support::one_static_pod_node().await;
     let node = control_plane.node("node-1").unwrap();
     assert!(node.wait_ready(READY).await, "{:#?}", node.kubelet.events());
-    let crd = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/clusteraudit.yaml");
-    control_plane.apply_file(&crd).unwrap();
-    let established = control_plane
-        .kubectl()
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=120s",
-            "crd/clusteraudits.clusteraudit.io",
-        ])
-        .output()
+    control_plane
+        .install_crds(&[&crate::support::crd("clusteraudit")])
         .unwrap();
-    assert!(established.status.success(), "{established:?}");
     let client = control_plane.client().await.unwrap();
     Api::<Namespace>::all(client.clone())
         .create(
@@ -124,7 +108,8 @@ async fn the_agent_refuses_a_foreign_webhook_and_a_forged_hash_and_applies_the_g
     // No collector here to receive the node's batches (the delivery gate is agent_gate's).
     args.push("--delivery-gate=false".into());
     let log = control_plane.dir().join("agent.log");
-    let agent = ManagedProcess::spawn("agent", &binary(), &args, &log).unwrap();
+    let agent =
+        ManagedProcess::spawn("agent", &crate::operator_rollout::binary(), &args, &log).unwrap();
 
     let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
     let report = async || -> Result<NodeReport, String> {

@@ -71,21 +71,12 @@ async fn audit_alerts_fire_on_real_requests_reach_alertmanager_and_survive_a_col
         .expect("the control plane starts");
     let dir = control_plane.dir().join("alerts-test");
     std::fs::create_dir_all(&dir).unwrap();
-    for crd in ["clusteraudit", "auditalert"] {
-        control_plane
-            .apply_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("crds/{crd}.yaml")))
-            .unwrap();
-    }
-    kubectl_ok(
-        &control_plane,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=120s",
-            "crd/auditalerts.clusteraudit.io",
-            "crd/clusteraudits.clusteraudit.io",
-        ],
-    );
+    control_plane
+        .install_crds(&[
+            &crate::support::crd("clusteraudit"),
+            &crate::support::crd("auditalert"),
+        ])
+        .unwrap();
     kubectl_ok(&control_plane, &["create", "namespace", NAMESPACE]);
     let alertmanager = Alertmanager::start().await.expect("Alertmanager starts");
 

@@ -173,26 +173,13 @@ async fn the_chart_is_accepted_by_the_apiserver_and_least_privileged() {
     );
     // Helm installs the chart's CRDs before its objects; a dry run of both at once cannot map
     // the built-in AuditAlerts, so the CRDs go in for real first.
-    for crd in ["clusteraudit", "auditalert"] {
-        control_plane
-            .apply_file(
-                &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join(format!("charts/clusteraudit/crds/{crd}.yaml")),
-            )
-            .unwrap();
-    }
-    let established = control_plane
-        .kubectl()
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=120s",
-            "crd/auditalerts.clusteraudit.io",
-            "crd/clusteraudits.clusteraudit.io",
-        ])
-        .output()
+    let chart_crd = |name: &str| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("charts/clusteraudit/crds/{name}.yaml"))
+    };
+    control_plane
+        .install_crds(&[&chart_crd("clusteraudit"), &chart_crd("auditalert")])
         .unwrap();
-    assert!(established.status.success(), "{established:?}");
     let applied = kubectl_apply(&control_plane, &defaults, true);
     for kind in [
         "customresourcedefinition.apiextensions.k8s.io/clusteraudits.clusteraudit.io",

@@ -479,23 +479,12 @@ async fn prometheus_scrapes_both_components_as_the_chart_says_and_every_dashboar
         .unwrap();
     let dir = control_plane.dir().join("observability-test");
     std::fs::create_dir_all(&dir).unwrap();
-    for crd in ["clusteraudit", "auditalert"] {
-        control_plane
-            .apply_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("crds/{crd}.yaml")))
-            .unwrap();
-    }
-    let established = control_plane
-        .kubectl()
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=120s",
-            "crd/clusteraudits.clusteraudit.io",
-            "crd/auditalerts.clusteraudit.io",
+    control_plane
+        .install_crds(&[
+            &crate::support::crd("clusteraudit"),
+            &crate::support::crd("auditalert"),
         ])
-        .output()
         .unwrap();
-    assert!(established.status.success(), "{established:?}");
     Api::<Namespace>::all(client.clone())
         .create(
             &PostParams::default(),

@@ -5,7 +5,7 @@
 
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, SystemTime},
 };
 
@@ -109,19 +109,9 @@ impl Harness {
 
         // The CRD, the namespace, the webhook token the collector accepts (as a user would
         // provide it), and the RBAC letting the operator's identity administer topics.
-        let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/clusteraudit.yaml");
-        control_plane.apply_file(&crd).unwrap();
-        let established = control_plane
-            .kubectl()
-            .args([
-                "wait",
-                "--for=condition=Established",
-                "--timeout=120s",
-                "crd/clusteraudits.clusteraudit.io",
-            ])
-            .output()
+        control_plane
+            .install_crds(&[&crate::support::crd("clusteraudit")])
             .unwrap();
-        assert!(established.status.success(), "{established:?}");
         let client = clients[clients.len() / 2].clone();
         Api::<Namespace>::all(client.clone())
             .create(

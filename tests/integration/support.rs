@@ -104,6 +104,11 @@ pub struct TlsCollector {
     starts: usize,
 }
 
+/// A committed CRD file: `crds/<name>.yaml`.
+pub fn crd(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("crds/{name}.yaml"))
+}
+
 pub fn write(path: &Path, content: impl AsRef<[u8]>) {
     std::fs::write(path, content).unwrap();
 }

@@ -414,6 +414,29 @@ impl ControlPlane {
         }
     }
 
+    /// Applies CustomResourceDefinition files and waits until the kube-apiserver serves them.
+    pub fn install_crds(&self, files: &[&Path]) -> Result<()> {
+        for file in files {
+            self.apply_file(file)?;
+        }
+        let mut args = vec![
+            "wait".to_string(),
+            "--for=condition=Established".into(),
+            "--timeout=120s".into(),
+        ];
+        for file in files {
+            args.push("-f".into());
+            args.push(file.display().to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        match self.kubectl_as(None, &args)? {
+            (true, _) => Ok(()),
+            (false, output) => Err(TestkitError::Client(format!(
+                "waiting for the CRDs to be served: {output}"
+            ))),
+        }
+    }
+
     /// Applies a document (an object or a `List`), kept as `<name>.json` in the control plane's
     /// directory so that a failing test leaves it to read.
     pub fn apply_json(&self, name: &str, document: &serde_json::Value) -> Result<String> {
