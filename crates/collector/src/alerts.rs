@@ -787,7 +787,8 @@ impl Alerting {
             })
             .collect();
         let mut rules = rules;
-        if !self.nodes.after.is_zero() {
+        // Listed once there are nodes to watch: until the operator names some, nothing is.
+        if !self.nodes.after.is_zero() && self.nodes.watching() {
             let firing: Vec<Value> = self
                 .nodes
                 .firing()
@@ -973,6 +974,11 @@ impl Nodes {
         let changes = lock(&self.gaps).advance(now);
         self.keep();
         changes
+    }
+
+    /// Whether any node is expected to send.
+    fn watching(&self) -> bool {
+        lock(&self.gaps).expected().next().is_some()
     }
 
     fn firing(&self) -> Vec<(String, SystemTime)> {
@@ -1262,6 +1268,24 @@ mod tests {
             view["rules"][0]["firing"][0]["count"], 4,
             "two from the store, two live, the one in both once: {view}"
         );
+    }
+
+    #[test]
+    fn the_audit_gap_is_listed_once_nodes_are_expected() {
+        let alerting = Alerting::new(
+            &AlertArgs {
+                notify: NotifyArgs::default(),
+                public_url: "https://audit.example".into(),
+                alert_max_groups: 10,
+                audit_gap_after: Duration::from_secs(300).into(),
+            },
+            &Metrics::new(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(alerting.view()["rules"], json!([]), "an empty page says so");
+        alerting.nodes.expect(&["cp-1".to_string()]);
+        assert_eq!(alerting.view()["rules"][0]["name"], AUDIT_GAP);
     }
 
     #[test]
