@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use clusteraudit_core::{
-    api::{ClusterAudit, PolicySpec},
+    api::PolicySpec,
     policy::render,
     rollout::{
         objects::{self, NodeReport, node_report_from_lease},
@@ -18,17 +18,8 @@ use clusteraudit_core::{
     },
 };
 use clusteraudit_testkit::{eventually, process::ManagedProcess};
-use k8s_openapi::{
-    api::{
-        coordination::v1::Lease,
-        core::v1::{Namespace, Secret},
-    },
-    apimachinery::pkg::apis::meta::v1::OwnerReference,
-};
-use kube::{
-    Api, Resource, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
-};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
 use serde_json::{Value, json};
 
 const NAMESPACE: &str = "clusteraudit";
@@ -39,59 +30,16 @@ const READY: Duration = Duration::from_secs(180);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the control plane: scripts/test runs it"]
 async fn a_node_whose_batches_do_not_reach_the_collector_falls_back() {
-    let control_plane = crate::support::one_static_pod_node().await;
+    let played = crate::support::PlayedOperator::start(
+        NAMESPACE,
+        json!({"rollout": {"healthTimeout": HEALTH_TIMEOUT}}),
+    )
+    .await;
+    let (control_plane, client) = (&played.control_plane, &played.client);
     let node = control_plane.node("node-1").unwrap();
-    assert!(node.wait_ready(READY).await, "{:#?}", node.kubelet.events());
-    control_plane
-        .install_crds(&[&crate::support::crd("clusteraudit")])
-        .unwrap();
-    let client = control_plane.client().await.unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    let audits: Api<ClusterAudit> = Api::all(client.clone());
-    let audit = audits
-        .create(
-            &PostParams::default(),
-            &ClusterAudit::new(
-                "cluster",
-                serde_json::from_value(json!({"rollout": {"healthTimeout": HEALTH_TIMEOUT}}))
-                    .unwrap(),
-            ),
-        )
-        .await
-        .unwrap();
-    let owner = OwnerReference {
-        api_version: ClusterAudit::api_version(&()).into(),
-        kind: ClusterAudit::kind(&()).into(),
-        name: audit.name_any(),
-        uid: audit.uid().unwrap(),
-        ..Default::default()
-    };
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
     let release = async |revision: &Revision| {
-        secrets
-            .create(
-                &PostParams::default(),
-                &objects::revision_secret(revision, NAMESPACE, owner.clone()),
-            )
-            .await
-            .unwrap();
-        audits
-            .patch_status(
-                "cluster",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"revision": {
-                    "latest": revision.name, "desired": revision.name,
-                    "latestHash": revision.hash,
-                }}})),
-            )
-            .await
-            .unwrap();
+        played.publish(revision).await;
+        played.release(&revision.name, &revision.hash).await;
     };
 
     // The collector, checking readers' tokens with this cluster; the agent's token as the chart
@@ -102,9 +50,9 @@ async fn a_node_whose_batches_do_not_reach_the_collector_falls_back() {
     let (collector, _) =
         crate::support::start_tls_collector(control_plane.kubeconfig_path(), &dir, WEBHOOK_TOKEN)
             .await;
-    apply_chart_rbac(&control_plane);
+    apply_chart_rbac(control_plane);
     let agent_token = clusteraudit_testkit::cluster::service_account_token(
-        &client,
+        client,
         NAMESPACE,
         "clusteraudit-agent",
         "clusteraudit",
@@ -234,7 +182,7 @@ async fn a_node_whose_batches_do_not_reach_the_collector_falls_back() {
     // The agent's token without the chart's RBAC (an upgrade that left it out, say): the
     // collector will not say what it received, and the node falls back saying why.
     let no_rights = clusteraudit_testkit::cluster::service_account_token(
-        &client,
+        client,
         NAMESPACE,
         "no-rights",
         "clusteraudit",

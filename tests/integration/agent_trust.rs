@@ -7,7 +7,7 @@
 use std::{os::unix::fs::PermissionsExt, path::PathBuf, time::Duration};
 
 use clusteraudit_core::{
-    api::{ClusterAudit, PolicySpec},
+    api::PolicySpec,
     policy::render,
     rollout::{
         objects::{self, NodeReport, node_report_from_lease},
@@ -15,17 +15,8 @@ use clusteraudit_core::{
     },
 };
 use clusteraudit_testkit::{eventually, process::ManagedProcess};
-use k8s_openapi::{
-    api::{
-        coordination::v1::Lease,
-        core::v1::{Namespace, Secret},
-    },
-    apimachinery::pkg::apis::meta::v1::OwnerReference,
-};
-use kube::{
-    Api, Resource, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
-};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
 use serde_json::json;
 
 const NAMESPACE: &str = "clusteraudit";
@@ -35,57 +26,11 @@ const READY: Duration = Duration::from_secs(180);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the control plane: scripts/test runs it"]
 async fn the_agent_refuses_a_foreign_webhook_and_a_forged_hash_and_applies_the_genuine_revision() {
-    let control_plane = crate::support::one_static_pod_node().await;
+    let played = crate::support::PlayedOperator::start(NAMESPACE, json!({})).await;
+    let (control_plane, client, _audits) = (&played.control_plane, &played.client, &played.audits);
     let node = control_plane.node("node-1").unwrap();
-    assert!(node.wait_ready(READY).await, "{:#?}", node.kubelet.events());
-    control_plane
-        .install_crds(&[&crate::support::crd("clusteraudit")])
-        .unwrap();
-    let client = control_plane.client().await.unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).unwrap(),
-        )
-        .await
-        .unwrap();
-    let audits: Api<ClusterAudit> = Api::all(client.clone());
-    let audit = audits
-        .create(
-            &PostParams::default(),
-            &ClusterAudit::new("cluster", serde_json::from_value(json!({})).unwrap()),
-        )
-        .await
-        .unwrap();
-    let owner = OwnerReference {
-        api_version: ClusterAudit::api_version(&()).into(),
-        kind: ClusterAudit::kind(&()).into(),
-        name: audit.name_any(),
-        uid: audit.uid().unwrap(),
-        ..Default::default()
-    };
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
-    let publish = async |revision: &Revision| {
-        secrets
-            .create(
-                &PostParams::default(),
-                &objects::revision_secret(revision, NAMESPACE, owner.clone()),
-            )
-            .await
-            .unwrap();
-    };
-    let release = async |name: &str, hash: &str| {
-        audits
-            .patch_status(
-                "cluster",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"revision": {
-                    "latest": name, "desired": name, "latestHash": hash,
-                }}})),
-            )
-            .await
-            .unwrap();
-    };
+    let publish = async |revision: &Revision| played.publish(revision).await;
+    let release = async |name: &str, hash: &str| played.release(name, hash).await;
 
     let ca_pem = std::fs::read_to_string(control_plane.pki_dir().join("ca.crt")).unwrap();
     let policy = render(&PolicySpec::default()).unwrap().yaml;

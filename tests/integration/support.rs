@@ -297,3 +297,90 @@ impl TlsCollector {
 fn urlencode(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
+
+/// One static-pod control-plane node, ready, with the ClusterAudit CRD, the operator's namespace
+/// and a ClusterAudit of `spec`: for tests that play the operator (revision Secrets and the
+/// status) towards a real agent.
+pub struct PlayedOperator {
+    pub control_plane: clusteraudit_testkit::ControlPlane,
+    pub client: kube::Client,
+    pub audits: kube::Api<clusteraudit_core::api::ClusterAudit>,
+    secrets: kube::Api<k8s_openapi::api::core::v1::Secret>,
+    owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    namespace: String,
+}
+
+impl PlayedOperator {
+    pub async fn start(namespace: &str, spec: Value) -> PlayedOperator {
+        use clusteraudit_core::api::ClusterAudit;
+        use kube::{Resource, ResourceExt, api::PostParams};
+        let control_plane = one_static_pod_node().await;
+        let node = control_plane.node("node-1").unwrap();
+        assert!(
+            node.wait_ready(Duration::from_secs(180)).await,
+            "{:#?}",
+            node.kubelet.events()
+        );
+        control_plane.install_crds(&[&crd("clusteraudit")]).unwrap();
+        let client = control_plane.client().await.unwrap();
+        kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap(),
+            )
+            .await
+            .unwrap();
+        let audits: kube::Api<ClusterAudit> = kube::Api::all(client.clone());
+        let audit = audits
+            .create(
+                &PostParams::default(),
+                &ClusterAudit::new("cluster", serde_json::from_value(spec).unwrap()),
+            )
+            .await
+            .unwrap();
+        let owner = k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: ClusterAudit::api_version(&()).into(),
+            kind: ClusterAudit::kind(&()).into(),
+            name: audit.name_any(),
+            uid: audit.uid().unwrap(),
+            ..Default::default()
+        };
+        PlayedOperator {
+            secrets: kube::Api::namespaced(client.clone(), namespace),
+            control_plane,
+            client,
+            audits,
+            owner,
+            namespace: namespace.to_string(),
+        }
+    }
+
+    /// Writes the revision's Secret, as the operator does before releasing it.
+    pub async fn publish(&self, revision: &clusteraudit_core::rollout::revision::Revision) {
+        self.secrets
+            .create(
+                &kube::api::PostParams::default(),
+                &clusteraudit_core::rollout::objects::revision_secret(
+                    revision,
+                    &self.namespace,
+                    self.owner.clone(),
+                ),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Releases revision `name` with content hash `hash` in the status.
+    pub async fn release(&self, name: &str, hash: &str) {
+        self.audits
+            .patch_status(
+                "cluster",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"status": {"revision": {
+                    "latest": name, "desired": name, "latestHash": hash,
+                }}})),
+            )
+            .await
+            .unwrap();
+    }
+}
