@@ -1080,19 +1080,24 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn acknowledged_matches_fire_once_and_show_in_the_view() {
-        let alerting = Alerting::new(
+    /// Alerting with no receivers and no data directory, groups bounded at 10.
+    fn test_alerting(audit_gap_after: Duration) -> Arc<Alerting> {
+        Alerting::new(
             &AlertArgs {
                 notify: NotifyArgs::default(),
                 public_url: "https://audit.example".into(),
                 alert_max_groups: 10,
-                audit_gap_after: Duration::from_secs(300).into(),
+                audit_gap_after: audit_gap_after.into(),
             },
             &Metrics::new(),
             None,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn acknowledged_matches_fire_once_and_show_in_the_view() {
+        let alerting = test_alerting(Duration::from_secs(300));
         let spec = RuleSpec {
             name: "exec".into(),
             query: "verb:create".into(),
@@ -1213,17 +1218,7 @@ mod tests {
         let store: Arc<dyn AuditStore> = Arc::new(EventsInStore(
             before.iter().chain([&meanwhile]).cloned().collect(),
         ));
-        let alerting = Alerting::new(
-            &AlertArgs {
-                notify: NotifyArgs::default(),
-                public_url: "https://audit.example".into(),
-                alert_max_groups: 10,
-                audit_gap_after: Duration::ZERO.into(),
-            },
-            &Metrics::new(),
-            None,
-        )
-        .unwrap();
+        let alerting = test_alerting(Duration::ZERO);
         let mut catalog = Catalog::default();
         catalog
             .apply(
@@ -1272,17 +1267,7 @@ mod tests {
 
     #[test]
     fn the_audit_gap_is_listed_once_nodes_are_expected() {
-        let alerting = Alerting::new(
-            &AlertArgs {
-                notify: NotifyArgs::default(),
-                public_url: "https://audit.example".into(),
-                alert_max_groups: 10,
-                audit_gap_after: Duration::from_secs(300).into(),
-            },
-            &Metrics::new(),
-            None,
-        )
-        .unwrap();
+        let alerting = test_alerting(Duration::from_secs(300));
         assert_eq!(alerting.view()["rules"], json!([]), "an empty page says so");
         alerting.nodes.expect(&["cp-1".to_string()]);
         assert_eq!(alerting.view()["rules"][0]["name"], AUDIT_GAP);
