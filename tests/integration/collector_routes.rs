@@ -448,6 +448,9 @@ mod random {
             Field::Decision => DECISIONS,
             Field::Uri => &["/healthz", "/api/v1/pods/web-1"],
             Field::AuditId => &["00000000-0000-0000-0077-000000000003"],
+            // These events impersonate nobody and bind no role: the fields' absence is checked.
+            Field::ImpersonatedUser => USERS,
+            Field::RoleRef => &["cluster-admin", "view"],
         };
         let word = pick(rng, vocabulary).to_string();
         let value = match rng.random_range(0..4) {

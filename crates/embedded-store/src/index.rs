@@ -38,7 +38,49 @@ pub struct Fields {
     /// URI and object name, tokenized, for free text.
     pub text: Field,
     pub raw: Field,
+    /// Added after the first release, so windows written before lack them (`None`): a window
+    /// keeps the schema it was created with.
+    pub impersonated_user: Option<Field>,
+    pub role_ref: Option<Field>,
 }
+
+impl Fields {
+    /// The fields of a window's own schema, which may be older than [`schema`]'s: fields are
+    /// only ever appended, so the old ones keep their ids and the missing ones are `None`.
+    pub fn of(schema: &Schema) -> Fields {
+        let field = |name: &str| {
+            schema
+                .get_field(name)
+                .unwrap_or_else(|_| panic!("every window's schema has `{name}`"))
+        };
+        Fields {
+            time: field("time"),
+            user: field("user"),
+            groups: field("group"),
+            verb: field("verb"),
+            resource: field("resource"),
+            subresource: field("subresource"),
+            api_group: field("apiGroup"),
+            namespace: field("namespace"),
+            name: field("name"),
+            code: field("code"),
+            source_ip: field("sourceIP"),
+            user_agent: field("userAgent"),
+            stage: field("stage"),
+            level: field("level"),
+            decision: field("decision"),
+            uri: field("uri"),
+            audit_id: field("auditIDHash"),
+            text: field("text"),
+            raw: field("raw"),
+            impersonated_user: schema.get_field(IMPERSONATED_USER).ok(),
+            role_ref: schema.get_field(ROLE_REF).ok(),
+        }
+    }
+}
+
+const IMPERSONATED_USER: &str = "impersonatedUser";
+const ROLE_REF: &str = "roleRef";
 
 pub fn schema() -> (Schema, Fields) {
     let mut builder = Schema::builder();
@@ -73,10 +115,14 @@ pub fn schema() -> (Schema, Fields) {
         stage: builder.add_text_field("stage", keyword.clone()),
         level: builder.add_text_field("level", keyword.clone()),
         decision: builder.add_text_field("decision", keyword.clone()),
-        uri: builder.add_text_field("uri", keyword),
+        uri: builder.add_text_field("uri", keyword.clone()),
         audit_id: builder.add_u64_field("auditIDHash", FAST),
         text: builder.add_text_field("text", text),
         raw: builder.add_bytes_field("raw", STORED),
+        // Only after every field of the first release, so that their ids stay what windows
+        // written before have.
+        impersonated_user: Some(builder.add_text_field(IMPERSONATED_USER, keyword.clone())),
+        role_ref: Some(builder.add_text_field(ROLE_REF, keyword)),
     };
     (builder.build(), fields)
 }
@@ -128,6 +174,15 @@ pub fn document(fields: &Fields, event: &Event, time: i64, raw: &[u8]) -> Tantiv
     if let Some(decision) = event.decision() {
         doc.add_text(fields.decision, decision);
     }
+    if let (Some(field), Some(impersonated)) = (fields.impersonated_user, &event.impersonated_user)
+    {
+        doc.add_text(field, &impersonated.username);
+    }
+    if let Some(field) = fields.role_ref
+        && let Some(role) = clusteraudit_core::query::role_ref(event)
+    {
+        doc.add_text(field, role);
+    }
     doc.add_bytes(fields.raw, raw);
     doc
 }
@@ -136,6 +191,9 @@ pub fn document(fields: &Fields, event: &Event, time: i64, raw: &[u8]) -> Tantiv
 pub struct Window {
     pub path: PathBuf,
     pub index: Index,
+    /// The fields of this window's schema, which a window created by an older release lacks
+    /// some of.
+    pub fields: Fields,
     pub reader: IndexReader,
     pub writer: Option<IndexWriter>,
     /// The log position of the last record committed into this window.
@@ -180,8 +238,10 @@ impl Window {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()
             .map_err(|err| super::index_error(path, err))?;
+        let fields = Fields::of(&index.schema());
         Ok(Window {
             path: path.into(),
+            fields,
             index,
             reader,
             writer: None,

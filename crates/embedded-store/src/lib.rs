@@ -124,7 +124,8 @@ impl Store {
             if end <= window.committed {
                 continue;
             }
-            let doc = index::document(&self.fields, &event, time, raw);
+            // The window's own fields: one created by an older release has fewer.
+            let doc = index::document(&window.fields, &event, time, raw);
             let path = window.path.clone();
             window
                 .writer()?
@@ -222,9 +223,14 @@ impl Store {
                 cursor: None,
             });
         }
-        let matcher = query::translate(&self.schema, &self.fields, query)?;
         let searchers = self.searchers(topic, from, upper)?;
-        let within = |low, high| self.in_time_range(matcher.box_clone(), low, high);
+        let matchers = self.matchers(&searchers, query)?;
+        let within = |low, high| -> Vec<BooleanQuery> {
+            matchers
+                .iter()
+                .map(|matcher| self.in_time_range(matcher.box_clone(), low, high))
+                .collect()
+        };
         use std::ops::Bound::{Excluded, Included};
 
         // First what is left of the group stamped `upper`.
@@ -247,7 +253,7 @@ impl Store {
         for (window, searcher) in searchers.iter().enumerate() {
             let top = searcher
                 .search(
-                    &below,
+                    &below[window],
                     &TopDocs::with_limit(room + 1).order_by_fast_field::<i64>("time", Order::Desc),
                 )
                 .map_err(|err| index_error(&self.root, err))?;
@@ -292,6 +298,24 @@ impl Store {
         })
     }
 
+    /// The query translated for each searcher's window: a window created by an older release
+    /// lacks the newer fields, and a query naming one matches none of its events.
+    fn matchers(
+        &self,
+        searchers: &[Searcher],
+        query: &Query,
+    ) -> Result<Vec<Box<dyn tantivy::query::Query>>, StoreError> {
+        // Refuses what no window can answer even when there is no window to ask.
+        query::translate(&self.schema, &self.fields, query)?;
+        searchers
+            .iter()
+            .map(|searcher| {
+                let schema = searcher.schema();
+                query::translate(schema, &Fields::of(schema), query)
+            })
+            .collect()
+    }
+
     /// `matcher` restricted to events stamped within the bounds (micros).
     fn in_time_range(
         &self,
@@ -309,14 +333,14 @@ impl Store {
         ])
     }
 
-    /// Every matching event of one microsecond, in byte order.
+    /// Every matching event of one microsecond, in byte order; `queries` are per searcher.
     fn group_at(
         &self,
         searchers: &[Searcher],
-        query: &BooleanQuery,
+        queries: &[BooleanQuery],
     ) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut group = Vec::new();
-        for searcher in searchers {
+        for (searcher, query) in searchers.iter().zip(queries) {
             let addresses = searcher
                 .search(query, &TopDocs::with_limit(100_000).order_by_score())
                 .map_err(|err| index_error(&self.root, err))?;
@@ -374,15 +398,16 @@ impl Store {
             "top": {"terms": {"field": by.field_name(), "size": top, "segment_size": top * 10 + 100}},
         }))
         .map_err(|err| StoreError::Invalid(err.to_string()))?;
-        let matcher = query::translate(&self.schema, &self.fields, query)?;
-        let combined = self.in_time_range(
-            matcher,
-            std::ops::Bound::Included(from),
-            std::ops::Bound::Included(to),
-        );
+        let searchers = self.searchers(topic, from, to)?;
+        let matchers = self.matchers(&searchers, query)?;
         let mut merged: Option<IntermediateAggregationResults> = None;
         let mut total = 0u64;
-        for searcher in self.searchers(topic, from, to)? {
+        for (searcher, matcher) in searchers.iter().zip(matchers) {
+            let combined = self.in_time_range(
+                matcher,
+                std::ops::Bound::Included(from),
+                std::ops::Bound::Included(to),
+            );
             let (count, partial) = searcher
                 .search(
                     &combined,
@@ -665,6 +690,101 @@ mod tests {
             panic!("a topic")
         };
         topic.id
+    }
+
+    /// An impersonated request creating a binding to `role`, at `time`.
+    fn impersonated_binding(id: &str, time: &str, role: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Request",
+            "auditID": id, "stage": "ResponseComplete",
+            "requestURI": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            "verb": "create", "user": {"username": "ann"},
+            "impersonatedUser": {"username": "mallory"},
+            "objectRef": {"resource": "clusterrolebindings", "name": id,
+                          "apiGroup": "rbac.authorization.k8s.io", "apiVersion": "v1"},
+            "requestObject": {"kind": "ClusterRoleBinding", "metadata": {"name": id},
+                              "roleRef": {"apiGroup": "rbac.authorization.k8s.io",
+                                          "kind": "ClusterRole", "name": role}},
+            "stageTimestamp": time,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_window_created_before_the_newer_fields_is_written_and_searched_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let topic = new_topic(&store);
+        // The schema of the first release: today's, less the fields added since.
+        let (current, _) = index::schema();
+        let mut builder = Schema::builder();
+        for (_, entry) in current.fields() {
+            if !["impersonatedUser", "roleRef"].contains(&entry.name()) {
+                builder.add_field(entry.clone());
+            }
+        }
+        let old_schema = builder.build();
+        let old_day = "2026-11-29T10:00:00Z";
+        let new_day = "2026-11-30T10:00:00Z";
+        let micros = |t: &str| t.parse::<jiff::Timestamp>().unwrap().as_microsecond();
+        let old_path = store
+            .topic_dir(&topic)
+            .join(day_dir_name(day_of(micros(old_day))));
+        drop(Window::open(&old_path, &old_schema).unwrap());
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        let events = [
+            impersonated_binding("old", old_day, "cluster-admin"),
+            impersonated_binding("new", new_day, "cluster-admin"),
+            impersonated_binding("new-view", new_day, "view"),
+        ];
+        let slices: Vec<&[u8]> = events.iter().map(Vec::as_slice).collect();
+        assert_eq!(store.apply(1, &topic, &slices).unwrap(), 3);
+        store.commit(1).unwrap();
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        let found = |q: &str| -> Vec<String> {
+            let query = clusteraudit_core::query::parse_matchable(q).unwrap();
+            let page = store
+                .search(&topic, &query, i64::MIN / 2, i64::MAX / 2, 100, None)
+                .unwrap();
+            let mut ids: Vec<String> = page
+                .events
+                .iter()
+                .map(|raw| serde_json::from_str::<Event>(raw.get()).unwrap().audit_id)
+                .collect();
+            ids.sort();
+            ids
+        };
+        // The old window keeps its schema, and its events lack the fields.
+        let old_window = index::Window::open(&old_path, &current).unwrap();
+        assert!(old_window.fields.impersonated_user.is_none());
+        assert!(old_window.fields.role_ref.is_none());
+        assert_eq!(found("user:ann"), ["new", "new-view", "old"]);
+        assert_eq!(found("impersonatedUser:*"), ["new", "new-view"]);
+        assert_eq!(found("impersonatedUser:mallory"), ["new", "new-view"]);
+        assert_eq!(found("not impersonatedUser:*"), ["old"]);
+        assert_eq!(found("roleRef:cluster-admin"), ["new"]);
+        assert_eq!(found("roleRef:clus* or roleRef:view"), ["new", "new-view"]);
+        assert_eq!(found("not roleRef:*"), ["old"]);
+        assert_eq!(found("verb:create -roleRef:view"), ["new", "old"]);
+        let stats = store
+            .stats(
+                &topic,
+                &StatsRequest {
+                    query: clusteraudit_core::query::parse_matchable("impersonatedUser:*").unwrap(),
+                    from: micros("2026-11-29T00:00:00Z"),
+                    to: micros("2026-12-01T00:00:00Z"),
+                    by: clusteraudit_store::StatsField::User,
+                    interval_micros: 3_600_000_000,
+                    top: 5,
+                },
+            )
+            .unwrap();
+        assert_eq!(stats.total, 2);
+        assert_eq!(stats.top[0].value, "ann");
     }
 
     #[test]

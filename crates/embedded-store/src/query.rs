@@ -4,7 +4,9 @@ use std::ops::Bound;
 
 use tantivy::{
     Term,
-    query::{AllQuery, BooleanQuery, Occur, Query as TantivyQuery, RangeQuery, TermQuery},
+    query::{
+        AllQuery, BooleanQuery, EmptyQuery, Occur, Query as TantivyQuery, RangeQuery, TermQuery,
+    },
     schema::{Field as SchemaField, IndexRecordOption, Schema},
     tokenizer::TokenStream,
 };
@@ -12,8 +14,10 @@ use tantivy::{
 use super::index::Fields;
 use clusteraudit_core::query::{Field, Op, Query, Value};
 
-fn schema_field(fields: &Fields, field: Field) -> SchemaField {
-    match field {
+/// The window's field for a query field; `None` when the window was created before the field
+/// existed, so none of its events has it.
+fn schema_field(fields: &Fields, field: Field) -> Option<SchemaField> {
+    Some(match field {
         Field::User => fields.user,
         Field::Group => fields.groups,
         Field::Verb => fields.verb,
@@ -30,10 +34,13 @@ fn schema_field(fields: &Fields, field: Field) -> SchemaField {
         Field::Decision => fields.decision,
         Field::Uri => fields.uri,
         Field::AuditId => fields.audit_id,
-    }
+        Field::ImpersonatedUser => return fields.impersonated_user,
+        Field::RoleRef => return fields.role_ref,
+    })
 }
 
-/// The tantivy query for a search query; Invalid for what the store cannot answer.
+/// The tantivy query for a search query over one window, whose `fields` may lack the newer ones;
+/// Invalid for what the store cannot answer.
 pub fn translate(
     schema: &Schema,
     fields: &Fields,
@@ -73,7 +80,9 @@ pub fn translate(
             }
         },
         Query::Field { field, op, value } => {
-            let target = schema_field(fields, *field);
+            let Some(target) = schema_field(fields, *field) else {
+                return Ok(Box::new(EmptyQuery));
+            };
             if field.is_numeric() {
                 let Value::Number(number) = value else {
                     // `code:*`: any event that has a code. Codes are stored from 0 up, and tantivy

@@ -22,7 +22,15 @@ const USERS: &[&str] = &[
 ];
 const GROUPS: &[&str] = &["ops", "dev", "system:authenticated", ""];
 const VERBS: &[&str] = &["get", "list", "delete", "create", "watch"];
-const RESOURCES: &[&str] = &["pods", "secrets", "configmaps", ""];
+const RESOURCES: &[&str] = &[
+    "pods",
+    "secrets",
+    "configmaps",
+    "",
+    "rolebindings",
+    "clusterrolebindings",
+];
+const ROLES: &[&str] = &["cluster-admin", "view", "cluster-admin-x", ""];
 const SUBRESOURCES: &[&str] = &["", "status", "log"];
 const API_GROUPS: &[&str] = &["", "apps", "rbac.authorization.k8s.io"];
 const NAMESPACES: &[&str] = &["", "default", "kube-system", "team-a"];
@@ -108,6 +116,20 @@ fn random_event(rng: &mut SmallRng, i: usize) -> Json {
     if rng.random_bool(0.7) {
         event["annotations"] = json!({"authorization.k8s.io/decision": pick(rng, DECISIONS)});
     }
+    if rng.random_bool(0.3) {
+        event["impersonatedUser"] = json!({"username": pick(rng, USERS)});
+    }
+    // Bodies on every kind of event: only a binding's roleRef counts, the response's first.
+    let body = |rng: &mut SmallRng| match rng.random_range(0..4) {
+        0 => json!({"kind": "Status", "code": 403}),
+        1 => json!({"subjects": [{"kind": "User", "name": "x"}]}),
+        _ => json!({"roleRef": {"kind": "ClusterRole", "name": pick(rng, ROLES)}}),
+    };
+    for key in ["requestObject", "responseObject"] {
+        if rng.random_bool(0.5) {
+            event[key] = body(rng);
+        }
+    }
     event
 }
 
@@ -133,6 +155,8 @@ fn vocabulary(field: Field) -> &'static [&'static str] {
             "/api/v1/",
         ],
         Field::AuditId => &["id-1", "id-7", "id-300", "id-9999"],
+        Field::ImpersonatedUser => USERS,
+        Field::RoleRef => ROLES,
         Field::Code => &[],
     }
 }

@@ -17,7 +17,7 @@ pub const MAX_KEYWORD_BYTES: usize = 4096;
 
 /// Bumped whenever [`index_template`] changes, so a collector can tell an outdated installed
 /// template from a current one.
-pub const TEMPLATE_VERSION: u32 = 2;
+pub const TEMPLATE_VERSION: u32 = 3;
 
 /// The latest time `date_nanos` holds (2262-04-11), in microseconds; its earliest is the epoch.
 pub const MAX_TIME_MICROS: i64 = i64::MAX / 1000;
@@ -27,7 +27,7 @@ pub const MAX_TIME_MICROS: i64 = i64::MAX / 1000;
 const MAX_WORD_BYTES: usize = 40;
 
 /// The keyword fields, as the template maps them and queries name them.
-const KEYWORD_FIELDS: [&str; 16] = [
+const KEYWORD_FIELDS: [&str; 18] = [
     "user",
     "groups",
     "verb",
@@ -44,7 +44,13 @@ const KEYWORD_FIELDS: [&str; 16] = [
     "auditID",
     "uri",
     "id",
+    "impersonatedUser",
+    "roleRef",
 ];
+
+/// The keyword fields added after the first template: indices created from an older template
+/// (`dynamic: strict`) refuse documents holding them until they are added to their mapping.
+pub const ADDED_KEYWORD_FIELDS: [&str; 2] = ["impersonatedUser", "roleRef"];
 
 /// `s` cut to at most [`MAX_KEYWORD_BYTES`], at a character boundary.
 pub fn truncate_keyword(s: &str) -> &str {
@@ -189,6 +195,12 @@ pub fn document(event: &Event, raw: &str) -> Option<Document> {
     if let Some(decision) = event.decision() {
         body.insert("decision".into(), keyword(decision));
     }
+    if let Some(impersonated) = &event.impersonated_user {
+        body.insert("impersonatedUser".into(), keyword(&impersonated.username));
+    }
+    if let Some(role) = clusteraudit_core::query::role_ref(event) {
+        body.insert("roleRef".into(), keyword(&role));
+    }
     body.insert("auditID".into(), keyword(&event.audit_id));
     body.insert("uri".into(), keyword(event.request_path()));
     let words = unique_words(&text);
@@ -247,13 +259,32 @@ pub(crate) fn rfc3339_nanos(micros: i64) -> String {
     )
 }
 
+/// The mapping of one keyword field that is only ever matched (no column).
+fn matched_keyword() -> Value {
+    json!({"type": "keyword", "doc_values": false})
+}
+
+/// The body of `PUT <prefix>-tp-*/_mapping`: the fields [`index_template`] gained since its
+/// first version, for the indices created before (adding a field to a mapping is allowed, and
+/// adding one that is already there the same way changes nothing).
+pub fn added_fields_mapping() -> Value {
+    let properties: Map<String, Value> = ADDED_KEYWORD_FIELDS
+        .iter()
+        .map(|field| (field.to_string(), matched_keyword()))
+        .collect();
+    json!({"properties": properties})
+}
+
 /// The body of `PUT _index_template/<prefix>-events`.
 pub fn index_template(prefix: &str) -> Value {
     let mut properties = Map::new();
     for field in KEYWORD_FIELDS {
-        // Columns only where stats group by a field or search sorts on it: the rest are only
+        // Columns only where stats or alert rules group by a field or search sorts on it: the rest are only
         // ever matched, and their columns would be a large part of each event's bytes.
-        let columnar = matches!(field, "user" | "verb" | "resource" | "namespace" | "id");
+        let columnar = matches!(
+            field,
+            "user" | "verb" | "resource" | "namespace" | "sourceIPs" | "id"
+        );
         properties.insert(
             field.to_string(),
             json!({"type": "keyword", "doc_values": columnar}),
@@ -632,7 +663,14 @@ mod tests {
             .unwrap();
         let mut json = full_event();
         json["user"]["groups"] = json!(["g"]);
+        // Every field: an impersonated request on a binding, with the binding's body.
+        json["impersonatedUser"] = json!({"username": "mallory"});
+        json["objectRef"]["resource"] = json!("clusterrolebindings");
+        json["objectRef"]["apiGroup"] = json!("rbac.authorization.k8s.io");
+        json["requestObject"] = json!({"roleRef": {"kind": "ClusterRole", "name": "view"}});
         let doc = document(&event(json), "{}").unwrap();
+        assert_eq!(doc.body["impersonatedUser"], "mallory");
+        assert_eq!(doc.body["roleRef"], "view");
         for key in doc.body.as_object().unwrap().keys() {
             assert!(properties.contains_key(key), "{key} is not mapped");
         }
@@ -649,6 +687,12 @@ mod tests {
             assert_eq!(properties[field]["type"], "keyword", "{field}");
         }
         assert_eq!(template["template"]["mappings"]["dynamic"], "strict");
+        // Indices from an older template get the added fields mapped as the template maps them.
+        let added = added_fields_mapping();
+        for field in ADDED_KEYWORD_FIELDS {
+            assert_eq!(added["properties"][field], properties[field], "{field}");
+        }
+        assert_eq!(added["properties"].as_object().unwrap().len(), 2);
         assert_eq!(
             template["template"]["mappings"]["_source"]["includes"],
             json!(["raw"])

@@ -22,7 +22,7 @@ pub const MAX_DEPTH: usize = 19;
 pub const MAX_CLAUSES: usize = 1000;
 
 /// The document field a query field searches.
-fn field_name(field: Field) -> &'static str {
+pub(crate) fn field_name(field: Field) -> &'static str {
     match field {
         Field::User => "user",
         Field::Group => "groups",
@@ -40,6 +40,8 @@ fn field_name(field: Field) -> &'static str {
         Field::Decision => "decision",
         Field::Uri => "uri",
         Field::AuditId => "auditID",
+        Field::ImpersonatedUser => "impersonatedUser",
+        Field::RoleRef => "roleRef",
     }
 }
 
@@ -248,7 +250,7 @@ fn shape(query: &Value) -> (usize, usize) {
 }
 
 /// `filter` restricted to events stamped within [from, to] (micros).
-fn within(filter: Value, from_micros: i64, to_micros: i64) -> Value {
+pub(crate) fn within(filter: Value, from_micros: i64, to_micros: i64) -> Value {
     // `date_nanos` holds nothing outside these, and some versions refuse bounds beyond them.
     let (from, to) = (from_micros.max(0), to_micros.min(MAX_TIME_MICROS));
     let range = if from > to {
@@ -476,7 +478,7 @@ pub fn parse_stats(response: &Value, request: &StatsRequest) -> Result<Stats, St
 
 /// Unavailable for an answer missing shards: a page or a count from part of the data would
 /// pass for the whole.
-fn complete(response: &Value) -> Result<(), StoreError> {
+pub(crate) fn complete(response: &Value) -> Result<(), StoreError> {
     if response["timed_out"] == true {
         return Err(StoreError::Unavailable(
             "OpenSearch timed out before searching every shard".into(),
@@ -543,6 +545,8 @@ mod tests {
             ("decision", "decision"),
             ("uri", "uri"),
             ("auditID", "auditID"),
+            ("impersonatedUser", "impersonatedUser"),
+            ("roleRef", "roleRef"),
         ];
         for (name, target) in cases {
             assert_eq!(

@@ -5,7 +5,9 @@
 //! What the store indexes decides presence: user, verb, stage, level and URI are always there
 //! (an empty string is a value, matched by `user:""`); resource and apiGroup whenever the event
 //! names an object; subresource, namespace and name only when not empty; code, userAgent and
-//! decision when the event has them; each group and source IP on its own.
+//! decision when the event has them; each group and source IP on its own; impersonatedUser when
+//! the request impersonated someone (an empty name is a value, as for user); roleRef when
+//! [`role_ref`] finds one.
 
 use super::{Field, Op, ParseError, Query, Value};
 use crate::audit::Event;
@@ -38,6 +40,40 @@ pub fn required_values(query: &Query, field: Field) -> Option<Vec<&str>> {
         }
         _ => None,
     }
+}
+
+/// The role a RoleBinding or ClusterRoleBinding event's binding grants: `roleRef.name` of the
+/// response body, else of the request body. The response holds the stored binding, whole even
+/// after a patch whose request names only what it changes (roleRef itself cannot change); the
+/// request covers a refused create and events logged at Request level, whose response is not
+/// kept. `None` for events on anything else, and for binding events logged without bodies
+/// (Metadata level) or whose bodies hold no binding (a list, a delete's options).
+///
+/// Bodies are kept as text; only binding events pay for reading them.
+pub fn role_ref(event: &Event) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Binding {
+        #[serde(rename = "roleRef")]
+        role_ref: RoleRef,
+    }
+    #[derive(serde::Deserialize)]
+    struct RoleRef {
+        name: String,
+    }
+    let object = event.object_ref.as_ref()?;
+    let is_binding = object.api_group == "rbac.authorization.k8s.io"
+        && matches!(
+            object.resource.as_str(),
+            "rolebindings" | "clusterrolebindings"
+        );
+    if !is_binding {
+        return None;
+    }
+    [&event.response_object, &event.request_object]
+        .into_iter()
+        .flatten()
+        .find_map(|body| serde_json::from_str::<Binding>(body.get()).ok())
+        .map(|binding| binding.role_ref.name)
 }
 
 /// Whether `event` matches `query`.
@@ -139,6 +175,11 @@ fn field_matches(field: Field, op: Op, value: &Value, event: &Event) -> bool {
         Field::Uri => test(event.request_path()),
         // Every event has an ID; a prefix other than `*` is refused by `parse_matchable`.
         Field::AuditId => test(&event.audit_id),
+        Field::ImpersonatedUser => event
+            .impersonated_user
+            .as_ref()
+            .is_some_and(|u| test(&u.username)),
+        Field::RoleRef => role_ref(event).is_some_and(|name| test(&name)),
         Field::Code => unreachable!("handled above"),
     }
 }
@@ -315,6 +356,110 @@ mod tests {
         ] {
             assert_eq!(check(query, &e), expected, "{query}");
         }
+    }
+
+    #[test]
+    fn impersonated_user_is_the_name_a_request_was_made_as() {
+        let mut e = event();
+        assert!(!check("impersonatedUser:*", &e));
+        assert!(check("not impersonatedUser:*", &e));
+        e.impersonated_user = Some(crate::audit::UserInfo {
+            username: "mallory".into(),
+            groups: vec!["system:masters".into()],
+            ..Default::default()
+        });
+        for (query, expected) in [
+            ("impersonatedUser:*", true),
+            ("impersonatedUser:mallory", true),
+            ("impersonated:mall*", true),
+            ("impersonatedUser:Mallory", false),
+            ("impersonatedUser:system:*", false),
+            // The user is still who authenticated.
+            ("user:system:serviceaccount:kube-system:ctl", true),
+        ] {
+            assert_eq!(check(query, &e), expected, "{query}");
+        }
+        // An empty name is still an impersonation, as an empty user is still a user.
+        e.impersonated_user.as_mut().unwrap().username.clear();
+        assert!(check("impersonatedUser:*", &e));
+        assert!(check(r#"impersonatedUser:"""#, &e));
+    }
+
+    fn binding_event(resource: &str, request: Option<&str>, response: Option<&str>) -> Event {
+        let mut event: Event = serde_json::from_value(serde_json::json!({
+            "level": "RequestResponse", "auditID": "b-1", "stage": "ResponseComplete",
+            "requestURI": format!("/apis/rbac.authorization.k8s.io/v1/{resource}/x"),
+            "verb": "patch", "user": {"username": "alice"},
+            "objectRef": {"resource": resource, "name": "x",
+                          "apiGroup": "rbac.authorization.k8s.io", "apiVersion": "v1"},
+        }))
+        .unwrap();
+        let body = |text: &str| serde_json::from_str(text).unwrap();
+        event.request_object = request.map(body);
+        event.response_object = response.map(body);
+        event
+    }
+
+    #[test]
+    fn role_ref_is_read_from_the_response_else_the_request_of_binding_events_only() {
+        let binding = |role: &str| {
+            format!(
+                r#"{{"kind":"ClusterRoleBinding","roleRef":{{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"{role}"}},"subjects":[]}}"#
+            )
+        };
+        let patch = r#"{"subjects":[{"kind":"User","name":"mallory"}]}"#;
+        let status = r#"{"kind":"Status","code":403}"#;
+        let admin = binding("cluster-admin");
+        let view = binding("view");
+        for (resource, request, response, expected) in [
+            (
+                "clusterrolebindings",
+                Some(admin.as_str()),
+                None,
+                Some("cluster-admin"),
+            ),
+            ("rolebindings", Some(view.as_str()), None, Some("view")),
+            // A patch names only what it changes; the response holds the whole binding.
+            (
+                "clusterrolebindings",
+                Some(patch),
+                Some(admin.as_str()),
+                Some("cluster-admin"),
+            ),
+            ("clusterrolebindings", Some(patch), None, None),
+            // A refused create: the answer is a Status, the request holds the binding.
+            (
+                "clusterrolebindings",
+                Some(admin.as_str()),
+                Some(status),
+                Some("cluster-admin"),
+            ),
+            ("clusterrolebindings", None, None, None),
+            ("clusterroles", Some(admin.as_str()), None, None),
+            ("clusterrolebindings", Some("[1,2]"), None, None),
+        ] {
+            let e = binding_event(resource, request, response);
+            assert_eq!(
+                role_ref(&e).as_deref(),
+                expected,
+                "{resource} {request:?} {response:?}"
+            );
+            assert_eq!(check("roleRef:*", &e), expected.is_some());
+            assert_eq!(
+                check("roleRef:cluster-admin", &e),
+                expected == Some("cluster-admin")
+            );
+            assert_eq!(
+                check("roleRef:clus*", &e),
+                expected == Some("cluster-admin")
+            );
+            assert_eq!(check("not roleRef:*", &e), expected.is_none());
+        }
+        // Another API group's `rolebindings` are not RBAC's.
+        let mut other = binding_event("rolebindings", Some(admin.as_str()), None);
+        other.object_ref.as_mut().unwrap().api_group = "example.com".into();
+        assert_eq!(role_ref(&other), None);
+        assert!(!check("roleRef:*", &event()));
     }
 
     #[test]

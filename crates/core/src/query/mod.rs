@@ -23,7 +23,7 @@ mod matcher;
 
 use std::fmt;
 
-pub use matcher::{matches, parse_matchable, required_values};
+pub use matcher::{matches, parse_matchable, required_values, role_ref};
 
 /// A parsed search query. The stores evaluate it in their own indexes; [`matches`] evaluates it
 /// on one event in memory, with the same answers.
@@ -62,6 +62,11 @@ pub enum Field {
     Decision,
     Uri,
     AuditId,
+    /// The username the request was made as (`kubectl --as`), when it impersonated someone.
+    ImpersonatedUser,
+    /// The role a RoleBinding or ClusterRoleBinding grants (`roleRef.name`), read from the
+    /// event's bodies: only events logged at Request level or above carry it.
+    RoleRef,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +101,7 @@ pub const MAX_DEPTH: usize = 32;
 
 impl Field {
     /// Every field, in the order the "known fields" list of an error names them.
-    pub const ALL: [Field; 16] = [
+    pub const ALL: [Field; 18] = [
         Field::User,
         Field::Group,
         Field::Verb,
@@ -113,6 +118,8 @@ impl Field {
         Field::Decision,
         Field::Uri,
         Field::AuditId,
+        Field::ImpersonatedUser,
+        Field::RoleRef,
     ];
 
     /// The canonical spelling, as `Display` of a query writes it.
@@ -134,6 +141,8 @@ impl Field {
             Field::Decision => "decision",
             Field::Uri => "uri",
             Field::AuditId => "auditID",
+            Field::ImpersonatedUser => "impersonatedUser",
+            Field::RoleRef => "roleRef",
         }
     }
 
@@ -161,6 +170,8 @@ impl Field {
             "decision" => Field::Decision,
             "uri" => Field::Uri,
             "auditid" | "id" => Field::AuditId,
+            "impersonateduser" | "impersonated" => Field::ImpersonatedUser,
+            "roleref" => Field::RoleRef,
             _ => return None,
         };
         Some(field)
@@ -970,7 +981,7 @@ mod tests {
             }
             assert_eq!(Field::from_name(field.name()), Some(field));
         }
-        assert_eq!(Field::ALL.len(), 16);
+        assert_eq!(Field::ALL.len(), 18);
         assert!(Field::Code.is_numeric());
         assert_eq!(Field::ALL.iter().filter(|f| f.is_numeric()).count(), 1);
     }
@@ -987,6 +998,8 @@ mod tests {
             ("id", Field::AuditId),
             ("sourceip", Field::SourceIp),
             ("APIGROUP", Field::ApiGroup),
+            ("impersonated", Field::ImpersonatedUser),
+            ("ROLEREF", Field::RoleRef),
         ];
         for (alias, field) in cases {
             assert_eq!(ok(&format!("{alias}:v")), exact(field, "v"), "{alias}");
