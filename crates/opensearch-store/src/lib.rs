@@ -165,6 +165,26 @@ impl OpenSearchStore {
                 Some(&template),
             )
             .await?;
+        // The template only shapes indices created from now on; today's (and older days')
+        // were created from an older one, whose strict mapping would refuse the added fields.
+        let events = format!("/{}-tp-*/_mapping", self.prefix);
+        let mapped = self
+            .client
+            .json(
+                Method::PUT,
+                &events,
+                Some(&document::added_fields_mapping()),
+            )
+            .await?;
+        let no_index = mapped.body["error"]["type"] == "index_not_found_exception";
+        if !mapped.is_success() && !no_index {
+            return Err(OpenSearchError::Refused {
+                request: format!("PUT {events}"),
+                status: mapped.status.as_u16(),
+                reason: mapped.reason(),
+            }
+            .into());
+        }
         let catalog_index = document::catalog_index(&self.prefix);
         let created = self
             .client
