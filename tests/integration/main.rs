@@ -11,6 +11,7 @@ mod agent_gate;
 mod agent_node;
 mod agent_trust;
 mod alerting;
+mod alerts_shared;
 mod audit_alerts;
 mod chart;
 mod collector_api;

@@ -31,6 +31,9 @@ use crate::{
     notify::{Notifier, NotifyArgs},
 };
 
+mod shared;
+pub use shared::SHARED_TICK;
+
 #[derive(Args, Debug, Clone)]
 pub struct AlertArgs {
     #[command(flatten)]
@@ -241,6 +244,9 @@ pub struct Alerting {
     /// Which nodes batches come from, and which are silent.
     pub nodes: Nodes,
     public_url: String,
+    /// Set when several replicas share the store: then one of them evaluates the rules on the
+    /// store's counts, and none counts live.
+    shared: std::sync::OnceLock<shared::SharedMode>,
 }
 
 fn micros_to_time(micros: i64) -> SystemTime {
@@ -298,6 +304,7 @@ impl Alerting {
             refreshing: tokio::sync::Mutex::new(()),
             nodes: Nodes::new(args.audit_gap_after.into(), data_dir),
             public_url: args.public_url.trim_end_matches('/').to_string(),
+            shared: std::sync::OnceLock::new(),
         }))
     }
 
@@ -306,9 +313,18 @@ impl Alerting {
         self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The rules the webhook matches its events against: none when the store counts for all
+    /// replicas.
+    pub fn live_rules(&self) -> Arc<RuleSet> {
+        match self.shared.get() {
+            Some(shared) => shared.no_rules.clone(),
+            None => self.rules(),
+        }
+    }
+
     /// Counts the matches of a batch the webhook acknowledged.
     pub fn record(&self, hits: Vec<Hit>) {
-        if hits.is_empty() {
+        if hits.is_empty() || self.shared.get().is_some() {
             return;
         }
         let mut state = lock(&self.state);
@@ -409,6 +425,10 @@ impl Alerting {
         *self.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(RuleSet::new(next));
         for compiled in fresh {
             tracing::info!(rule = %compiled.spec.name, topic = %compiled.topic, "evaluating alert rule");
+            if self.shared.get().is_some() {
+                // The evaluating replica counts it from the store at its next tick.
+                continue;
+            }
             let alerting = self.clone();
             let store = store.clone();
             tokio::spawn(async move { alerting.fill_from_store(&store, compiled).await });
@@ -500,6 +520,13 @@ impl Alerting {
 
     /// Advances every window to `now` and notifies what started or stopped firing.
     pub fn advance(&self, now: SystemTime) {
+        // Firing groups are kept (across restarts, and for the next evaluating replica) in
+        // microseconds: a start kept to the nanosecond would come back as another start.
+        let now = micros_to_time(
+            now.duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros() as i64,
+        );
         let mut state = lock(&self.state);
         let State { rules, recent } = &mut *state;
         let mut changed = false;
@@ -728,8 +755,17 @@ impl Alerting {
         }
     }
 
-    /// What `GET /v1/alerts` answers: the rules with their firing groups, and recent firings.
+    /// What `GET /v1/alerts` answers: the rules with their firing groups, and recent firings;
+    /// with a shared store, as the evaluating replica last published them.
     pub fn view(&self) -> Value {
+        match self.shared.get() {
+            Some(shared) => shared.view(self),
+            None => self.own_view(),
+        }
+    }
+
+    /// The rules with their firing groups, and recent firings, as this replica evaluates them.
+    fn own_view(&self) -> Value {
         let state = lock(&self.state);
         let rules: Vec<Value> = self
             .rules()
@@ -815,6 +851,18 @@ impl Alerting {
 
     /// Follows the catalog and advances the windows, for as long as the process runs.
     pub fn start(self: &Arc<Self>, store: Arc<dyn AuditStore>) {
+        if self.shared.get().is_some() {
+            let alerting = self.clone();
+            let catalog_store = store.clone();
+            tokio::spawn(async move {
+                loop {
+                    alerting.refresh(&catalog_store).await;
+                    tokio::time::sleep(crate::policy::POLICY_REFRESH).await;
+                }
+            });
+            shared::start(self.clone());
+            return;
+        }
         let alerting = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -870,6 +918,9 @@ pub const AUDIT_GAP: &str = "AuditGap";
 pub struct Nodes {
     after: Duration,
     seen: Mutex<BTreeMap<String, (SystemTime, u64)>>,
+    /// What the other replicas sharing the store acknowledged from each node: its last batch,
+    /// and their batches summed.
+    peers: Mutex<BTreeMap<String, (SystemTime, u64)>>,
     gaps: Mutex<GapWatch>,
     /// Where the last batch times and the expected nodes are kept across restarts.
     file: Option<std::path::PathBuf>,
@@ -917,6 +968,7 @@ impl Nodes {
         Nodes {
             after,
             seen: Mutex::new(seen),
+            peers: Mutex::default(),
             gaps: Mutex::new(gaps),
             file,
             changed: Default::default(),
@@ -965,6 +1017,26 @@ impl Nodes {
         lock(&self.gaps).expect(&nodes, SystemTime::now());
         self.changed
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The nodes this replica acknowledged batches from: the last one's time and how many.
+    fn own(&self) -> BTreeMap<String, (SystemTime, u64)> {
+        lock(&self.seen).clone()
+    }
+
+    /// Takes what the other replicas sharing the store acknowledged from each node.
+    fn merge_peers(&self, peers: BTreeMap<String, (SystemTime, u64)>) {
+        let mut gaps = lock(&self.gaps);
+        for (node, (at, _)) in &peers {
+            gaps.batch(node, *at);
+        }
+        drop(gaps);
+        *lock(&self.peers) = peers;
+    }
+
+    /// The nodes expected to send now.
+    fn expected(&self) -> Vec<String> {
+        lock(&self.gaps).expected().map(String::from).collect()
     }
 
     fn advance(&self, now: SystemTime) -> Vec<GapChange> {
@@ -1035,7 +1107,12 @@ impl Nodes {
     /// What `GET /v1/nodes` answers: each node that sent or should send, when it last sent, and
     /// since when it is silent if it is in an audit gap.
     pub fn view(&self) -> Value {
-        let seen = lock(&self.seen);
+        let mut seen = lock(&self.seen).clone();
+        for (node, (at, batches)) in lock(&self.peers).iter() {
+            let entry = seen.entry(node.clone()).or_insert((*at, 0));
+            entry.0 = entry.0.max(*at);
+            entry.1 += batches;
+        }
         let gaps = lock(&self.gaps);
         let expected: Vec<&str> = gaps.expected().collect();
         let firing: BTreeMap<&str, SystemTime> = gaps.firing().collect();

@@ -427,7 +427,7 @@ async fn take_batch(
     // their own retention.
     let routes = shared.enforcement.routes_for(&topic);
     // Matched before the append, while the events are decoded; counted once acknowledged.
-    let alert_rules = shared.alerting.rules();
+    let alert_rules = shared.alerting.live_rules();
     let mut hits = Vec::new();
     let mut targets_of_event: Vec<&str> = Vec::new();
     let mut routed: Vec<(&str, Vec<usize>)> = Vec::new();
@@ -937,7 +937,7 @@ async fn set_nodes(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiResult<
             format!("{bad:?} is not a node name"),
         ));
     }
-    shared.alerting.nodes.expect(&expected);
+    shared.alerting.expect_nodes(&expected).await?;
     Ok(Json(shared.alerting.nodes.view()).into_response())
 }
 

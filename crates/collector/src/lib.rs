@@ -262,6 +262,40 @@ async fn shutdown_signal() {
     }
 }
 
+/// This replica's name among those sharing a store: the host's (a pod's) name with an id kept
+/// in the data directory, so that two replicas on one host differ and a restarted one is the
+/// same replica.
+fn replica_name(data_dir: &std::path::Path) -> String {
+    use std::hash::BuildHasher;
+    let file = data_dir.join("replica-id");
+    let id = match std::fs::read_to_string(&file) {
+        Ok(id) if !id.trim().is_empty() => id.trim().to_string(),
+        _ => {
+            let id = format!(
+                "{:08x}",
+                std::collections::hash_map::RandomState::new()
+                    .hash_one((std::time::SystemTime::now(), std::process::id()))
+                    as u32
+            );
+            if let Err(err) =
+                clusteraudit_io::fsutil::write_atomically(data_dir, &file, id.as_bytes())
+            {
+                tracing::warn!(error = %err, "keeping this replica's id failed; it has a new one at its next start");
+            }
+            id
+        }
+    };
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        })
+        .unwrap_or_else(|| "collector".into());
+    format!("{host}-{id}")
+}
+
 /// Opens the store and the log, and starts the drain from one to the other and the retention task.
 pub async fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>, CollectorError> {
     let metrics = metrics::Metrics::new();
@@ -277,6 +311,7 @@ pub async fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>
     )?;
     usage::start(args.data_dir.clone(), &metrics);
     let drain = Arc::new(DrainProgress::default());
+    let alerting = alerts::Alerting::new(&args.alerts, &metrics, Some(&args.data_dir))?;
     let store: Arc<dyn AuditStore> = match args.store {
         StoreKind::Embedded => indexer::start(&args.data_dir, &wal, &metrics, &drain)?,
         StoreKind::Opensearch => {
@@ -292,6 +327,7 @@ pub async fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>
             }
             store.follow_route();
             shipper::start(store.clone(), &args.data_dir, &wal, &metrics, &drain)?;
+            alerting.share(store.clone(), replica_name(&args.data_dir));
             store
         }
     };
@@ -301,7 +337,6 @@ pub async fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>
     let enforcement = Arc::new(policy::Enforcement::default());
     enforcement.refresh(&store).await;
     enforcement.follow(store.clone());
-    let alerting = alerts::Alerting::new(&args.alerts, &metrics, Some(&args.data_dir))?;
     alerting.start(store.clone());
     let retention = store.clone();
     let every = Duration::from(args.retention_interval).max(Duration::from_secs(1));

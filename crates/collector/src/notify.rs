@@ -254,6 +254,11 @@ impl Firing {
     pub fn is_empty(&self) -> bool {
         self.alerts.is_empty()
     }
+
+    /// Forgets every firing alert without resolving it: another sender carries on with them.
+    pub fn forget(&mut self) {
+        self.alerts.clear();
+    }
 }
 
 /// A receiver's pending notifications, oldest first, at most one per alert.
@@ -435,6 +440,12 @@ impl Notifier {
     pub fn resolve(&self, notification: Notification) {
         let notification = lock(&self.shared.firing).resolve(notification, SystemTime::now());
         self.send(notification);
+    }
+
+    /// Stops re-sending what fires, without resolving it: another replica evaluates the rules
+    /// now and sends them.
+    pub fn hand_over(&self) {
+        lock(&self.shared.firing).forget();
     }
 
     /// Alerts firing now, as far as the notifier knows.

@@ -68,7 +68,8 @@ impl GroupField {
         }
     }
 
-    fn search_field(self) -> Field {
+    /// The search language's field of the same values.
+    pub fn search_field(self) -> Field {
         match self {
             GroupField::User => Field::User,
             GroupField::Namespace => Field::Namespace,
@@ -229,6 +230,23 @@ impl Window {
             Some(i) if state.steps[i].0 == step => state.steps[i].1 += events,
             Some(i) => state.steps.insert(i + 1, (step, events)),
             None => state.steps.push_front((step, events)),
+        }
+    }
+
+    /// Replaces every group's count with what `counts` says was in the window at `at`: what the
+    /// store holds when several replicas share it and the store, not one replica, has seen every
+    /// event. A firing group not in `counts` resolves at the next [`Window::advance`].
+    pub fn replace(&mut self, counts: impl IntoIterator<Item = (Group, u64)>, at: SystemTime) {
+        self.groups.retain(|_, state| state.firing_since.is_some());
+        for state in self.groups.values_mut() {
+            state.steps.clear();
+            state.total = 0;
+        }
+        self.overflowed = 0;
+        for (group, events) in counts {
+            if events > 0 {
+                self.count(group, at, events);
+            }
         }
     }
 
@@ -752,6 +770,35 @@ mod rfc3339_option {
     }
 }
 
+/// Which replica evaluates the alert rules when several share one store: the holder of a lease
+/// kept in the store, which another replica takes over once the holder has not renewed it for
+/// the lease's duration. Two replicas that both believe they hold it for a moment send the same
+/// alerts twice, which Alertmanager folds into one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EvaluatorLease {
+    pub holder: String,
+    pub renewed_micros: i64,
+}
+
+impl EvaluatorLease {
+    /// Whether `replica` may write itself in as the holder at `now_micros`.
+    pub fn may_take(
+        lease: Option<&EvaluatorLease>,
+        replica: &str,
+        now_micros: i64,
+        duration: Duration,
+    ) -> bool {
+        match lease {
+            None => true,
+            Some(lease) => {
+                lease.holder == replica
+                    || now_micros.saturating_sub(lease.renewed_micros) > duration.as_micros() as i64
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1034,5 +1081,82 @@ mod tests {
             render("{{count}} and {{ count }}, {{", &values),
             "3 and 3, {{"
         );
+    }
+
+    #[test]
+    fn a_lease_is_renewed_by_its_holder_and_taken_over_only_once_expired() {
+        let lease = EvaluatorLease {
+            holder: "a".into(),
+            renewed_micros: 10_000_000,
+        };
+        let duration = Duration::from_secs(15);
+        assert!(EvaluatorLease::may_take(None, "b", 0, duration));
+        assert!(EvaluatorLease::may_take(
+            Some(&lease),
+            "a",
+            20_000_000,
+            duration
+        ));
+        assert!(!EvaluatorLease::may_take(
+            Some(&lease),
+            "b",
+            25_000_000,
+            duration
+        ));
+        assert!(EvaluatorLease::may_take(
+            Some(&lease),
+            "b",
+            25_000_001,
+            duration
+        ));
+    }
+
+    #[test]
+    fn replaced_counts_fire_and_a_group_missing_from_them_resolves() {
+        let rule = Rule::new(
+            "r",
+            "verb:delete",
+            Duration::from_secs(60),
+            3,
+            &[GroupField::User],
+        )
+        .unwrap();
+        let mut window = Window::new(rule, 2);
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
+        let alice = vec!["alice".to_string()];
+        let bob = vec!["bob".to_string()];
+        window.replace([(alice.clone(), 2), (bob.clone(), 1)], t0);
+        assert!(window.advance(t0).is_empty());
+        let t1 = t0 + Duration::from_secs(2);
+        window.replace([(alice.clone(), 3), (bob.clone(), 1)], t1);
+        assert_eq!(
+            window.advance(t1),
+            vec![Change::Fired {
+                group: alice.clone(),
+                count: 3,
+                at: t1
+            }]
+        );
+        // Still firing with a new count: no change; the firing group keeps its start.
+        let t2 = t1 + Duration::from_secs(2);
+        window.replace([(alice.clone(), 5)], t2);
+        assert!(window.advance(t2).is_empty());
+        assert_eq!(
+            window.firing().next().map(|f| (f.count, f.since)),
+            Some((5, t1))
+        );
+        // Groups no longer counted free their place for new ones.
+        let carol = vec!["carol".to_string()];
+        let t3 = t2 + Duration::from_secs(2);
+        window.replace([(carol.clone(), 1)], t3);
+        assert_eq!(window.overflowed, 0);
+        assert_eq!(
+            window.advance(t3),
+            vec![Change::Resolved {
+                group: alice,
+                at: t3
+            }]
+        );
+        assert_eq!(window.groups(), 1);
     }
 }

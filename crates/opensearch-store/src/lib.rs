@@ -10,6 +10,7 @@ pub mod bulk;
 pub mod client;
 pub mod document;
 pub mod query;
+pub mod shared;
 
 use std::{
     path::{Path, PathBuf},
@@ -112,6 +113,7 @@ pub struct OpenSearchStore {
     route: RwLock<Option<String>>,
     route_file: PathBuf,
     prepared: std::sync::atomic::AtomicBool,
+    shared_ready: std::sync::atomic::AtomicBool,
 }
 
 impl OpenSearchStore {
@@ -136,6 +138,7 @@ impl OpenSearchStore {
             route: RwLock::new(route),
             route_file,
             prepared: Default::default(),
+            shared_ready: Default::default(),
         })
     }
 

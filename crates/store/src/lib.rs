@@ -290,3 +290,66 @@ mod tests {
         assert!(request(10, 0, 1_000_000).check().is_err());
     }
 }
+
+/// Events of one topic counted by the values of some fields: what an alert rule's window holds
+/// when several collectors share the store and it, not one replica, has seen every event.
+#[derive(Debug, Clone)]
+pub struct GroupCountRequest {
+    pub query: Query,
+    pub from: i64,
+    pub to: i64,
+    /// The fields whose values make a group, in order; none: one group of every match.
+    pub group_by: Vec<clusteraudit_core::query::Field>,
+    /// Groups returned at most; past it the answer says it is incomplete.
+    pub max_groups: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupCounts {
+    /// Each group's values (`""` for an event without the field) and its count.
+    pub groups: Vec<(Vec<String>, u64)>,
+    /// False when more groups exist than were asked for.
+    pub complete: bool,
+}
+
+/// The version a shared document was read at, for a conditional write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedVersion {
+    pub seq_no: u64,
+    pub primary_term: u64,
+}
+
+/// When a shared document is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteIf {
+    Always,
+    /// Only if nobody wrote it yet.
+    Absent,
+    /// Only if nobody wrote it since it was read at this version.
+    Unchanged(SharedVersion),
+}
+
+/// What the collectors sharing one store share besides events and the catalog: small documents
+/// (a lease, each replica's view of its nodes) and counts by group.
+pub trait SharedState: Send + Sync + 'static {
+    fn count_groups(
+        &self,
+        topic: String,
+        request: GroupCountRequest,
+    ) -> StoreFuture<'_, GroupCounts>;
+    /// A shared document by id, with the version it was read at.
+    fn read_shared(
+        &self,
+        id: String,
+    ) -> StoreFuture<'_, Option<(serde_json::Value, SharedVersion)>>;
+    /// Writes a shared document of `kind`; false when the condition did not hold.
+    fn write_shared(
+        &self,
+        id: String,
+        kind: &'static str,
+        value: serde_json::Value,
+        condition: WriteIf,
+    ) -> StoreFuture<'_, bool>;
+    /// Every shared document of `kind` (a few hundred at most are read).
+    fn list_shared(&self, kind: &'static str) -> StoreFuture<'_, Vec<serde_json::Value>>;
+}
