@@ -195,6 +195,7 @@ fn loadgen(url: &str, events: u64, rate: u64, duration: Option<Duration>) -> Loa
         seed: 42,
         acked_ids_file: None,
         json: false,
+        freshness: Default::default(),
     }
 }
 

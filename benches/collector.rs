@@ -1,6 +1,7 @@
 //! The collector's figures on this machine:
 //! - ingest with durable acknowledgement: the release collector and the load generator sharing
-//!   the machine, for `INGEST_SECONDS` (default 300): events/s, batch ack latency, collector RSS;
+//!   the machine, for `INGEST_SECONDS` (default 300): events/s, batch ack latency, collector RSS,
+//!   and freshness (acknowledgement to returned by search, from the load generator's markers);
 //! - storage: bytes on disk per stored event (indexes included);
 //! - search over `SEARCH_EVENTS` (default 10 million) stored events: selective filters (user + verb
 //!   + resource in a time range) p50/p99, and stats (top users over 24 h).
@@ -102,6 +103,10 @@ async fn ingest(seconds: u64, dir: &Path) {
         seed: 42,
         acked_ids_file: None,
         json: false,
+        freshness: clusteraudit_loadgen::FreshnessArgs {
+            enabled: true,
+            ..Default::default()
+        },
     })
     .await
     .expect("the load generator runs");

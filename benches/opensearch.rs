@@ -196,6 +196,7 @@ async fn through_collectors(
         seed: SEED,
         acked_ids_file: None,
         json: false,
+        freshness: Default::default(),
     })
     .await
     .expect("the load generator runs");

@@ -40,6 +40,8 @@ pub struct LoadgenArgs {
     /// Print the report as one JSON object instead of text
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub freshness: crate::FreshnessArgs,
 }
 
 #[cfg(test)]
@@ -81,5 +83,24 @@ mod tests {
         assert_eq!(*cli.args.duration.unwrap(), Duration::from_secs(300));
         assert_eq!(cli.args.acked_ids_file, Some(PathBuf::from("/tmp/acked")));
         assert!(cli.args.json);
+        assert_eq!(cli.args.freshness, crate::FreshnessArgs::default());
+        assert!(!cli.args.freshness.enabled);
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "--target=http://collector:8080/v1/webhook",
+            "--freshness",
+            "--freshness-interval=100ms",
+            "--freshness-wait=10s",
+            "--search-token-file=/run/reader-token",
+        ])
+        .unwrap();
+        let f = cli.args.freshness;
+        assert!(f.enabled);
+        assert_eq!(*f.interval, Duration::from_millis(100));
+        assert_eq!(*f.wait, Duration::from_secs(10));
+        assert_eq!(
+            f.search_token_file,
+            Some(PathBuf::from("/run/reader-token"))
+        );
     }
 }

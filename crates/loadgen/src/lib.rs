@@ -6,6 +6,7 @@
 //! resources, response codes and sizes of a real Metadata-level audit log. [`run`] posts them.
 
 mod args;
+mod freshness;
 mod generator;
 mod model;
 mod report;
@@ -14,6 +15,7 @@ mod sender;
 use std::path::PathBuf;
 
 pub use args::LoadgenArgs;
+pub use freshness::{FreshnessArgs, FreshnessReport, MarkerBook, marker_query};
 pub use generator::EventGenerator;
 pub use model::NAMESPACES;
 pub use report::{Percentiles, Report};
@@ -50,6 +52,8 @@ pub enum LoadgenError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("measuring freshness: {0}")]
+    Freshness(String),
     #[error("a load generator task failed: {0}")]
     Task(String),
 }

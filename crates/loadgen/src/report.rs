@@ -1,6 +1,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::FreshnessReport;
+
 /// What a run did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
@@ -18,6 +20,9 @@ pub struct Report {
     pub events_per_second: f64,
     /// Send-to-response time of the attempts that got 200.
     pub ack_latency_ms: Percentiles,
+    /// Acknowledgement to searchable, with `--freshness`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<FreshnessReport>,
 }
 
 /// Nearest-rank percentiles; all zero when nothing was measured.
@@ -87,6 +92,32 @@ impl fmt::Display for Report {
             f,
             "batch ack latency: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             l.p50, l.p90, l.p99, l.max
+        )?;
+        if let Some(freshness) = &self.freshness {
+            write!(f, "\n{freshness}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for FreshnessReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = &self.freshness_ms;
+        writeln!(
+            f,
+            "freshness (ack to returned by search, {} of {} acknowledged markers found): p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            self.markers_found, self.markers_acked, l.p50, l.p90, l.p99, l.max
+        )?;
+        writeln!(
+            f,
+            "  never found within {:.1} s after sending stopped: {}; markers in batches not acknowledged: {}",
+            self.wait_seconds, self.markers_never_found, self.markers_unacked
+        )?;
+        let s = &self.search_latency_ms;
+        write!(
+            f,
+            "  search load: {} queries ({} failed), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            self.search_requests, self.search_errors, s.p50, s.p99, s.max
         )
     }
 }

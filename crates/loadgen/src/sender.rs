@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use clusteraudit_core::audit::EventList;
 
+use crate::freshness::Freshness;
 use crate::{EventGenerator, LoadgenArgs, LoadgenError, Percentiles, Report};
 
 /// Retries of one batch after transport errors (so at most 1 + this many attempts).
@@ -34,6 +35,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 struct Batch {
     body: Vec<u8>,
     ids: Vec<String>,
+    /// The auditID of the freshness marker this batch carries, if any.
+    marker: Option<String>,
 }
 
 #[derive(Default)]
@@ -58,6 +61,7 @@ struct Shared {
     acked: Option<(PathBuf, Mutex<std::fs::File>)>,
     stop: AtomicBool,
     dead_batches_in_a_row: AtomicU64,
+    freshness: Option<Arc<Freshness>>,
 }
 
 /// Hands out send slots so that at most `rate` events per second leave, across all senders.
@@ -152,6 +156,12 @@ pub async fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
         }
     };
 
+    let freshness = if args.freshness.enabled {
+        Some(Freshness::start(&args.freshness, client.clone(), &urls[0]).await?)
+    } else {
+        None
+    };
+
     let start = Instant::now();
     let shared = Arc::new(Shared {
         client,
@@ -167,7 +177,9 @@ pub async fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
         acked,
         stop: AtomicBool::new(false),
         dead_batches_in_a_row: AtomicU64::new(0),
+        freshness: freshness.clone(),
     });
+    let poller = freshness.clone().map(|f| tokio::spawn(f.poll()));
     tracing::info!(
         targets = ?args.target,
         events = args.events,
@@ -187,11 +199,18 @@ pub async fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
             let mut remaining = events;
             while remaining > 0 && !shared.stop.load(Ordering::Relaxed) {
                 let size = remaining.min(batch as u64) as usize;
-                let list = generator.next_list(size);
+                let mut list = generator.next_list(size);
+                // The marker is an ordinary event of the mix under a fresh auditID.
+                let marker = shared.freshness.as_ref().and_then(|f| {
+                    let id = f.book().mint(std::time::Instant::now())?;
+                    list.items[size / 2].audit_id = id.clone();
+                    Some(id)
+                });
                 let ids = list.items.iter().map(|e| e.audit_id.clone()).collect();
                 let batch = Batch {
                     body: event_list_json(&list),
                     ids,
+                    marker,
                 };
                 if tx.blocking_send(batch).is_err() {
                     break;
@@ -227,6 +246,17 @@ pub async fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
     }
 
     let seconds = start.elapsed().as_secs_f64();
+    let freshness = match (&shared.freshness, poller) {
+        (Some(freshness), Some(poller)) => {
+            freshness.sending_done();
+            Some(
+                poller
+                    .await
+                    .map_err(|err| LoadgenError::Task(err.to_string()))?,
+            )
+        }
+        _ => None,
+    };
     let mut stats = std::mem::take(&mut *shared.stats.lock().expect("stats lock"));
     let report = Report {
         events_sent: stats.events_sent,
@@ -241,6 +271,7 @@ pub async fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
             0.0
         },
         ack_latency_ms: Percentiles::from_samples(&mut stats.latencies_ms),
+        freshness,
     };
     tracing::info!(
         acked = report.events_acked,
@@ -263,9 +294,14 @@ async fn send_queued(
         let Some(Some(batch)) = next.await else {
             return Ok(());
         };
-        match send_batch(shared, &batch).await? {
-            Outcome::Acked | Outcome::Dropped => {}
-            Outcome::OutOfTime => return Ok(()),
+        let outcome = send_batch(shared, &batch).await?;
+        if let (Some(freshness), Some(marker)) = (&shared.freshness, &batch.marker)
+            && !matches!(outcome, Outcome::Acked)
+        {
+            freshness.book().dropped(marker);
+        }
+        if let Outcome::OutOfTime = outcome {
+            return Ok(());
         }
     }
 }
@@ -326,6 +362,9 @@ async fn send_batch(shared: &Shared, batch: &Batch) -> Result<Outcome, LoadgenEr
         }
         match answer {
             Ok((200, _)) => {
+                if let (Some(freshness), Some(marker)) = (&shared.freshness, &batch.marker) {
+                    freshness.book().acked(marker, std::time::Instant::now());
+                }
                 record_ack(shared, batch)?;
                 let mut stats = shared.stats.lock().expect("stats lock");
                 stats.events_acked += events as u64;
@@ -399,18 +438,22 @@ fn record_ack(shared: &Shared, batch: &Batch) -> Result<(), LoadgenError> {
         })
 }
 
+/// A bearer token from a file, trimmed; an empty file is an error.
+pub(crate) fn read_token_file(path: &std::path::Path) -> Result<String, LoadgenError> {
+    let token = std::fs::read_to_string(path).map_err(|source| LoadgenError::ReadTokenFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(LoadgenError::EmptyTokenFile(path.to_path_buf()));
+    }
+    Ok(token.to_string())
+}
+
 fn resolve_token(args: &LoadgenArgs) -> Result<Option<String>, LoadgenError> {
     if let Some(path) = &args.token_file {
-        let token =
-            std::fs::read_to_string(path).map_err(|source| LoadgenError::ReadTokenFile {
-                path: path.clone(),
-                source,
-            })?;
-        let token = token.trim();
-        if token.is_empty() {
-            return Err(LoadgenError::EmptyTokenFile(path.clone()));
-        }
-        return Ok(Some(token.to_string()));
+        return read_token_file(path).map(Some);
     }
     Ok(args
         .token
@@ -509,6 +552,7 @@ mod tests {
             seed: 1,
             acked_ids_file: None,
             json: false,
+            freshness: Default::default(),
         }
     }
 
