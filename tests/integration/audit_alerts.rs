@@ -1,7 +1,8 @@
 //! AuditAlerts end to end: the chart's built-in rules and a rule of the test's own are applied
 //! to a real kube-apiserver, the operator hands them to the collector, real requests (an exec
-//! into a kube-system pod, a secret read, a binding to cluster-admin made with kubectl, an
-//! anonymous request, forbidden answers) make them fire, and the alerts are read back from a real
+//! into a kube-system pod, a secret read, a binding to cluster-admin made with kubectl while one
+//! to view does not fire, a request made with `kubectl --as`, an anonymous request, forbidden
+//! answers) make them fire, and the alerts are read back from a real
 //! Alertmanager with their labels and links; one resolves, and a collector killed and restarted
 //! sends no new firing.
 
@@ -162,7 +163,8 @@ async fn audit_alerts_fire_on_real_requests_reach_alertmanager_and_survive_a_col
     let names = [
         "pod-exec-in-kube-system",
         "secret-read-by-user",
-        "role-binding-changed",
+        "cluster-admin-binding",
+        "impersonation",
         "anonymous-request-allowed",
         "forbidden-burst",
         "mallory-refused",
@@ -229,15 +231,55 @@ async fn audit_alerts_fire_on_real_requests_reach_alertmanager_and_survive_a_col
         ],
     );
     kubectl_ok(&control_plane, &["get", "secret", "db", "-o", "name"]);
+    // A binding to view is no alert. Once the collector holds it (it is found by its role),
+    // it was counted before the binding to cluster-admin below, so the rule, had it matched, would
+    // fire its group no later than the cluster-admin one.
+    kubectl_ok(
+        &control_plane,
+        &[
+            "create",
+            "rolebinding",
+            "bob-view",
+            "--clusterrole=view",
+            "--user=bob",
+            "-n",
+            "default",
+        ],
+    );
+    let operator_token = control_plane
+        .user("clusteraudit-operator")
+        .unwrap()
+        .token
+        .clone();
+    let found = collector
+        .search_until(
+            &operator_token,
+            "roleRef:view and resource:rolebindings",
+            |events| !events.is_empty(),
+        )
+        .await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["objectRef"]["name"], "bob-view");
     kubectl_ok(
         &control_plane,
         &[
             "create",
             "clusterrolebinding",
-            "ops-admin",
+            "bob-admin",
             "--clusterrole=cluster-admin",
             "--user=bob",
         ],
+    );
+    // A request made as someone else; eve may do nothing, so it is refused after the
+    // impersonation itself was allowed.
+    let impersonated = control_plane
+        .kubectl()
+        .args(["--as=eve", "get", "namespaces"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&impersonated.stderr).contains("\"eve\" cannot list"),
+        "{impersonated:?}"
     );
     // Anonymous callers may read one namespace (a real misconfiguration), and one does.
     control_plane
@@ -292,7 +334,7 @@ async fn audit_alerts_fire_on_real_requests_reach_alertmanager_and_survive_a_col
 
     // Each rule's alert reaches Alertmanager with its group, labels and link.
     let admin = "clusteraudit-admin";
-    let expected: [(&str, Vec<(&str, &str)>); 6] = [
+    let expected: [(&str, Vec<(&str, &str)>); 7] = [
         (
             "pod-exec-in-kube-system",
             vec![("user", admin), ("severity", "critical")],
@@ -302,8 +344,16 @@ async fn audit_alerts_fire_on_real_requests_reach_alertmanager_and_survive_a_col
             vec![("user", admin), ("namespace", "default")],
         ),
         (
-            "role-binding-changed",
-            vec![("user", admin), ("resource", "clusterrolebindings")],
+            "cluster-admin-binding",
+            vec![
+                ("user", admin),
+                ("resource", "clusterrolebindings"),
+                ("severity", "critical"),
+            ],
+        ),
+        (
+            "impersonation",
+            vec![("user", admin), ("severity", "warning")],
         ),
         ("anonymous-request-allowed", vec![("sourceIP", "127.0.0.1")]),
         ("forbidden-burst", vec![("user", "mallory")]),
@@ -340,6 +390,49 @@ async fn audit_alerts_fire_on_real_requests_reach_alertmanager_and_survive_a_col
         assert!(alert["annotations"]["query"].is_string(), "{alert}");
         starts.push((name.to_string(), labels.clone(), alert["startsAt"].clone()));
     }
+    // The binding to view fired nothing, here or in Alertmanager.
+    let (status, view) = collector.get("/v1/alerts", Some(&operator_token)).await;
+    assert_eq!(status, 200);
+    let bindings = view["rules"]
+        .as_array()
+        .and_then(|rules| rules.iter().find(|r| r["name"] == "cluster-admin-binding"))
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        bindings["firing"].as_array().unwrap().len(),
+        1,
+        "only the cluster-admin binding fires: {bindings}"
+    );
+    assert_eq!(
+        alertmanager
+            .alert("cluster-admin-binding", &[("resource", "rolebindings")])
+            .await
+            .unwrap(),
+        None
+    );
+    // Both fields are searchable in the store too.
+    let found = collector
+        .search_until(&operator_token, "impersonatedUser:eve", |events| {
+            !events.is_empty()
+        })
+        .await;
+    assert!(!found.is_empty());
+    assert!(
+        found.iter().all(|e| e["user"]["username"] == admin),
+        "{found:?}"
+    );
+    let found = collector
+        .search_until(
+            &operator_token,
+            "roleRef:cluster-admin verb:create",
+            |events| events.iter().any(|e| e["objectRef"]["name"] == "bob-admin"),
+        )
+        .await;
+    assert!(
+        found.iter().any(|e| e["objectRef"]["name"] == "bob-admin"),
+        "{found:?}"
+    );
+
     // The AuditAlert says it fires, and when.
     let status = eventually(
         "forbidden-burst's status shows mallory firing",
