@@ -204,6 +204,8 @@ async fn the_chart_is_accepted_by_the_apiserver_and_least_privileged() {
         "customresourcedefinition.apiextensions.k8s.io/auditalerts.clusteraudit.io",
         "auditalert.clusteraudit.io/pod-exec-in-kube-system",
         "auditalert.clusteraudit.io/forbidden-burst",
+        "auditalert.clusteraudit.io/cluster-admin-binding",
+        "auditalert.clusteraudit.io/impersonation",
     ] {
         assert!(applied.contains(kind), "{kind} missing from:\n{applied}");
     }
