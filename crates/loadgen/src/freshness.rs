@@ -18,6 +18,13 @@ use rustc_hash::FxHashMap;
 
 use crate::{LoadgenError, Percentiles};
 
+/// What a topic ID may not hold unescaped in a path segment: all but RFC 3986's unreserved.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// At most this many markers outstanding (minted and not yet found or given up).
 pub const MAX_IN_FLIGHT: usize = 16;
 /// How often the poller searches; the resolution of every freshness figure.
@@ -72,6 +79,9 @@ pub struct FreshnessReport {
     /// The search load the measurement added.
     pub search_requests: u64,
     pub search_errors: u64,
+    /// Why the last failed search failed (a 401 says the read API wants --search-token-file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_search_error: Option<String>,
     pub search_latency_ms: Percentiles,
 }
 
@@ -279,10 +289,7 @@ impl Freshness {
         let search_url = target
             .join(&format!(
                 "/v1/topics/{}/events",
-                percent_encoding::utf8_percent_encode(
-                    &route.topic_id,
-                    percent_encoding::NON_ALPHANUMERIC
-                )
+                percent_encoding::utf8_percent_encode(&route.topic_id, PATH_SEGMENT)
             ))
             .map_err(|err| fail(err.to_string()))?;
         // Events are stamped with the wall clock: nothing of this run is older than a minute
@@ -318,6 +325,7 @@ impl Freshness {
     pub async fn poll(self: Arc<Self>) -> FreshnessReport {
         let mut latencies_ms = Vec::new();
         let (mut requests, mut errors) = (0u64, 0u64);
+        let mut last_error = None;
         let mut wait_until: Option<Instant> = None;
         let mut ticker = tokio::time::interval(POLL_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -349,6 +357,7 @@ impl Freshness {
                 Err(err) => {
                     errors += 1;
                     tracing::debug!(error = %err, "freshness search failed");
+                    last_error = Some(err);
                 }
             }
         }
@@ -363,6 +372,7 @@ impl Freshness {
             wait_seconds: self.wait.as_secs_f64(),
             search_requests: requests,
             search_errors: errors,
+            last_search_error: last_error,
             search_latency_ms: Percentiles::from_samples(&mut latencies_ms),
         }
     }
@@ -392,7 +402,163 @@ impl Freshness {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use axum::extract::{Query, State};
+    use axum::routing::{get, post};
+
     use super::*;
+    use crate::{LoadgenArgs, run};
+
+    /// What the fake collector saw: when each auditID arrived, and the marker searches.
+    #[derive(Default)]
+    struct Seen {
+        received: HashMap<String, Instant>,
+        searches: Vec<HashMap<String, String>>,
+    }
+
+    /// A collector that acknowledges every batch and returns an event from search only
+    /// `index_delay` after it arrived (never, with `None`).
+    async fn fake_collector(index_delay: Option<Duration>) -> (String, Arc<Mutex<Seen>>) {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let webhook = |State(seen): State<Arc<Mutex<Seen>>>, body: axum::body::Bytes| async move {
+            let list: clusteraudit_core::audit::EventList = serde_json::from_slice(&body).unwrap();
+            let now = Instant::now();
+            let mut seen = seen.lock().unwrap();
+            for event in list.items {
+                seen.received.insert(event.audit_id, now);
+            }
+            "{}"
+        };
+        let search = move |State(seen): State<Arc<Mutex<Seen>>>,
+                           Query(params): Query<HashMap<String, String>>| async move {
+            let mut seen = seen.lock().unwrap();
+            let now = Instant::now();
+            let events: Vec<serde_json::Value> = params["q"]
+                .split(" or ")
+                .map(|clause| clause.strip_prefix("auditID:").unwrap())
+                .filter(|id| {
+                    let received = seen.received.get(*id);
+                    index_delay.is_some_and(|delay| received.is_some_and(|at| now >= *at + delay))
+                })
+                .map(|id| serde_json::json!({"auditID": id, "verb": "get"}))
+                .collect();
+            seen.searches.push(params);
+            axum::Json(serde_json::json!({"events": events, "cursor": null}))
+        };
+        let app = axum::Router::new()
+            .route("/v1/webhook", post(webhook))
+            .route(
+                "/v1/route",
+                get(|| async { axum::Json(serde_json::json!({"topicId": "t-1"})) }),
+            )
+            .route("/v1/topics/t-1/events", get(search))
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/webhook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, seen)
+    }
+
+    fn measured(url: String, wait: Duration) -> LoadgenArgs {
+        LoadgenArgs {
+            target: vec![url],
+            events: 12_000,
+            batch: 100,
+            concurrency: 2,
+            token: None,
+            token_file: None,
+            ca_file: None,
+            insecure_skip_verify: false,
+            duration: None,
+            rate: 8_000,
+            seed: 1,
+            acked_ids_file: None,
+            json: false,
+            freshness: FreshnessArgs {
+                enabled: true,
+                interval: Duration::from_millis(50).into(),
+                wait: wait.into(),
+                search_token_file: None,
+            },
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_acknowledged_marker_is_searched_for_until_it_is_returned() {
+        let (url, seen) = fake_collector(Some(Duration::from_millis(300))).await;
+        let report = run(measured(url, Duration::from_secs(30))).await.unwrap();
+        let freshness = report.freshness.clone().expect("measured");
+        eprintln!("{report}");
+        assert!(freshness.markers_acked >= 5, "{freshness:?}");
+        assert_eq!(freshness.markers_found, freshness.markers_acked);
+        assert_eq!(freshness.markers_never_found, 0);
+        assert_eq!(freshness.markers_unacked, 0);
+        assert!(freshness.freshness_ms.p50 > 0.0);
+        assert_eq!(freshness.search_errors, 0);
+
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.received.len(), 12_000, "markers replace no event");
+        assert_eq!(seen.searches.len() as u64, freshness.search_requests);
+        let mut searched = std::collections::HashSet::new();
+        for params in &seen.searches {
+            let ids: Vec<&str> = params["q"].split(" or ").collect();
+            assert!(ids.len() <= MAX_IN_FLIGHT);
+            assert_eq!(params["limit"], ids.len().to_string());
+            params["from"].parse::<jiff::Timestamp>().unwrap();
+            searched.extend(
+                ids.into_iter()
+                    .map(|c| c.trim_start_matches("auditID:").to_string()),
+            );
+        }
+        // Several markers outstanding at once share one query.
+        assert!(seen.searches.iter().any(|p| p["q"].contains(" or ")));
+        // Every searched ID is a marker of this run that was posted.
+        let prefix = &searched.iter().next().unwrap()[..18];
+        for id in &searched {
+            assert!(
+                id.starts_with(prefix) && seen.received.contains_key(id),
+                "{id}"
+            );
+        }
+        assert_eq!(searched.len() as u64, freshness.markers_acked);
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["freshness"]["markers_found"], freshness.markers_found);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn markers_that_search_never_returns_are_counted_after_the_wait() {
+        let (url, _seen) = fake_collector(None).await;
+        let report = run(LoadgenArgs {
+            events: 2_000,
+            ..measured(url, Duration::from_millis(300))
+        })
+        .await
+        .unwrap();
+        let freshness = report.freshness.expect("measured");
+        assert!(freshness.markers_acked >= 1, "{freshness:?}");
+        assert_eq!(freshness.markers_found, 0);
+        assert_eq!(freshness.markers_never_found, freshness.markers_acked);
+        assert_eq!(freshness.freshness_ms.max, 0.0);
+        assert!(freshness.search_requests >= 1);
+
+        // Off by default: no report, and nothing searched.
+        let (url, seen) = fake_collector(Some(Duration::ZERO)).await;
+        let report = run(LoadgenArgs {
+            events: 1_000,
+            freshness: FreshnessArgs::default(),
+            ..measured(url, Duration::ZERO)
+        })
+        .await
+        .unwrap();
+        assert!(report.freshness.is_none());
+        assert!(seen.lock().unwrap().searches.is_empty());
+        assert!(
+            !serde_json::to_string(&report)
+                .unwrap()
+                .contains("freshness")
+        );
+    }
 
     const MS: Duration = Duration::from_millis(1);
 

@@ -118,7 +118,11 @@ impl fmt::Display for FreshnessReport {
             f,
             "  search load: {} queries ({} failed), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             self.search_requests, self.search_errors, s.p50, s.p99, s.max
-        )
+        )?;
+        if let Some(err) = &self.last_search_error {
+            write!(f, "\n  last search error: {err}")?;
+        }
+        Ok(())
     }
 }
 
