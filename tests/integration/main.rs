@@ -24,6 +24,7 @@ mod collector_routes;
 mod control_plane;
 mod crd;
 mod observability;
+mod opensearch_fields;
 mod opensearch_server;
 mod operator_rollout;
 mod operator_sink;
