@@ -5,11 +5,14 @@
 //!   machine, rounds interleaved; events/s and the collector's CPU per event;
 //! - alert latency: while the load generator sends, probe events that each cross a rule's
 //!   threshold are posted one by one; from each probe's acknowledgement to the notification for
-//!   its group reaching a JSON webhook, p50 / p99 / max.
+//!   its group reaching a JSON webhook, p50 / p99 / max; with one collector, and with two
+//!   replicas sharing OpenSearch (with `--bench` only: it starts OpenSearch).
 //!
 //!   cargo bench --bench alerts
 //!   ALERT_BENCH_EVENTS=200000 ALERT_BENCH_ROUNDS=3 ALERT_BENCH_PROBES=60 cargo bench --bench alerts
 //!   ALERT_BENCH_ONLY=matching cargo bench --bench alerts    # the in-process part alone
+//!   ALERT_BENCH_ONLY=shared cargo bench --bench alerts      # latency with two replicas on OpenSearch
+//!   (its background load: ALERT_BENCH_SHARED_RATE, 2,000 events/s)
 //!
 //! Under `cargo test` (no `--bench` argument) it runs each part for a moment, as a smoke test.
 
@@ -330,33 +333,102 @@ fn rand_u32() -> u32 {
     hasher.finish() as u32
 }
 
-async fn latency(dir: &Path, probes: usize, background_rate: u64) {
-    let (webhook, arrivals) = receiver().await;
-    let run = dir.join("latency");
-    std::fs::create_dir_all(&run).unwrap();
-    let collector = start_collector(&run, &[format!("--alert-webhook-url={webhook}")]).await;
+/// The probe rule beside 100 ordinary ones.
+fn rules_with_probe() -> Vec<Value> {
     let mut with_probe = rules(100);
     with_probe.push(
         json!({"name": "probe", "query": "user:latency-probe-* and subresource:exec",
                            "windowSeconds": 300, "threshold": 1, "groupBy": ["user"]}),
     );
-    collector.set_rules(&with_probe).await;
-    let background = {
-        let url = collector.url.clone();
-        tokio::spawn(async move {
-            clusteraudit_loadgen::run(loadgen(
-                &url,
-                u64::MAX / 2,
-                background_rate,
-                Some(Duration::from_secs(3600)),
-            ))
-            .await
+    with_probe
+}
+
+/// One collector on its embedded store.
+async fn latency(dir: &Path, probes: usize, background_rate: u64) {
+    let (webhook, arrivals) = receiver().await;
+    let run = dir.join("latency");
+    std::fs::create_dir_all(&run).unwrap();
+    let mut collector = start_collector(&run, &[format!("--alert-webhook-url={webhook}")]).await;
+    collector.set_rules(&rules_with_probe()).await;
+    probe(
+        &[&collector],
+        &arrivals,
+        probes,
+        background_rate,
+        "one collector, embedded store",
+    )
+    .await;
+    collector.process.stop(Duration::from_secs(30));
+}
+
+/// Two replicas sharing OpenSearch: the probes and the load are spread over both, and the
+/// replica holding the evaluator's lease counts every rule in OpenSearch each tick.
+async fn shared_latency(dir: &Path, probes: usize, background_rate: u64) {
+    let opensearch = clusteraudit_testkit::opensearch::OpenSearch::start()
+        .await
+        .expect("OpenSearch starts");
+    let (webhook, arrivals) = receiver().await;
+    let mut replicas = Vec::new();
+    for name in ["a", "b"] {
+        let run = dir.join(format!("shared-latency-{name}"));
+        std::fs::create_dir_all(&run).unwrap();
+        replicas.push(
+            start_collector(
+                &run,
+                &[
+                    "--store=opensearch".into(),
+                    format!("--opensearch-url={}", opensearch.url),
+                    format!("--alert-webhook-url={webhook}"),
+                ],
+            )
+            .await,
+        );
+    }
+    replicas[0].set_rules(&rules_with_probe()).await;
+    let targets: Vec<&Collector> = replicas.iter().collect();
+    probe(
+        &targets,
+        &arrivals,
+        probes,
+        background_rate,
+        "two replicas on OpenSearch",
+    )
+    .await;
+    for mut replica in replicas {
+        replica.process.stop(Duration::from_secs(30));
+    }
+}
+
+/// Posts probes one by one, in turn to each collector, under background load spread over them,
+/// and prints the time from each probe's acknowledgement to its notification.
+async fn probe(
+    collectors: &[&Collector],
+    arrivals: &Arc<Mutex<HashMap<String, Instant>>>,
+    probes: usize,
+    background_rate: u64,
+    label: &str,
+) {
+    let background: Vec<_> = collectors
+        .iter()
+        .map(|collector| {
+            let url = collector.url.clone();
+            let rate = background_rate / collectors.len() as u64;
+            tokio::spawn(async move {
+                clusteraudit_loadgen::run(loadgen(
+                    &url,
+                    u64::MAX / 2,
+                    rate,
+                    Some(Duration::from_secs(3600)),
+                ))
+                .await
+            })
         })
-    };
+        .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut acked = Vec::new();
     for i in 0..probes {
         let user = format!("latency-probe-{i}");
+        let collector = collectors[i % collectors.len()];
         let response = collector
             .http
             .post(format!("{}/v1/webhook", collector.url))
@@ -378,7 +450,9 @@ async fn latency(dir: &Path, probes: usize, background_rate: u64) {
     while arrivals.lock().unwrap().len() < probes && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    background.abort();
+    for task in background {
+        task.abort();
+    }
     let arrived = arrivals.lock().unwrap().clone();
     let mut latencies: Vec<f64> = acked
         .iter()
@@ -389,16 +463,19 @@ async fn latency(dir: &Path, probes: usize, background_rate: u64) {
         })
         .collect();
     latencies.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
     println!(
-        "alert latency (101 rules, background load {background_rate} events/s requested): {} of {probes} probes notified; from acknowledgement to the webhook p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        "alert latency, {label} (101 rules, background load {background_rate} events/s requested): {} of {probes} probes notified; from acknowledgement to the webhook p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         latencies.len(),
         at(0.5),
         at(0.99),
         at(1.0)
     );
-    let mut collector = collector;
-    collector.process.stop(Duration::from_secs(30));
 }
 
 /// The webhook's share of the rules' cost in-process: matching each decoded event against the
@@ -482,8 +559,21 @@ fn main() {
     if std::env::var("ALERT_BENCH_ONLY").is_ok_and(|only| only == "matching") {
         return;
     }
+    let only = std::env::var("ALERT_BENCH_ONLY").unwrap_or_default();
+    // OpenSearch on this machine takes about 7,000 events/s (see the README): a load above it
+    // would measure its backlog, not the alerts.
+    let shared_rate = env_or("ALERT_BENCH_SHARED_RATE", 2_000);
     runtime.block_on(async {
+        if only == "shared" {
+            shared_latency(dir.path(), probes, shared_rate).await;
+            return;
+        }
         ingest(dir.path(), events, rounds).await;
         latency(dir.path(), probes, rate).await;
+        // OpenSearch takes a while to start; the smoke test under `cargo test` leaves it to the
+        // integration test of the replicas.
+        if benchmarking {
+            shared_latency(dir.path(), probes, shared_rate).await;
+        }
     });
 }

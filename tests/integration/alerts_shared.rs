@@ -134,7 +134,14 @@ async fn replicas_sharing_opensearch_count_together_notify_once_and_hand_over() 
         .call(
             reqwest::Method::PUT,
             "/v1/alerts",
-            Some(json!({"rules": [rule("deletes", "verb:delete"), rule("patches", "verb:patch")]})),
+            Some(json!({"rules": [
+                rule("deletes", "verb:delete"),
+                rule("patches", "verb:patch"),
+                // Two fields, one of them missing from the events: OpenSearch's multi-field
+                // grouping, with "" for the missing one as the collector's matcher has it.
+                {"name": "cluster-lists", "query": "verb:list", "windowSeconds": 600,
+                 "threshold": 2, "groupBy": ["user", "namespace"]},
+            ]})),
         )
         .await;
     assert_eq!(status, 200, "{answer}");
@@ -146,7 +153,7 @@ async fn replicas_sharing_opensearch_count_together_notify_once_and_hand_over() 
             let (a, b) = (alerts(&replicas[0]).await, alerts(&replicas[1]).await);
             let ready = |view: &Value| {
                 view["rules"].as_array().is_some_and(|rules| {
-                    rules.len() == 2 && rules.iter().all(|r| r["ready"] == true)
+                    rules.len() == 3 && rules.iter().all(|r| r["ready"] == true)
                 })
             };
             match (a["evaluator"].as_str(), b["evaluator"].as_str()) {
@@ -194,6 +201,16 @@ async fn replicas_sharing_opensearch_count_together_notify_once_and_hand_over() 
         ],
     )
     .await;
+    let cluster_list = |i: usize| {
+        let mut event = event_now(i, "ursula", "list");
+        event["objectRef"]
+            .as_object_mut()
+            .unwrap()
+            .remove("namespace");
+        event
+    };
+    post_from(&replicas[0], "cp-1", &[cluster_list(8)]).await;
+    post_from(&replicas[1], "cp-2", &[cluster_list(9)]).await;
     eventually(
         "mallory's deletes fire",
         Duration::from_secs(60),
@@ -227,6 +244,8 @@ async fn replicas_sharing_opensearch_count_together_notify_once_and_hand_over() 
         received.lock().unwrap()
     );
     assert!(firings(&received, "deletes", "user", "alice").is_empty());
+    let lists = firings(&received, "cluster-lists", "user", "ursula");
+    assert_eq!(lists.len(), 1, "{:?}", received.lock().unwrap());
     // Both replicas show the same firing groups, with the count of both.
     for replica in &replicas {
         eventually(

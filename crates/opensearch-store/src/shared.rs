@@ -12,11 +12,34 @@ use crate::{OpenSearchError, OpenSearchStore, document, query};
 
 /// Groups one composite aggregation page returns.
 const PAGE: usize = 1_000;
+/// Rules counted in one search, each a `filter` aggregation over the same pass of the events.
+const RULES_PER_SEARCH: usize = 25;
+/// Groups a rule counts within the shared search; a rule with more is counted again on its own,
+/// page by page. With [`RULES_PER_SEARCH`], below OpenSearch's default `search.max_buckets`.
+const GROUPS_IN_SHARED_SEARCH: usize = 2_000;
 
 /// The index of the shared documents: outside the events' pattern, so it never takes their
 /// mapping, and never searched except by kind.
 pub fn shared_index(prefix: &str) -> String {
     format!("{prefix}-shared")
+}
+
+/// The day indices a window spans, named: a count reads no other day's shards (older days may
+/// lack a column the count groups by, and would fail the whole count).
+pub fn window_indices(prefix: &str, topic: &str, from_micros: i64, to_micros: i64) -> String {
+    let (first, last) = (
+        clusteraudit_store::day_of(from_micros.max(0)),
+        clusteraudit_store::day_of(to_micros.max(from_micros).max(0)),
+    );
+    // A window is at most a day, and events are taken up to an hour ahead: three days at most,
+    // but a caller asking for more gets the pattern rather than a URL too long.
+    if last - first > 7 {
+        return document::topic_index_pattern(prefix, topic);
+    }
+    (first..=last)
+        .map(|day| document::index_name(prefix, topic, day))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The body of one page of a group count.
@@ -54,6 +77,98 @@ pub fn group_count_body(
 
 /// Each group's values and its count.
 type Groups = Vec<(Vec<String>, u64)>;
+
+/// The body of one search counting several rules: a `filter` aggregation per rule (its query
+/// within its window) with its groups under it, `r0`, `r1`, ... in order.
+pub fn rules_count_body(rules: &[(Value, &GroupCountRequest)]) -> Value {
+    let from = rules.iter().map(|(_, r)| r.from).min().unwrap_or(0);
+    let to = rules.iter().map(|(_, r)| r.to).max().unwrap_or(0);
+    let mut aggs = Map::new();
+    for (i, (filter, request)) in rules.iter().enumerate() {
+        let mut aggregation =
+            json!({"filter": query::within(filter.clone(), request.from, request.to)});
+        let size = request.max_groups.clamp(1, GROUPS_IN_SHARED_SEARCH);
+        // An event without the field counts in the group of "", as the collector's own matcher
+        // counts it.
+        let term = |field: &clusteraudit_core::query::Field| json!({"field": query::field_name(*field), "missing": ""});
+        match request.group_by.as_slice() {
+            [] => {}
+            [field] => {
+                let mut terms = term(field);
+                terms["size"] = size.into();
+                aggregation["aggs"] = json!({"groups": {"terms": terms}});
+            }
+            fields => {
+                let terms: Vec<Value> = fields.iter().map(term).collect();
+                aggregation["aggs"] =
+                    json!({"groups": {"multi_terms": {"terms": terms, "size": size}}});
+            }
+        }
+        aggs.insert(format!("r{i}"), aggregation);
+    }
+    json!({
+        "query": query::within(json!({"match_all": {}}), from, to),
+        "size": 0,
+        "track_total_hits": false,
+        "aggs": aggs,
+    })
+}
+
+/// Each rule's counts from a [`rules_count_body`] answer; `complete` is false where the rule
+/// has more groups than the search returned.
+pub fn parse_rules_count(
+    response: &Value,
+    requests: &[&GroupCountRequest],
+) -> Result<Vec<GroupCounts>, StoreError> {
+    query::complete(response)?;
+    let key_text = |value: &Value| match value {
+        Value::String(text) => text.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    Ok(requests
+        .iter()
+        .enumerate()
+        .map(|(i, request)| {
+            // A search of no index at all (no event yet) answers without aggregations.
+            let Some(aggregation) = response["aggregations"].get(format!("r{i}")) else {
+                return GroupCounts {
+                    groups: Vec::new(),
+                    complete: true,
+                };
+            };
+            if request.group_by.is_empty() {
+                let count = aggregation["doc_count"].as_u64().unwrap_or(0);
+                return GroupCounts {
+                    groups: if count > 0 {
+                        vec![(Vec::new(), count)]
+                    } else {
+                        Vec::new()
+                    },
+                    complete: true,
+                };
+            }
+            let groups = &aggregation["groups"];
+            let buckets = groups["buckets"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            GroupCounts {
+                groups: buckets
+                    .iter()
+                    .map(|bucket| {
+                        let values = match &bucket["key"] {
+                            Value::Array(parts) => parts.iter().map(key_text).collect(),
+                            single => vec![key_text(single)],
+                        };
+                        (values, bucket["doc_count"].as_u64().unwrap_or(0))
+                    })
+                    .collect(),
+                complete: groups["sum_other_doc_count"].as_u64().unwrap_or(0) == 0,
+            }
+        })
+        .collect())
+}
 
 /// The groups of one page, and the key to ask the next page after (None: it was the last).
 pub fn parse_group_page(
@@ -99,6 +214,66 @@ pub fn parse_group_page(
 }
 
 impl OpenSearchStore {
+    /// Counts rules in searches of [`RULES_PER_SEARCH`]; a rule whose query OpenSearch cannot
+    /// take fails alone, and one with more groups than the shared search returns is counted on
+    /// its own.
+    async fn rules_counts(
+        &self,
+        topic: &str,
+        requests: &[GroupCountRequest],
+    ) -> Vec<Result<GroupCounts, StoreError>> {
+        let mut results: Vec<Option<Result<GroupCounts, StoreError>>> =
+            requests.iter().map(|_| None).collect();
+        let mut compiled = Vec::new();
+        for (i, request) in requests.iter().enumerate() {
+            match query::compile(&request.query) {
+                Ok(filter) => compiled.push((i, filter)),
+                Err(err) => results[i] = Some(Err(err)),
+            }
+        }
+        for chunk in compiled.chunks(RULES_PER_SEARCH) {
+            let rules: Vec<(Value, &GroupCountRequest)> = chunk
+                .iter()
+                .map(|(i, filter)| (filter.clone(), &requests[*i]))
+                .collect();
+            let from = rules.iter().map(|(_, r)| r.from).min().unwrap_or(0);
+            let to = rules.iter().map(|(_, r)| r.to).max().unwrap_or(0);
+            let path = format!(
+                "/{}/_search?ignore_unavailable=true&allow_no_indices=true",
+                window_indices(self.prefix(), topic, from, to)
+            );
+            let answer = self.search_request(&path, &rules_count_body(&rules)).await;
+            let counted = answer.map_err(StoreError::from).and_then(|answer| {
+                let asked: Vec<&GroupCountRequest> = rules.iter().map(|(_, r)| *r).collect();
+                parse_rules_count(&answer, &asked)
+            });
+            match counted {
+                Ok(counts) => {
+                    for ((i, _), counts) in chunk.iter().zip(counts) {
+                        let request = &requests[*i];
+                        results[*i] = Some(
+                            if counts.complete || request.max_groups <= GROUPS_IN_SHARED_SEARCH {
+                                Ok(counts)
+                            } else {
+                                self.group_counts(topic, request).await
+                            },
+                        );
+                    }
+                }
+                Err(err) => {
+                    let reason = err.to_string();
+                    for (i, _) in chunk {
+                        results[*i] = Some(Err(StoreError::Unavailable(reason.clone())));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StoreError::Invalid("not counted".into()))))
+            .collect()
+    }
+
     async fn group_counts(
         &self,
         topic: &str,
@@ -107,7 +282,7 @@ impl OpenSearchStore {
         let filter = query::compile(&request.query)?;
         let path = format!(
             "/{}/_search?ignore_unavailable=true&allow_no_indices=true",
-            document::topic_index_pattern(self.prefix(), topic)
+            window_indices(self.prefix(), topic, request.from, request.to)
         );
         let mut counts = GroupCounts {
             groups: Vec::new(),
@@ -262,9 +437,9 @@ impl SharedState for OpenSearchStore {
     fn count_groups(
         &self,
         topic: String,
-        request: GroupCountRequest,
-    ) -> StoreFuture<'_, GroupCounts> {
-        Box::pin(async move { self.group_counts(&topic, &request).await })
+        requests: Vec<GroupCountRequest>,
+    ) -> StoreFuture<'_, Vec<Result<GroupCounts, StoreError>>> {
+        Box::pin(async move { Ok(self.rules_counts(&topic, &requests).await) })
     }
 
     fn read_shared(&self, id: String) -> StoreFuture<'_, Option<(Value, SharedVersion)>> {
@@ -330,6 +505,71 @@ mod tests {
         assert_eq!(after, Some(json!({"g0": "bob", "g1": null})));
         let next = group_count_body(json!({"match_all": {}}), &request, after.as_ref(), 5);
         assert_eq!(next["aggs"]["groups"]["composite"]["after"]["g0"], "bob");
+    }
+
+    #[test]
+    fn rules_are_filter_aggregations_with_their_groups_under_them() {
+        let none = request(Vec::new());
+        let one = request(vec![Field::User]);
+        let two = request(vec![Field::User, Field::Namespace]);
+        let rules = vec![
+            (json!({"match_all": {}}), &none),
+            (json!({"match_all": {}}), &one),
+            (json!({"match_all": {}}), &two),
+        ];
+        let body = rules_count_body(&rules);
+        assert_eq!(body["aggs"]["r0"].get("aggs"), None);
+        assert_eq!(
+            body["aggs"]["r1"]["aggs"]["groups"]["terms"]["field"],
+            "user"
+        );
+        assert_eq!(body["aggs"]["r1"]["aggs"]["groups"]["terms"]["size"], 5);
+        assert_eq!(
+            body["aggs"]["r2"]["aggs"]["groups"]["multi_terms"]["terms"][1]["field"],
+            "namespace"
+        );
+        let answer = json!({
+            "_shards": {"failed": 0},
+            "aggregations": {
+                "r0": {"doc_count": 9},
+                "r1": {"doc_count": 9, "groups": {"sum_other_doc_count": 2, "buckets": [
+                    {"key": "alice", "doc_count": 7},
+                ]}},
+                "r2": {"doc_count": 9, "groups": {"sum_other_doc_count": 0, "buckets": [
+                    {"key": ["alice", ""], "key_as_string": "alice|", "doc_count": 9},
+                ]}},
+            },
+        });
+        let counts = parse_rules_count(&answer, &[&none, &one, &two]).unwrap();
+        assert_eq!(counts[0].groups, vec![(Vec::new(), 9)]);
+        assert_eq!(counts[1].groups, vec![(vec!["alice".to_string()], 7)]);
+        assert!(!counts[1].complete);
+        assert_eq!(
+            counts[2].groups,
+            vec![(vec!["alice".to_string(), String::new()], 9)]
+        );
+        assert!(counts[2].complete);
+        let empty = json!({"_shards": {"failed": 0}, "hits": {"hits": []}});
+        assert!(
+            parse_rules_count(&empty, &[&none, &one])
+                .unwrap()
+                .iter()
+                .all(|c| c.groups.is_empty() && c.complete)
+        );
+    }
+
+    #[test]
+    fn a_count_reads_the_days_of_its_window_only() {
+        let day = 86_400_000_000;
+        assert_eq!(
+            window_indices("ca", "tp-1", 20_000 * day + 5, 20_000 * day + 10),
+            "ca-tp-1-2024.10.04"
+        );
+        assert_eq!(
+            window_indices("ca", "tp-1", 20_000 * day - 5, 20_001 * day + 10),
+            "ca-tp-1-2024.10.03,ca-tp-1-2024.10.04,ca-tp-1-2024.10.05"
+        );
+        assert_eq!(window_indices("ca", "tp-1", 0, 30 * day), "ca-tp-1-*");
     }
 
     #[test]

@@ -332,11 +332,13 @@ pub enum WriteIf {
 /// What the collectors sharing one store share besides events and the catalog: small documents
 /// (a lease, each replica's view of its nodes) and counts by group.
 pub trait SharedState: Send + Sync + 'static {
+    /// Counts for several requests over one topic, each answered on its own (one rule's bad
+    /// query does not stop the others).
     fn count_groups(
         &self,
         topic: String,
-        request: GroupCountRequest,
-    ) -> StoreFuture<'_, GroupCounts>;
+        requests: Vec<GroupCountRequest>,
+    ) -> StoreFuture<'_, Vec<Result<GroupCounts, StoreError>>>;
     /// A shared document by id, with the version it was read at.
     fn read_shared(
         &self,

@@ -25,10 +25,10 @@ use super::{Alerting, KeptFiring, RuleSet, lock, micros_to_time};
 pub const SHARED_TICK: Duration = Duration::from_secs(2);
 /// How long the evaluator's lease lasts without renewal before another replica takes over.
 const LEASE: Duration = Duration::from_secs(15);
-/// Rules counted at once.
-const COUNTS_IN_FLIGHT: usize = 4;
-/// One count's deadline: a slow store delays the rule to the next tick.
-const COUNT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Topics counted at once.
+const TOPICS_IN_FLIGHT: usize = 4;
+/// One topic's count deadline: a slow store delays its rules to the next tick.
+const COUNT_TIMEOUT: Duration = Duration::from_secs(10);
 
 const EVALUATOR_DOC: &str = "alerts-evaluator";
 const EXPECTED_NODES_DOC: &str = "alerts-expected-nodes";
@@ -281,12 +281,25 @@ impl Alerting {
             notifier.hand_over();
         }
         let mut state = lock(&self.state);
-        for rule in state.rules.values_mut() {
+        for (name, rule) in state.rules.iter_mut() {
             rule.window =
                 clusteraudit_core::alert::Window::new(rule.compiled.rule.clone(), self.max_groups);
             rule.firing.clear();
             rule.ready = false;
+            // What fires is counted by the evaluator's metrics, not twice.
+            self.metrics
+                .alerts_firing
+                .get_or_create(&super::AlertLabel {
+                    alertname: name.clone(),
+                })
+                .set(0);
         }
+        self.metrics
+            .alerts_firing
+            .get_or_create(&super::AlertLabel {
+                alertname: super::AUDIT_GAP.into(),
+            })
+            .set(0);
     }
 
     fn firing_to_keep(&self) -> Value {
@@ -305,62 +318,83 @@ impl Alerting {
         serde_json::to_value(kept).unwrap_or(Value::Null)
     }
 
-    /// Counts every rule's window in the store and puts the counts in its window.
+    /// Counts every rule's window in the store and puts the counts in its window: one call per
+    /// topic, which the store answers with few searches.
     async fn count_from_store(&self, shared: &SharedMode, now: SystemTime) {
         let rules: Vec<Arc<super::Compiled>> = self.rules().rules.clone();
         let now_micros = micros(now);
-        let counted: Vec<_> = futures::stream::iter(rules)
-            .map(|compiled| {
-                let request = GroupCountRequest {
-                    query: compiled.rule.query.clone(),
-                    from: now_micros - compiled.rule.window.as_micros() as i64,
-                    // The webhook takes events up to an hour ahead; the live count counts them too.
-                    to: now_micros + 3_600_000_000,
-                    group_by: compiled
-                        .rule
-                        .group_by
-                        .iter()
-                        .map(|field| field.search_field())
-                        .collect(),
-                    max_groups: self.max_groups,
-                };
+        let mut by_topic: BTreeMap<String, Vec<Arc<super::Compiled>>> = BTreeMap::new();
+        for compiled in rules {
+            by_topic
+                .entry(compiled.topic.clone())
+                .or_default()
+                .push(compiled);
+        }
+        let counted: Vec<_> = futures::stream::iter(by_topic)
+            .map(|(topic, rules)| {
+                let requests = rules
+                    .iter()
+                    .map(|compiled| GroupCountRequest {
+                        query: compiled.rule.query.clone(),
+                        from: now_micros - compiled.rule.window.as_micros() as i64,
+                        // The webhook takes events up to an hour ahead; the live count counts
+                        // them too.
+                        to: now_micros + 3_600_000_000,
+                        group_by: compiled
+                            .rule
+                            .group_by
+                            .iter()
+                            .map(|field| field.search_field())
+                            .collect(),
+                        max_groups: self.max_groups,
+                    })
+                    .collect();
                 let state = shared.state.clone();
                 async move {
                     let counts = tokio::time::timeout(
                         COUNT_TIMEOUT,
-                        state.count_groups(compiled.topic.clone(), request),
+                        state.count_groups(topic.clone(), requests),
                     )
                     .await;
-                    (compiled, counts)
+                    (topic, rules, counts)
                 }
             })
-            .buffer_unordered(COUNTS_IN_FLIGHT)
+            .buffer_unordered(TOPICS_IN_FLIGHT)
             .collect()
             .await;
         let mut state = lock(&self.state);
-        for (compiled, counts) in counted {
+        for (topic, rules, counts) in counted {
             let counts = match counts {
                 Ok(Ok(counts)) => counts,
                 Ok(Err(err)) => {
-                    tracing::warn!(rule = %compiled.spec.name, error = %err, "counting the rule's window in the store failed");
+                    tracing::warn!(%topic, error = %err, "counting the alert rules' windows in the store failed");
                     continue;
                 }
                 Err(_) => {
-                    tracing::warn!(rule = %compiled.spec.name, "counting the rule's window in the store timed out");
+                    tracing::warn!(%topic, "counting the alert rules' windows in the store timed out");
                     continue;
                 }
             };
-            let Some(rule) = state.rules.get_mut(&compiled.spec.name) else {
-                continue;
-            };
-            if !Arc::ptr_eq(&rule.compiled, &compiled) {
-                continue;
+            for (compiled, counts) in rules.into_iter().zip(counts) {
+                let counts = match counts {
+                    Ok(counts) => counts,
+                    Err(err) => {
+                        tracing::warn!(rule = %compiled.spec.name, error = %err, "counting the rule's window in the store failed");
+                        continue;
+                    }
+                };
+                let Some(rule) = state.rules.get_mut(&compiled.spec.name) else {
+                    continue;
+                };
+                if !Arc::ptr_eq(&rule.compiled, &compiled) {
+                    continue;
+                }
+                if !counts.complete {
+                    tracing::warn!(rule = %compiled.spec.name, groups = counts.groups.len(), "the rule's window holds more groups than it tracks; the rest are not counted");
+                }
+                rule.window.replace(counts.groups, now);
+                rule.ready = true;
             }
-            if !counts.complete {
-                tracing::warn!(rule = %compiled.spec.name, groups = self.max_groups, "the rule's window holds more groups than it tracks; the rest are not counted");
-            }
-            rule.window.replace(counts.groups, now);
-            rule.ready = true;
         }
     }
 }
