@@ -353,7 +353,11 @@ async fn audit_alerts_fire_on_real_requests_reach_alertmanager_and_survive_a_col
         ),
         (
             "impersonation",
-            vec![("user", admin), ("severity", "warning")],
+            vec![
+                ("user", admin),
+                ("impersonatedUser", "eve"),
+                ("severity", "warning"),
+            ],
         ),
         ("anonymous-request-allowed", vec![("sourceIP", "127.0.0.1")]),
         ("forbidden-burst", vec![("user", "mallory")]),

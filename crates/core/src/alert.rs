@@ -47,6 +47,9 @@ pub enum GroupField {
     Verb,
     #[serde(rename = "sourceIP")]
     SourceIp,
+    /// Whom a request was made as (`kubectl --as`); `""` for a request that impersonated nobody.
+    #[serde(rename = "impersonatedUser")]
+    ImpersonatedUser,
 }
 
 impl GroupField {
@@ -65,6 +68,11 @@ impl GroupField {
             GroupField::Resource => object.map(|o| o.resource.clone()).unwrap_or_default(),
             GroupField::Verb => event.verb.clone(),
             GroupField::SourceIp => event.source_ips.first().cloned().unwrap_or_default(),
+            GroupField::ImpersonatedUser => event
+                .impersonated_user
+                .as_ref()
+                .map(|u| u.username.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -76,6 +84,7 @@ impl GroupField {
             GroupField::Resource => Field::Resource,
             GroupField::Verb => Field::Verb,
             GroupField::SourceIp => Field::SourceIp,
+            GroupField::ImpersonatedUser => Field::ImpersonatedUser,
         }
     }
 }
@@ -600,7 +609,7 @@ impl GapWatch {
 pub struct Presentation {
     pub severity: String,
     /// Templates: `{{rule}}`, `{{count}}`, `{{threshold}}`, `{{window}}` and each group field
-    /// (`{{user}}`, `{{namespace}}`, `{{resource}}`, `{{verb}}`, `{{sourceIP}}`).
+    /// (`{{user}}`, `{{namespace}}`, `{{resource}}`, `{{verb}}`, `{{sourceIP}}`, `{{impersonatedUser}}`).
     pub summary: Option<String>,
     pub description: Option<String>,
     pub labels: BTreeMap<String, String>,

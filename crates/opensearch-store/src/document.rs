@@ -260,8 +260,16 @@ pub(crate) fn rfc3339_nanos(micros: i64) -> String {
 }
 
 /// The mapping of one keyword field that is only ever matched (no column).
-fn matched_keyword() -> Value {
-    json!({"type": "keyword", "doc_values": false})
+/// A keyword field's mapping, the same in the template and when added to older indices (a
+/// mapping cannot change a field's `doc_values` once set). Columns only where stats or alert
+/// rules group by a field or search sorts on it: the rest are only ever matched, and their
+/// columns would be a large part of each event's bytes.
+fn keyword_mapping(field: &str) -> Value {
+    let columnar = matches!(
+        field,
+        "user" | "verb" | "resource" | "namespace" | "sourceIPs" | "impersonatedUser" | "id"
+    );
+    json!({"type": "keyword", "doc_values": columnar})
 }
 
 /// The body of `PUT <prefix>-tp-*/_mapping`: the fields [`index_template`] gained since its
@@ -270,7 +278,7 @@ fn matched_keyword() -> Value {
 pub fn added_fields_mapping() -> Value {
     let properties: Map<String, Value> = ADDED_KEYWORD_FIELDS
         .iter()
-        .map(|field| (field.to_string(), matched_keyword()))
+        .map(|field| (field.to_string(), keyword_mapping(field)))
         .collect();
     json!({"properties": properties})
 }
@@ -279,16 +287,7 @@ pub fn added_fields_mapping() -> Value {
 pub fn index_template(prefix: &str) -> Value {
     let mut properties = Map::new();
     for field in KEYWORD_FIELDS {
-        // Columns only where stats or alert rules group by a field or search sorts on it: the rest are only
-        // ever matched, and their columns would be a large part of each event's bytes.
-        let columnar = matches!(
-            field,
-            "user" | "verb" | "resource" | "namespace" | "sourceIPs" | "id"
-        );
-        properties.insert(
-            field.to_string(),
-            json!({"type": "keyword", "doc_values": columnar}),
-        );
+        properties.insert(field.to_string(), keyword_mapping(field));
     }
     properties.insert("code".into(), json!({"type": "integer"}));
     properties.insert("time".into(), json!({"type": "date_nanos"}));

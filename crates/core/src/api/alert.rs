@@ -64,7 +64,8 @@ pub struct AuditAlertSpec {
     #[serde(default = "default_threshold")]
     #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 1000000000").message("threshold must be between 1 and 1000000000").reason(kube::core::Reason::FieldValueInvalid))]
     pub threshold: i64,
-    /// One alert per distinct combination of these: user, namespace, resource, verb, sourceIP.
+    /// One alert per distinct combination of these: user, namespace, resource, verb, sourceIP,
+    /// impersonatedUser (whom a request was made as).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(validation = kube::core::Rule::new("self.all(f, self.exists_one(g, g == f))").message("groupBy names a field twice").reason(kube::core::Reason::FieldValueDuplicate))]
     #[schemars(length(max = 5))]
