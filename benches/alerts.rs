@@ -394,6 +394,32 @@ async fn shared_latency(dir: &Path, probes: usize, background_rate: u64) {
         "two replicas on OpenSearch",
     )
     .await;
+    // How long the evaluator's count of all rules in OpenSearch took, per tick.
+    for replica in &replicas {
+        let text = replica
+            .http
+            .get(format!("{}/metrics", replica.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let metric = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let ticks = metric("clusteraudit_collector_alert_evaluation_seconds_count");
+        if ticks > 0.0 {
+            println!(
+                "  the evaluator counted 101 rules in OpenSearch {ticks} times, {:.0} ms each on average",
+                metric("clusteraudit_collector_alert_evaluation_seconds_sum") / ticks * 1000.0
+            );
+        }
+    }
     for mut replica in replicas {
         replica.process.stop(Duration::from_secs(30));
     }

@@ -110,7 +110,8 @@ pub fn policy_records(policy_yaml: &str) -> bool {
     }
 }
 
-/// `GET /v1/nodes`: what the collector replica that answers acknowledged since it started.
+/// `GET /v1/nodes`: what the collector acknowledged from each node (with OpenSearch, every
+/// replica's, merged).
 #[derive(Clone, Debug, Deserialize)]
 pub struct NodesPage {
     #[serde(default)]

@@ -50,6 +50,10 @@ pub struct Metrics {
     pub node_last_batch: Family<NodeLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub alerts_firing: Family<AlertLabel, Gauge>,
     pub alert_rules: Gauge,
+    /// With a shared store: how long the evaluating replica took to count every rule in it.
+    pub alert_evaluation_seconds: Histogram,
+    /// With a shared store: 1 on the replica evaluating the alert rules for all.
+    pub alert_evaluator: Gauge,
     pub alerts_fired: Family<AlertLabel, Counter>,
     pub data_disk_free_bytes: Gauge,
     pub data_disk_size_bytes: Gauge,
@@ -229,6 +233,19 @@ impl Metrics {
             Family::<NodeLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let alerts_firing = Family::<AlertLabel, Gauge>::default();
         let alert_rules = Gauge::default();
+        let alert_evaluation_seconds =
+            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        let alert_evaluator = Gauge::default();
+        registry.register(
+            "alert_evaluation_seconds",
+            "With OpenSearch: how long the evaluating replica took to count every alert rule's window in the store, per tick",
+            alert_evaluation_seconds.clone(),
+        );
+        registry.register(
+            "alert_evaluator",
+            "With OpenSearch: 1 on the replica that evaluates the alert rules for every replica",
+            alert_evaluator.clone(),
+        );
         let alerts_fired = Family::<AlertLabel, Counter>::default();
         let data_disk_free_bytes = Gauge::default();
         let data_disk_size_bytes = Gauge::default();
@@ -266,6 +283,8 @@ impl Metrics {
             node_last_batch,
             alerts_firing,
             alert_rules,
+            alert_evaluation_seconds,
+            alert_evaluator,
             alerts_fired,
             data_disk_free_bytes,
             data_disk_size_bytes,

@@ -25,6 +25,10 @@ use super::{Alerting, KeptFiring, RuleSet, lock, micros_to_time};
 pub const SHARED_TICK: Duration = Duration::from_secs(2);
 /// How long the evaluator's lease lasts without renewal before another replica takes over.
 const LEASE: Duration = Duration::from_secs(15);
+/// How often the evaluator writes its lease (and its view with it): well within the lease, and
+/// not every tick, since each write waits behind the shippers' bulk requests in OpenSearch's
+/// write queue.
+const RENEW_EVERY: Duration = Duration::from_secs(5);
 /// Topics counted at once.
 const TOPICS_IN_FLIGHT: usize = 4;
 /// One topic's count deadline: a slow store delays its rules to the next tick.
@@ -38,6 +42,8 @@ pub struct SharedMode {
     state: Arc<dyn SharedState>,
     replica: String,
     leading: AtomicBool,
+    /// When this replica last wrote the lease, while it leads.
+    renewed: Mutex<Option<std::time::Instant>>,
     /// The evaluator's name and view as last read, for `GET /v1/alerts` on the other replicas.
     evaluator: Mutex<Option<(String, Value)>>,
     pub(super) no_rules: Arc<RuleSet>,
@@ -80,6 +86,7 @@ impl Alerting {
             state,
             replica,
             leading: AtomicBool::new(false),
+            renewed: Mutex::new(None),
             evaluator: Mutex::new(None),
             no_rules: Arc::new(RuleSet::default()),
         });
@@ -105,16 +112,19 @@ impl Alerting {
         Ok(())
     }
 
-    /// One tick of a replica sharing the store.
+    /// One evaluation tick of a replica sharing the store.
     async fn shared_tick(&self, shared: &SharedMode) {
         let now = SystemTime::now();
-        self.exchange_nodes(shared, now).await;
         if !self.hold_lease(shared, now).await {
             // Only the evaluator notifies; the others keep the nodes' gaps for their own view.
             let _ = self.nodes.advance(now);
             return;
         }
+        let counting = std::time::Instant::now();
         self.count_from_store(shared, now).await;
+        self.metrics
+            .alert_evaluation_seconds
+            .observe(counting.elapsed().as_secs_f64());
         self.advance(now);
     }
 
@@ -192,6 +202,12 @@ impl Alerting {
     /// Takes or renews the evaluator's lease, publishing this replica's view and firing groups
     /// with it; false when another replica holds it.
     async fn hold_lease(&self, shared: &SharedMode, now: SystemTime) -> bool {
+        let started = std::time::Instant::now();
+        if shared.leading.load(Ordering::SeqCst)
+            && lock(&shared.renewed).is_some_and(|at| at.elapsed() < RENEW_EVERY)
+        {
+            return true;
+        }
         let current = match shared.state.read_shared(EVALUATOR_DOC.into()).await {
             Ok(current) => current,
             Err(err) => {
@@ -242,9 +258,16 @@ impl Alerting {
             }
             Err(err) => {
                 tracing::debug!(error = %err, "renewing the evaluator's lease failed");
+                // Past its lease another replica may have taken over: stop rather than send twice.
+                let expired = lock(&shared.renewed).is_none_or(|at| at.elapsed() >= LEASE);
+                if expired {
+                    self.step_down(shared);
+                    return false;
+                }
                 return was_leading;
             }
         }
+        *lock(&shared.renewed) = Some(started);
         if !was_leading {
             let firing: Vec<KeptFiring> = serde_json::from_value(kept_firing).unwrap_or_default();
             tracing::info!(replica = %shared.replica, firing = firing.len(), "this replica evaluates the alert rules for every replica now");
@@ -260,6 +283,7 @@ impl Alerting {
                 );
             }
             shared.leading.store(true, Ordering::SeqCst);
+            self.metrics.alert_evaluator.set(1);
             // The gaps this replica followed meanwhile go on from here.
             if let Some(notifier) = &self.notifier {
                 for (node, since) in self.nodes.firing() {
@@ -273,9 +297,11 @@ impl Alerting {
     /// Another replica evaluates: forget what this one had firing without resolving it, and
     /// count from scratch should the lease come back.
     fn step_down(&self, shared: &SharedMode) {
+        *lock(&shared.renewed) = None;
         if !shared.leading.swap(false, Ordering::SeqCst) {
             return;
         }
+        self.metrics.alert_evaluator.set(0);
         tracing::info!(replica = %shared.replica, "another replica evaluates the alert rules now");
         if let Some(notifier) = &self.notifier {
             notifier.hand_over();
@@ -401,6 +427,20 @@ impl Alerting {
 
 /// Runs the shared ticks for as long as the process runs.
 pub(super) fn start(alerting: Arc<Alerting>) {
+    // The nodes' exchange on its own: its writes wait behind bulk requests, and evaluation must
+    // not wait for them.
+    let exchanging = alerting.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SHARED_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(shared) = exchanging.shared.get() else {
+                return;
+            };
+            exchanging.exchange_nodes(shared, SystemTime::now()).await;
+        }
+    });
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SHARED_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
