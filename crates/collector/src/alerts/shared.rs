@@ -44,6 +44,9 @@ pub struct SharedMode {
     leading: AtomicBool,
     /// When this replica last wrote the lease, while it leads.
     renewed: Mutex<Option<std::time::Instant>>,
+    /// The firing groups as last written with the lease: when they change, the lease is written
+    /// at the next tick, so that a successor does not fire them anew.
+    published_firing: Mutex<Value>,
     /// The evaluator's name and view as last read, for `GET /v1/alerts` on the other replicas.
     evaluator: Mutex<Option<(String, Value)>>,
     pub(super) no_rules: Arc<RuleSet>,
@@ -87,6 +90,7 @@ impl Alerting {
             replica,
             leading: AtomicBool::new(false),
             renewed: Mutex::new(None),
+            published_firing: Mutex::new(Value::Null),
             evaluator: Mutex::new(None),
             no_rules: Arc::new(RuleSet::default()),
         });
@@ -126,6 +130,9 @@ impl Alerting {
             .alert_evaluation_seconds
             .observe(counting.elapsed().as_secs_f64());
         self.advance(now);
+        if self.firing_to_keep() != *lock(&shared.published_firing) {
+            *lock(&shared.renewed) = None;
+        }
     }
 
     /// Publishes this replica's nodes and takes the others' and the expected nodes.
@@ -268,6 +275,7 @@ impl Alerting {
             }
         }
         *lock(&shared.renewed) = Some(started);
+        *lock(&shared.published_firing) = kept_firing.clone();
         if !was_leading {
             let firing: Vec<KeptFiring> = serde_json::from_value(kept_firing).unwrap_or_default();
             tracing::info!(replica = %shared.replica, firing = firing.len(), "this replica evaluates the alert rules for every replica now");
