@@ -60,6 +60,18 @@ fn firings(received: &Received, alertname: &str, label: &str, value: &str) -> Ve
         .collect()
 }
 
+/// Waits until `received` holds a firing notification for `alertname` with the label.
+async fn wait_for_firing(received: &Received, what: &str, alertname: &str, label: (&str, &str)) {
+    eventually(what, Duration::from_secs(60), async || {
+        match firings(received, alertname, label.0, label.1).len() {
+            0 => Err(received.lock().unwrap().clone()),
+            _ => Ok(()),
+        }
+    })
+    .await
+    .unwrap_or_else(|timed_out| panic!("{timed_out:?}"));
+}
+
 /// An event happening now (the rules' windows end now), by `user` with `verb`.
 fn event_now(i: usize, user: &str, verb: &str) -> Value {
     let mut event = event(i, user, verb, 200);
@@ -211,32 +223,26 @@ async fn replicas_sharing_opensearch_count_together_notify_once_and_hand_over() 
     };
     post_from(&replicas[0], "cp-1", &[cluster_list(8)]).await;
     post_from(&replicas[1], "cp-2", &[cluster_list(9)]).await;
-    eventually(
+    wait_for_firing(
+        &received,
         "mallory's deletes fire",
-        Duration::from_secs(60),
-        async || match firings(&received, "deletes", "user", "mallory").len() {
-            0 => Err(received.lock().unwrap().clone()),
-            _ => Ok(()),
-        },
+        "deletes",
+        ("user", "mallory"),
     )
-    .await
-    .unwrap_or_else(|timed_out| panic!("{timed_out:?}"));
+    .await;
     // A later firing through the other replica: by the time it arrives, a second evaluator
     // would have sent mallory's again.
     let sentinel: Vec<Value> = (10..14)
         .map(|i| event_now(i, "sentinel", "patch"))
         .collect();
     post_from(&replicas[1], "cp-2", &sentinel).await;
-    eventually(
+    wait_for_firing(
+        &received,
         "the sentinel fires",
-        Duration::from_secs(60),
-        async || match firings(&received, "patches", "user", "sentinel").len() {
-            0 => Err(received.lock().unwrap().clone()),
-            _ => Ok(()),
-        },
+        "patches",
+        ("user", "sentinel"),
     )
-    .await
-    .unwrap_or_else(|timed_out| panic!("{timed_out:?}"));
+    .await;
     assert_eq!(
         firings(&received, "deletes", "user", "mallory").len(),
         1,
@@ -323,16 +329,7 @@ async fn replicas_sharing_opensearch_count_together_notify_once_and_hand_over() 
         .await
         .unwrap_or_else(|timed_out| panic!("{timed_out:?}"));
     }
-    eventually(
-        "cp-3's audit gap",
-        Duration::from_secs(60),
-        async || match firings(&received, "AuditGap", "node", "cp-3").len() {
-            0 => Err(received.lock().unwrap().clone()),
-            _ => Ok(()),
-        },
-    )
-    .await
-    .unwrap_or_else(|timed_out| panic!("{timed_out:?}"));
+    wait_for_firing(&received, "cp-3's audit gap", "AuditGap", ("node", "cp-3")).await;
     for node in ["cp-1", "cp-2"] {
         assert!(
             firings(&received, "AuditGap", "node", node).is_empty(),
@@ -363,16 +360,13 @@ async fn replicas_sharing_opensearch_count_together_notify_once_and_hand_over() 
     .unwrap_or_else(|timed_out| panic!("{timed_out:?}"));
     let trudy: Vec<Value> = (20..24).map(|i| event_now(i, "trudy", "delete")).collect();
     post_from(survivor, "cp-1", &trudy).await;
-    eventually(
+    wait_for_firing(
+        &received,
         "trudy's deletes fire through the survivor",
-        Duration::from_secs(60),
-        async || match firings(&received, "deletes", "user", "trudy").len() {
-            0 => Err(received.lock().unwrap().clone()),
-            _ => Ok(()),
-        },
+        "deletes",
+        ("user", "trudy"),
     )
-    .await
-    .unwrap_or_else(|timed_out| panic!("{timed_out:?}"));
+    .await;
     let mallory = firings(&received, "deletes", "user", "mallory");
     assert!(
         mallory.iter().all(|s| *s == started),
