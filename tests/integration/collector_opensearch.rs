@@ -44,7 +44,8 @@ async fn start_replica(dir: &Path, name: &str, args: &[String]) -> Replica {
     }
 }
 
-async fn route(collector: &Collector) -> String {
+/// The topic the webhook routes to, as one replica says.
+pub async fn route(collector: &Collector) -> String {
     let (status, route) = collector
         .call(reqwest::Method::GET, "/v1/route", None)
         .await;

@@ -11,18 +11,11 @@ use serde_json::{Value, json};
 
 use crate::{
     collector_api::{event, event_day},
-    support::{DevCollector as Collector, start_dev_collector_with},
+    collector_opensearch::route,
+    support::start_dev_collector_with,
 };
 
 const PREFIX: &str = "fields";
-
-async fn route(collector: &Collector) -> String {
-    let (status, route) = collector
-        .call(reqwest::Method::GET, "/v1/route", None)
-        .await;
-    assert_eq!(status, 200, "{route}");
-    route["topicId"].as_str().unwrap().to_string()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs OpenSearch: scripts/test runs it"]
