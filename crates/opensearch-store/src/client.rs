@@ -194,6 +194,27 @@ impl Client {
         self.send(method, path, body).await
     }
 
+    /// Like [`Client::expect`], but an error of type `tolerated` (an index that already exists,
+    /// none to change) counts as done too.
+    pub async fn expect_or(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        tolerated: &str,
+    ) -> Result<(), OpenSearchError> {
+        let answer = self.json(method.clone(), path, body).await?;
+        if answer.is_success() || answer.body["error"]["type"] == tolerated {
+            Ok(())
+        } else {
+            Err(OpenSearchError::Refused {
+                request: format!("{method} {path}"),
+                status: answer.status.as_u16(),
+                reason: answer.reason(),
+            })
+        }
+    }
+
     /// Like [`Client::json`], but an answer other than 2xx is an error.
     pub async fn expect(
         &self,

@@ -138,6 +138,16 @@ pub fn catalog_index(prefix: &str) -> String {
     format!("{prefix}-catalog")
 }
 
+/// The body creating one of the collector's own small indices (the catalog, the shared
+/// documents): one shard, copied to every node, holding `properties` and nothing mapped by
+/// itself.
+pub fn small_index(properties: Value) -> Value {
+    json!({
+        "settings": {"number_of_shards": 1, "auto_expand_replicas": "0-2"},
+        "mappings": {"dynamic": false, "properties": properties},
+    })
+}
+
 /// One event, ready for the bulk request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Document {

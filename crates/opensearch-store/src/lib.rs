@@ -170,46 +170,23 @@ impl OpenSearchStore {
             .await?;
         // The template only shapes indices created from now on; today's (and older days')
         // were created from an older one, whose strict mapping would refuse the added fields.
-        let events = format!("/{}-tp-*/_mapping", self.prefix);
-        let mapped = self
-            .client
-            .json(
+        self.client
+            .expect_or(
                 Method::PUT,
-                &events,
+                &format!("/{}-tp-*/_mapping", self.prefix),
                 Some(&document::added_fields_mapping()),
+                "index_not_found_exception",
             )
             .await?;
-        let no_index = mapped.body["error"]["type"] == "index_not_found_exception";
-        if !mapped.is_success() && !no_index {
-            return Err(OpenSearchError::Refused {
-                request: format!("PUT {events}"),
-                status: mapped.status.as_u16(),
-                reason: mapped.reason(),
-            }
-            .into());
-        }
-        let catalog_index = document::catalog_index(&self.prefix);
-        let created = self
-            .client
-            .json(
+        // The catalog is read whole by id, never searched.
+        self.client
+            .expect_or(
                 Method::PUT,
-                &format!("/{catalog_index}"),
-                Some(&json!({
-                    "settings": {"number_of_shards": 1, "auto_expand_replicas": "0-2"},
-                    // The catalog is read whole by id, never searched.
-                    "mappings": {"dynamic": false, "properties": {}},
-                })),
+                &format!("/{}", document::catalog_index(&self.prefix)),
+                Some(&document::small_index(json!({}))),
+                "resource_already_exists_exception",
             )
             .await?;
-        let exists = created.body["error"]["type"] == "resource_already_exists_exception";
-        if !created.is_success() && !exists {
-            return Err(OpenSearchError::Refused {
-                request: format!("PUT /{catalog_index}"),
-                status: created.status.as_u16(),
-                reason: created.reason(),
-            }
-            .into());
-        }
         self.edit(&CatalogEdit::Initialize).await?;
         self.prepared.store(true, Ordering::SeqCst);
         Ok(())

@@ -316,26 +316,14 @@ impl OpenSearchStore {
         if self.shared_ready.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let index = shared_index(self.prefix());
-        let created = self
-            .client()
-            .json(
+        self.client()
+            .expect_or(
                 Method::PUT,
-                &format!("/{index}"),
-                Some(&json!({
-                    "settings": {"number_of_shards": 1, "auto_expand_replicas": "0-2"},
-                    "mappings": {"dynamic": false, "properties": {"kind": {"type": "keyword"}}},
-                })),
+                &format!("/{}", shared_index(self.prefix())),
+                Some(&document::small_index(json!({"kind": {"type": "keyword"}}))),
+                "resource_already_exists_exception",
             )
             .await?;
-        let exists = created.body["error"]["type"] == "resource_already_exists_exception";
-        if !created.is_success() && !exists {
-            return Err(OpenSearchError::Refused {
-                request: format!("PUT /{index}"),
-                status: created.status.as_u16(),
-                reason: created.reason(),
-            });
-        }
         self.shared_ready.store(true, Ordering::SeqCst);
         Ok(())
     }
