@@ -233,7 +233,7 @@ pub struct Alerting {
     /// restart keeps the start Alertmanager knows it by.
     firing_file: Option<std::path::PathBuf>,
     /// What the file held at start: (rule, group) -> (the rule's spec, since).
-    restored: Mutex<HashMap<(String, Group), (RuleSpec, SystemTime)>>,
+    restored: Mutex<Restored>,
     rules: RwLock<Arc<RuleSet>>,
     state: Mutex<State>,
     notifier: Option<Notifier>,
@@ -270,22 +270,13 @@ impl Alerting {
         data_dir: Option<&std::path::Path>,
     ) -> Result<Arc<Alerting>, crate::notify::NotifyError> {
         let firing_file = data_dir.map(|dir| dir.join("alerts-firing.json"));
-        let restored = firing_file
-            .as_deref()
-            .and_then(|path| std::fs::read(path).ok())
-            .and_then(|bytes| serde_json::from_slice::<Vec<KeptFiring>>(&bytes).ok())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|kept| {
-                (
-                    (kept.rule.name.clone(), kept.group),
-                    (
-                        kept.rule,
-                        UNIX_EPOCH + Duration::from_micros(kept.since_micros),
-                    ),
-                )
-            })
-            .collect();
+        let restored = KeptFiring::restore(
+            firing_file
+                .as_deref()
+                .and_then(|path| std::fs::read(path).ok())
+                .and_then(|bytes| serde_json::from_slice::<Vec<KeptFiring>>(&bytes).ok())
+                .unwrap_or_default(),
+        );
         let options = args.notify.options();
         let notifier = if options.receivers.is_empty() {
             None
@@ -705,20 +696,7 @@ impl Alerting {
         let Some(path) = &self.firing_file else {
             return;
         };
-        let kept: Vec<KeptFiring> = rules
-            .values()
-            .flat_map(|rule| {
-                rule.firing.iter().map(|(group, (since, _))| KeptFiring {
-                    rule: rule.compiled.spec.clone(),
-                    group: group.clone(),
-                    since_micros: since
-                        .duration_since(UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_micros() as u64,
-                })
-            })
-            .collect();
-        let written = serde_json::to_vec(&kept)
+        let written = serde_json::to_vec(&KeptFiring::of(rules))
             .map_err(std::io::Error::other)
             .and_then(|bytes| {
                 let partial = path.with_extension("json.partial");
@@ -852,26 +830,18 @@ impl Alerting {
     /// Follows the catalog and advances the windows, for as long as the process runs.
     pub fn start(self: &Arc<Self>, store: Arc<dyn AuditStore>) {
         if self.shared.get().is_some() {
+            shared::start(self.clone());
+        } else {
             let alerting = self.clone();
-            let catalog_store = store.clone();
             tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
-                    alerting.refresh(&catalog_store).await;
-                    tokio::time::sleep(crate::policy::POLICY_REFRESH).await;
+                    tick.tick().await;
+                    alerting.advance(SystemTime::now());
                 }
             });
-            shared::start(self.clone());
-            return;
         }
-        let alerting = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                alerting.advance(SystemTime::now());
-            }
-        });
         let alerting = self.clone();
         tokio::spawn(async move {
             loop {
@@ -898,6 +868,43 @@ struct KeptFiring {
     rule: RuleSpec,
     group: Group,
     since_micros: u64,
+}
+
+/// What was firing, by (rule, group): the rule's spec and since when.
+type Restored = HashMap<(String, Group), (RuleSpec, SystemTime)>;
+
+impl KeptFiring {
+    /// Every rule's firing groups, as kept.
+    fn of(rules: &BTreeMap<String, RuleState>) -> Vec<KeptFiring> {
+        rules
+            .values()
+            .flat_map(|rule| {
+                rule.firing.iter().map(|(group, (since, _))| KeptFiring {
+                    rule: rule.compiled.spec.clone(),
+                    group: group.clone(),
+                    since_micros: since
+                        .duration_since(UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_micros() as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// What was kept, as `advance` looks groups up when they fire again.
+    fn restore(kept: Vec<KeptFiring>) -> Restored {
+        kept.into_iter()
+            .map(|kept| {
+                (
+                    (kept.rule.name.clone(), kept.group),
+                    (
+                        kept.rule,
+                        UNIX_EPOCH + Duration::from_micros(kept.since_micros),
+                    ),
+                )
+            })
+            .collect()
+    }
 }
 
 fn group_labels(compiled: &Compiled, group: &Group) -> BTreeMap<String, String> {

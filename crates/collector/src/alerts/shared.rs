@@ -279,17 +279,7 @@ impl Alerting {
         if !was_leading {
             let firing: Vec<KeptFiring> = serde_json::from_value(kept_firing).unwrap_or_default();
             tracing::info!(replica = %shared.replica, firing = firing.len(), "this replica evaluates the alert rules for every replica now");
-            let mut restored = lock(&self.restored);
-            restored.clear();
-            for kept in firing {
-                restored.insert(
-                    (kept.rule.name.clone(), kept.group),
-                    (
-                        kept.rule,
-                        UNIX_EPOCH + Duration::from_micros(kept.since_micros),
-                    ),
-                );
-            }
+            *lock(&self.restored) = KeptFiring::restore(firing);
             shared.leading.store(true, Ordering::SeqCst);
             self.metrics.alert_evaluator.set(1);
             // The gaps this replica followed meanwhile go on from here.
@@ -337,19 +327,7 @@ impl Alerting {
     }
 
     fn firing_to_keep(&self) -> Value {
-        let state = lock(&self.state);
-        let kept: Vec<KeptFiring> = state
-            .rules
-            .values()
-            .flat_map(|rule| {
-                rule.firing.iter().map(|(group, (since, _))| KeptFiring {
-                    rule: rule.compiled.spec.clone(),
-                    group: group.clone(),
-                    since_micros: micros(*since).max(0) as u64,
-                })
-            })
-            .collect();
-        serde_json::to_value(kept).unwrap_or(Value::Null)
+        serde_json::to_value(KeptFiring::of(&lock(&self.state).rules)).unwrap_or(Value::Null)
     }
 
     /// Counts every rule's window in the store and puts the counts in its window: one call per
