@@ -189,7 +189,7 @@ fn search(events: u64, dir: &Path) {
         }
         let slices: Vec<&[u8]> = raw.iter().map(|r| r.as_slice()).collect();
         position += 1;
-        loaded += store.apply(position, &topic, &slices).unwrap() as u64;
+        loaded += store.apply(position, &topic, &slices, None).unwrap() as u64;
         if position.is_multiple_of(1000) {
             store.commit(position).unwrap();
         }

@@ -923,7 +923,7 @@ fn time_store(stored: &[String], dir: &std::path::Path) -> (f64, f64) {
         let slices: Vec<&[u8]> = chunk.iter().map(|e| e.as_bytes()).collect();
         position += 1;
         store
-            .apply(position, &topic, &slices)
+            .apply(position, &topic, &slices, None)
             .expect("the store takes it");
     }
     store.commit(position).expect("the store commits");

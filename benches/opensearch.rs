@@ -425,7 +425,9 @@ async fn search_figures(dir: &Path, opensearch: &OpenSearch, count: usize) {
     generated(count, |raws| {
         position += 1;
         let slices: Vec<&[u8]> = raws.iter().map(|r| r.as_bytes()).collect();
-        store.apply(position, &embedded_topic, &slices).unwrap();
+        store
+            .apply(position, &embedded_topic, &slices, None)
+            .unwrap();
         if position.is_multiple_of(40) {
             store.commit(position).unwrap();
         }

@@ -433,13 +433,19 @@ async fn take_batch(
     let mut routed: Vec<(&str, Vec<usize>)> = Vec::new();
     let mut tally = super::policy::Tally::default();
     let mut items: Vec<std::borrow::Cow<'_, str>> = Vec::with_capacity(timed.len());
+    // Handed to the drain with the record, so that it does not decode them again.
+    let hand_over = shared
+        .wal
+        .handover()
+        .is_some_and(|handover| handover.has_room());
+    let mut decoded = Vec::with_capacity(if hand_over { timed.len() } else { 0 });
     let mut refused = Vec::new();
     for (index, (item, time, event)) in timed.into_iter().enumerate() {
         if let Err(refusal) = batch::check_time(time, now, retention) {
             refused.push((index, refusal));
             continue;
         }
-        let kept = match &policy {
+        let kept: std::borrow::Cow<'_, str> = match &policy {
             None => item.into(),
             Some(policy) => match policy.judge(item, &event, &mut tally) {
                 Enforced::Keep => item.into(),
@@ -463,6 +469,11 @@ async fn take_batch(
         }
         if !alert_rules.is_empty() {
             alert_rules.observe(&topic, &targets_of_event, &event, time, &mut hits);
+        }
+        if hand_over {
+            // A reduced event's logged bytes are not what was decoded: the drain decodes those.
+            let whole = matches!(kept, std::borrow::Cow::Borrowed(_));
+            decoded.push(whole.then_some((event, time)));
         }
         items.push(kept);
     }
@@ -507,7 +518,13 @@ async fn take_batch(
         let copies: Vec<&str> = indexes.iter().map(|&i| items[i].as_ref()).collect();
         batch::append_section(&mut record, target, &copies);
     }
-    let pending = match shared.wal.try_append(record) {
+    let decoded = hand_over.then(|| {
+        super::handover::Decoded::new(
+            decoded,
+            routed.iter().map(|(_, indexes)| indexes.clone()).collect(),
+        )
+    });
+    let pending = match shared.wal.try_append(record, decoded) {
         Ok(Some(pending)) => pending,
         Ok(None) => {
             shared.metrics.reject("queue-full");

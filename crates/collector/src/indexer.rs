@@ -101,10 +101,14 @@ impl Indexer {
         let mut added = 0;
         let limit = self.wal.durable_end();
         while let Some((end, payload)) = self.reader.next(limit)? {
+            let decoded = self.wal.handover().and_then(|handover| handover.take(end));
             match batch::decode_sections(&payload) {
                 Ok(sections) => {
-                    for (topic, items) in sections {
-                        let applied = self.store.apply(end, topic, &items)?;
+                    for (section, (topic, items)) in sections.into_iter().enumerate() {
+                        let decoded = decoded
+                            .as_ref()
+                            .and_then(|decoded| decoded.section(section, items.len()));
+                        let applied = self.store.apply(end, topic, &items, decoded.as_deref())?;
                         self.uncommitted += applied as u64;
                         added += applied;
                     }
@@ -145,6 +149,10 @@ impl Indexer {
         let dropped = self.store.rollback();
         self.uncommitted = 0;
         self.reader.seek(self.committed);
+        // What is read again is decoded from the log.
+        if let Some(handover) = self.wal.handover() {
+            handover.clear();
+        }
         self.drain.position.store(self.committed, Ordering::SeqCst);
         self.drain.store_unavailable.store(true, Ordering::SeqCst);
         tracing::error!(

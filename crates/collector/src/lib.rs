@@ -12,6 +12,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod batch;
+pub mod handover;
 pub mod http;
 mod indexer;
 pub mod metrics;
@@ -306,6 +307,7 @@ pub async fn start(args: &CollectorArgs, auth: auth::Auth) -> Result<Arc<Shared>
             segment_bytes: args.wal_segment_bytes,
             quarantine: args.data_dir.join("quarantine"),
             min_free_bytes: args.min_free_bytes,
+            handover: Some(Arc::new(handover::Handover::new(handover::BUDGET_BYTES))),
         },
         &metrics,
     )?;

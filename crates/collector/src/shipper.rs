@@ -166,7 +166,8 @@ impl Shipper {
                         records += 1;
                         bytes += payload.len();
                         job.end = end;
-                        add_record(&mut job, &payload, end);
+                        let decoded = wal.handover().and_then(|handover| handover.take(end));
+                        add_record(&mut job, &payload, end, decoded.as_ref());
                     }
                     Ok(None) => break,
                     Err(err) => {
@@ -234,7 +235,9 @@ impl Shipper {
     }
 }
 
-fn add_record(job: &mut Job, payload: &[u8], end: u64) {
+/// Adds a record's events to the job; `decoded` (the webhook's, when handed over) spares
+/// decoding them again.
+fn add_record(job: &mut Job, payload: &[u8], end: u64, decoded: Option<&super::handover::Decoded>) {
     let sections = match batch::decode_sections(payload) {
         Ok(decoded) => decoded,
         Err(err) => {
@@ -242,43 +245,55 @@ fn add_record(job: &mut Job, payload: &[u8], end: u64) {
             return;
         }
     };
-    for (topic, raw) in sections
-        .into_iter()
-        .flat_map(|(topic, raws)| raws.into_iter().map(move |raw| (topic, raw)))
-    {
-        let text = String::from_utf8_lossy(raw).into_owned();
-        let unstorable = |reason: String| DeadLetter {
-            topic: topic.to_string(),
-            // Never sent: OpenSearch would refuse it.
-            status: 0,
-            reason,
-            raw: text.clone(),
-        };
-        let event = match serde_json::from_slice::<Event>(raw) {
-            Ok(event) => event,
+    for (section, (topic, raws)) in sections.into_iter().enumerate() {
+        let decoded = decoded.and_then(|decoded| decoded.section(section, raws.len()));
+        for (index, raw) in raws.into_iter().enumerate() {
+            let handed = decoded.as_ref().and_then(|decoded| decoded[index]);
+            add_event(job, topic, raw, handed.map(|(event, _)| event));
+        }
+    }
+}
+
+fn add_event(job: &mut Job, topic: &str, raw: &[u8], handed: Option<&Event>) {
+    let text = String::from_utf8_lossy(raw).into_owned();
+    let unstorable = |reason: String| DeadLetter {
+        topic: topic.to_string(),
+        // Never sent: OpenSearch would refuse it.
+        status: 0,
+        reason,
+        raw: text.clone(),
+    };
+    let decoded_here;
+    let event = match handed {
+        Some(event) => event,
+        None => match serde_json::from_slice::<Event>(raw) {
+            Ok(event) => {
+                decoded_here = event;
+                &decoded_here
+            }
             // The webhook checked it before it was logged; one that no longer reads means a
             // code change, and is kept rather than dropped.
             Err(err) => {
                 job.unreadable
                     .push(unstorable(format!("the event no longer decodes: {err}")));
-                continue;
+                return;
             }
-        };
-        match document::document(&event, &text) {
-            Some(document) => job.items.push(Item {
-                topic: topic.to_string(),
-                document,
-                raw: text,
-            }),
-            None => job.unreadable.push(unstorable(format!(
-                "its time ({}) is outside what OpenSearch's date_nanos holds (1970 to 2262)",
-                event
-                    .stage_timestamp
-                    .as_deref()
-                    .or(event.request_received_timestamp.as_deref())
-                    .unwrap_or("none")
-            ))),
-        }
+        },
+    };
+    match document::document(event, &text) {
+        Some(document) => job.items.push(Item {
+            topic: topic.to_string(),
+            document,
+            raw: text,
+        }),
+        None => job.unreadable.push(unstorable(format!(
+            "its time ({}) is outside what OpenSearch's date_nanos holds (1970 to 2262)",
+            event
+                .stage_timestamp
+                .as_deref()
+                .or(event.request_received_timestamp.as_deref())
+                .unwrap_or("none")
+        ))),
     }
 }
 

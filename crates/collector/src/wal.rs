@@ -15,8 +15,9 @@
 //!
 //! The indexer reads the log back from disk ([`WalReader`]) rather than being handed records: the
 //! writer never waits for it, so a slow index commit never delays an acknowledgement, and records
-//! waiting to be indexed cost disk, not memory. Segments go as soon as the store's commit covers
-//! them, not when the next batch arrives.
+//! waiting to be indexed cost disk, not memory. Only the webhook's decoded events may come along
+//! in memory ([`Handover`], within a budget), to spare decoding them twice. Segments go as soon
+//! as the store's commit covers them, not when the next batch arrives.
 
 use clusteraudit_io::{FileError, file_error};
 use std::{
@@ -32,6 +33,8 @@ use std::{
 };
 
 use prometheus_client::metrics::counter::Counter;
+
+use super::handover::{Decoded, Handover};
 use tokio::sync::{mpsc, oneshot};
 
 /// A position in the log: bytes since its beginning.
@@ -72,6 +75,8 @@ pub struct WalOptions {
     /// them: the store needs room to commit what the log holds, which is what releases the log.
     /// A disk the log filled to the last byte would hold both up for good.
     pub min_free_bytes: u64,
+    /// Where the decoded events appended with a record go for the drain, once it is durable.
+    pub handover: Option<Arc<Handover>>,
 }
 
 impl WalOptions {
@@ -81,12 +86,14 @@ impl WalOptions {
             segment_bytes: SEGMENT_BYTES,
             quarantine,
             min_free_bytes: 0,
+            handover: None,
         }
     }
 }
 
 struct Append {
     payload: Vec<u8>,
+    decoded: Option<Decoded>,
     done: oneshot::Sender<Result<Position, String>>,
 }
 
@@ -104,6 +111,7 @@ pub struct Wal {
     released: Arc<AtomicU64>,
     durable: Arc<AtomicU64>,
     damage: Arc<Damage>,
+    handover: Option<Arc<Handover>>,
 }
 
 impl Wal {
@@ -149,6 +157,7 @@ impl Wal {
             dirty_tail: false,
             released: released.clone(),
             durable: durable.clone(),
+            handover: options.handover.clone(),
             receiver,
         };
         std::thread::Builder::new()
@@ -161,6 +170,7 @@ impl Wal {
             released,
             durable,
             damage,
+            handover: options.handover,
         })
     }
 
@@ -179,20 +189,33 @@ impl Wal {
     }
 
     /// Queues a record; None when the queue is full (the caller should shed load). The receiver
-    /// resolves once the record is durable.
+    /// resolves once the record is durable. `decoded` (the record's events as the caller decoded
+    /// them) goes to the handover, if there is one, before the drain can read the record.
     pub fn try_append(
         &self,
         payload: Vec<u8>,
+        decoded: Option<Decoded>,
     ) -> Result<Option<oneshot::Receiver<Result<Position, String>>>, WalError> {
         if payload.len() > MAX_RECORD_BYTES {
             return Err(WalError::TooLarge(payload.len()));
         }
         let (done, receiver) = oneshot::channel();
-        match self.ops.try_send(Op::Append(Append { payload, done })) {
+        let decoded = decoded.filter(|_| self.handover.is_some());
+        match self.ops.try_send(Op::Append(Append {
+            payload,
+            decoded,
+            done,
+        })) {
             Ok(()) => Ok(Some(receiver)),
             Err(mpsc::error::TrySendError::Full(_)) => Ok(None),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(WalError::Stopped),
         }
+    }
+
+    /// Where decoded events wait for the drain; `None` when nobody takes them, and callers need
+    /// not decode for it.
+    pub fn handover(&self) -> Option<&Arc<Handover>> {
+        self.handover.as_ref()
     }
 
     /// Batches waiting to be written.
@@ -374,6 +397,7 @@ struct Writer {
     dirty_tail: bool,
     released: Arc<AtomicU64>,
     durable: Arc<AtomicU64>,
+    handover: Option<Arc<Handover>>,
     receiver: mpsc::Receiver<Op>,
 }
 
@@ -403,7 +427,7 @@ impl Writer {
         }
     }
 
-    fn write_group(&mut self, buffer: &mut Vec<u8>, group: Vec<Append>) {
+    fn write_group(&mut self, buffer: &mut Vec<u8>, mut group: Vec<Append>) {
         buffer.clear();
         let mut ends = Vec::with_capacity(group.len());
         let mut position = self.end;
@@ -433,6 +457,14 @@ impl Writer {
         match written {
             Ok(()) => {
                 self.end = position;
+                // Before the drain can see the records, so that it finds their events.
+                if let Some(handover) = &self.handover {
+                    for (append, end) in group.iter_mut().zip(&ends) {
+                        if let Some(decoded) = append.decoded.take() {
+                            handover.put(*end, decoded, append.payload.len());
+                        }
+                    }
+                }
                 self.durable.store(position, Ordering::SeqCst);
                 for (append, end) in group.into_iter().zip(ends) {
                     let _ = append.done.send(Ok(end));
@@ -758,7 +790,7 @@ mod tests {
     }
 
     async fn append(wal: &Wal, payload: Vec<u8>) -> Position {
-        wal.try_append(payload)
+        wal.try_append(payload, None)
             .unwrap()
             .unwrap()
             .await
@@ -951,7 +983,12 @@ mod tests {
         };
         let metrics = crate::metrics::Metrics::new();
         let wal = Wal::open(&dir.path().join("wal"), options, &metrics).unwrap();
-        let refused = wal.try_append(vec![1; 10]).unwrap().unwrap().await.unwrap();
+        let refused = wal
+            .try_append(vec![1; 10], None)
+            .unwrap()
+            .unwrap()
+            .await
+            .unwrap();
         assert!(refused.unwrap_err().contains("--min-free-bytes"));
         assert_eq!(wal.durable_end(), 0);
     }

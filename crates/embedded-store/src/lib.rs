@@ -91,7 +91,17 @@ impl Store {
     ///
     /// A record of a topic no longer in the catalog is skipped: the deletion is durable in the
     /// catalog file, so a replay of the log never brings a deleted topic's data back.
-    pub fn apply(&self, end: u64, topic: &str, events: &[&[u8]]) -> Result<usize, StoreError> {
+    ///
+    /// `decoded` is each event already decoded, with its time, where the caller has it (the
+    /// webhook decoded it on the way in): those are not decoded again. The bytes are what is
+    /// stored either way.
+    pub fn apply(
+        &self,
+        end: u64,
+        topic: &str,
+        events: &[&[u8]],
+        decoded: Option<&[Option<(&Event, i64)>]>,
+    ) -> Result<usize, StoreError> {
         // Under the windows' lock, so that a deletion either comes before (and the record is
         // skipped) or after (and drops what was added with the topic's windows).
         let mut windows = self.windows();
@@ -99,19 +109,27 @@ impl Store {
             return Ok(0);
         }
         let mut added = 0;
-        for raw in events {
-            let event: Event = match serde_json::from_slice(raw) {
-                Ok(event) => event,
-                Err(err) => {
-                    // The webhook validated it before it was logged; a record that no longer
-                    // decodes means a code change, and must not stop the rest.
-                    tracing::warn!(error = %err, "skipping an event that no longer decodes");
-                    continue;
+        let decoded = decoded.filter(|decoded| decoded.len() == events.len());
+        for (index, raw) in events.iter().enumerate() {
+            let decoded_here;
+            let (event, time) = match decoded.and_then(|decoded| decoded[index]) {
+                Some(decoded) => decoded,
+                None => {
+                    decoded_here = match serde_json::from_slice::<Event>(raw) {
+                        Ok(event) => event,
+                        Err(err) => {
+                            // The webhook validated it before it was logged; a record that no
+                            // longer decodes means a code change, and must not stop the rest.
+                            tracing::warn!(error = %err, "skipping an event that no longer decodes");
+                            continue;
+                        }
+                    };
+                    let Some(time) = decoded_here.time_micros() else {
+                        tracing::warn!(audit_id = %decoded_here.audit_id, "skipping an event without a timestamp");
+                        continue;
+                    };
+                    (&decoded_here, time)
                 }
-            };
-            let Some(time) = event.time_micros() else {
-                tracing::warn!(audit_id = %event.audit_id, "skipping an event without a timestamp");
-                continue;
             };
             let key = (topic.to_string(), day_of(time));
             let window = match windows.entry(key) {
@@ -125,7 +143,7 @@ impl Store {
                 continue;
             }
             // The window's own fields: one created by an older release has fewer.
-            let doc = index::document(&window.fields, &event, time, raw);
+            let doc = index::document(&window.fields, event, time, raw);
             let path = window.path.clone();
             window
                 .writer()?
@@ -740,7 +758,7 @@ mod tests {
             impersonated_binding("new-view", new_day, "view"),
         ];
         let slices: Vec<&[u8]> = events.iter().map(Vec::as_slice).collect();
-        assert_eq!(store.apply(1, &topic, &slices).unwrap(), 3);
+        assert_eq!(store.apply(1, &topic, &slices, None).unwrap(), 3);
         store.commit(1).unwrap();
         drop(store);
 
@@ -788,20 +806,51 @@ mod tests {
     }
 
     #[test]
+    fn an_event_handed_over_decoded_is_indexed_as_handed_and_stored_as_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let topic = new_topic(&store);
+        let (a, b) = (event("a"), event("b"));
+        // The webhook's decoded form of `a`, told apart by its user: finding it by that user
+        // shows the indexer used it instead of decoding the bytes again.
+        let mut handed: Event = serde_json::from_slice(&a).unwrap();
+        handed.user.username = "handed".into();
+        let time = handed.time_micros().unwrap();
+        let decoded = [Some((&handed, time)), None];
+        assert_eq!(
+            store.apply(10, &topic, &[&a, &b], Some(&decoded)).unwrap(),
+            2
+        );
+        store.commit(10).unwrap();
+        let found = |q: &str| {
+            let query = clusteraudit_core::query::parse_matchable(q).unwrap();
+            store
+                .search(&topic, &query, i64::MIN / 2, i64::MAX / 2, 10, None)
+                .unwrap()
+                .events
+                .iter()
+                .map(|raw| raw.get().as_bytes().to_vec())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(found("user:handed"), [a]);
+        assert_eq!(found("user:ann"), [b]);
+    }
+
+    #[test]
     fn a_rolled_back_record_is_applied_again_once_and_a_deleted_topic_is_not_recreated() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let topic = new_topic(&store);
         let (a, b) = (event("a"), event("b"));
-        assert_eq!(store.apply(10, &topic, &[&a]).unwrap(), 1);
+        assert_eq!(store.apply(10, &topic, &[&a], None).unwrap(), 1);
         store.commit(10).unwrap();
         // A failure after the next record was added: it is dropped, and applied again.
-        assert_eq!(store.apply(20, &topic, &[&b]).unwrap(), 1);
+        assert_eq!(store.apply(20, &topic, &[&b], None).unwrap(), 1);
         assert_eq!(store.rollback(), 1);
         assert!(!store.has_pending());
         // The replay from the last commit skips what is committed.
-        assert_eq!(store.apply(10, &topic, &[&a]).unwrap(), 0);
-        assert_eq!(store.apply(20, &topic, &[&b]).unwrap(), 1);
+        assert_eq!(store.apply(10, &topic, &[&a], None).unwrap(), 0);
+        assert_eq!(store.apply(20, &topic, &[&b], None).unwrap(), 1);
         store.commit(20).unwrap();
         assert_eq!(count(&store, &topic), 2);
 
@@ -811,8 +860,8 @@ mod tests {
             .unwrap();
         store.delete_topic_data(&topic).unwrap();
         // A replay of the log after the deletion.
-        assert_eq!(store.apply(10, &topic, &[&a]).unwrap(), 0);
-        assert_eq!(store.apply(20, &topic, &[&b]).unwrap(), 0);
+        assert_eq!(store.apply(10, &topic, &[&a], None).unwrap(), 0);
+        assert_eq!(store.apply(20, &topic, &[&b], None).unwrap(), 0);
         assert!(!store.has_pending());
         assert!(!dir.path().join("topics").join(&topic).exists());
     }

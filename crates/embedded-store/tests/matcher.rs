@@ -259,7 +259,7 @@ fn the_matcher_finds_what_the_store_finds() {
         .map(|raw| serde_json::from_slice(raw).unwrap())
         .collect();
     let slices: Vec<&[u8]> = raws.iter().map(Vec::as_slice).collect();
-    assert_eq!(store.apply(1, &topic, &slices).unwrap(), EVENTS);
+    assert_eq!(store.apply(1, &topic, &slices, None).unwrap(), EVENTS);
     store.commit(1).unwrap();
 
     let mut nonempty = 0;
@@ -308,7 +308,7 @@ fn free_text_leaves_out_words_of_40_bytes_or_more_as_the_store_does() {
         raws.push(serde_json::to_vec(&event).unwrap());
     }
     let slices: Vec<&[u8]> = raws.iter().map(Vec::as_slice).collect();
-    store.apply(1, &topic, &slices).unwrap();
+    store.apply(1, &topic, &slices, None).unwrap();
     store.commit(1).unwrap();
     for (word, expected) in [(LONG_39, 1), (LONG_40, 3)] {
         let query = parse_matchable(&format!("\"{word}\"")).unwrap();
