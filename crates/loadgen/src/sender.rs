@@ -203,7 +203,9 @@ pub async fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
                 // The marker is an ordinary event of the mix under a fresh auditID.
                 let marker = shared.freshness.as_ref().and_then(|f| {
                     let id = f.book().mint(std::time::Instant::now())?;
-                    list.items[size / 2].audit_id = id.clone();
+                    let event = &mut list.items[size / 2];
+                    event.audit_id = id.clone();
+                    event.user.username = crate::freshness::MARKER_USER.into();
                     Some(id)
                 });
                 let ids = list.items.iter().map(|e| e.audit_id.clone()).collect();
