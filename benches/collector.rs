@@ -224,30 +224,51 @@ fn search(events: u64, dir: &Path) {
         "endpointslices",
     ];
     let span = (last_time - first_time).max(1);
-    let mut latencies = Vec::new();
-    let mut matched = 0usize;
     let rounds = if events >= 1_000_000 { 300 } else { 30 };
-    for i in 0..rounds {
-        let user = &users[(i * 7919) % users.len()];
-        let verb = verbs[i % verbs.len()];
-        let resource = resources[(i / 7) % resources.len()];
-        let q = query::parse(&format!(
-            "user:\"{user}\" and verb:{verb} and resource:{resource}"
-        ))
-        .unwrap();
-        // A time range covering a third of the data, sliding.
-        let from = first_time + (span / 3) * (i as i64 % 3);
-        let to = from + span / 3;
-        let started = Instant::now();
-        let page = store.search(&topic, &q, from, to, 100, None).unwrap();
-        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
-        matched += page.events.len();
+    // Each shape of query over a sliding third of the data: a selective conjunction, a negated
+    // clause of two users (which reads every event the rest matches), and user prefixes.
+    type Shape = fn(&[String], usize, &str, &str) -> String;
+    let shapes: [(&str, Shape); 3] = [
+        ("user + verb + resource", |users, i, verb, resource| {
+            let user = &users[(i * 7919) % users.len()];
+            format!("user:\"{user}\" and verb:{verb} and resource:{resource}")
+        }),
+        ("verb and not (user or user)", |users, i, verb, _| {
+            let (a, b) = (
+                &users[(i * 7919) % users.len()],
+                &users[(i * 104_729) % users.len()],
+            );
+            format!("verb:{verb} and not (user:\"{a}\" or user:\"{b}\")")
+        }),
+        ("user prefix + resource", |_, i, _, resource| {
+            let prefix = [
+                "system:serviceaccount:kube-system:",
+                "system:node:",
+                "system:",
+            ][i % 3];
+            format!("user:{prefix}* and resource:{resource}")
+        }),
+    ];
+    for (shape, query_of) in shapes {
+        let mut latencies = Vec::new();
+        let mut matched = 0usize;
+        for i in 0..rounds {
+            let verb = verbs[i % verbs.len()];
+            let resource = resources[(i / 7) % resources.len()];
+            let q = query::parse(&query_of(&users, i, verb, resource)).unwrap();
+            let from = first_time + (span / 3) * (i as i64 % 3);
+            let to = from + span / 3;
+            let started = Instant::now();
+            let page = store.search(&topic, &q, from, to, 100, None).unwrap();
+            latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+            matched += page.events.len();
+        }
+        let search = Percentiles::from_samples(&mut latencies);
+        println!(
+            "search ({shape} in a time range, {rounds} queries, {matched} events returned): p50 {:.2} ms, p99 {:.2} ms",
+            search.p50, search.p99
+        );
     }
-    let search = Percentiles::from_samples(&mut latencies);
-    println!(
-        "search (user + verb + resource in a time range, {rounds} queries, {matched} events returned): p50 {:.2} ms, p99 {:.2} ms",
-        search.p50, search.p99
-    );
     let mut stats_latencies = Vec::new();
     for _ in 0..5 {
         let started = Instant::now();
