@@ -71,8 +71,8 @@ impl Handover {
         }
     }
 
-    /// Whether a record would still be held: when not, the caller keeps its decoded events
-    /// (and frees them itself), and the log's writer, which acknowledges batches, never has to.
+    /// Whether a record would still be held: when not, the caller keeps its decoded events and
+    /// frees them itself, so that the log's writer, which acknowledges batches, seldom has to.
     pub fn has_room(&self) -> bool {
         self.held().bytes < self.budget
     }
