@@ -9,6 +9,7 @@ mod args;
 mod freshness;
 mod generator;
 mod model;
+mod rendered;
 mod report;
 mod sender;
 

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use clusteraudit_core::audit::EventList;
 
 use crate::freshness::Freshness;
+use crate::rendered::{POOL_BATCHES, RenderedBatch};
 use crate::{EventGenerator, LoadgenArgs, LoadgenError, Percentiles, Report};
 
 /// Retries of one batch after transport errors (so at most 1 + this many attempts).
@@ -196,23 +197,47 @@ pub async fn run(args: LoadgenArgs) -> Result<Report, LoadgenError> {
         let shared = shared.clone();
         tokio::task::spawn_blocking(move || {
             let mut generator = EventGenerator::new(seed);
+            // The first batches are made and kept; the rest are those again, stamped anew.
+            let mut pool: Vec<RenderedBatch> = Vec::with_capacity(POOL_BATCHES);
+            let mut reused = 0usize;
+            let mut fresh_ids = crate::rendered::id_source(seed);
             let mut remaining = events;
             while remaining > 0 && !shared.stop.load(Ordering::Relaxed) {
                 let size = remaining.min(batch as u64) as usize;
-                let mut list = generator.next_list(size);
-                // The marker is an ordinary event of the mix under a fresh auditID.
-                let marker = shared.freshness.as_ref().and_then(|f| {
-                    let id = f.book().mint(std::time::Instant::now())?;
-                    let event = &mut list.items[size / 2];
-                    event.audit_id = id.clone();
-                    event.user.username = crate::freshness::MARKER_USER.into();
-                    Some(id)
-                });
-                let ids = list.items.iter().map(|e| e.audit_id.clone()).collect();
-                let batch = Batch {
-                    body: event_list_json(&list),
-                    ids,
-                    marker,
+                let marker = shared
+                    .freshness
+                    .as_ref()
+                    .and_then(|f| f.book().mint(std::time::Instant::now()));
+                let batch = if marker.is_none() && size == batch && pool.len() == POOL_BATCHES {
+                    let (body, ids) = pool[reused % POOL_BATCHES]
+                        .restamped(&mut fresh_ids, jiff::Timestamp::now());
+                    reused += 1;
+                    Batch {
+                        body,
+                        ids,
+                        marker: None,
+                    }
+                } else {
+                    let mut list = generator.next_list(size);
+                    // The marker is an ordinary event of the mix under a fresh auditID.
+                    if let Some(id) = &marker {
+                        let event = &mut list.items[size / 2];
+                        event.audit_id = id.clone();
+                        event.user.username = crate::freshness::MARKER_USER.into();
+                    }
+                    let ids = list.items.iter().map(|e| e.audit_id.clone()).collect();
+                    let rendered = (marker.is_none() && size == batch && pool.len() < POOL_BATCHES)
+                        .then(|| RenderedBatch::render(&list))
+                        .flatten();
+                    let body = match rendered {
+                        Some(rendered) => {
+                            let body = rendered.body().to_vec();
+                            pool.push(rendered);
+                            body
+                        }
+                        None => event_list_json(&list),
+                    };
+                    Batch { body, ids, marker }
                 };
                 if tx.blocking_send(batch).is_err() {
                     break;
@@ -512,18 +537,20 @@ fn build_client(
 /// `{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":[...]}`.
 pub fn event_list_json(list: &EventList) -> Vec<u8> {
     let mut out = Vec::with_capacity(96 + list.items.len() * 900);
-    out.extend_from_slice(
-        br#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":["#,
-    );
+    out.extend_from_slice(LIST_HEAD);
     for (i, event) in list.items.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         serde_json::to_writer(&mut out, event).expect("an Event always serializes");
     }
-    out.extend_from_slice(b"]}");
+    out.extend_from_slice(LIST_TAIL);
     out
 }
+
+pub(crate) const LIST_HEAD: &[u8] =
+    br#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":["#;
+pub(crate) const LIST_TAIL: &[u8] = b"]}";
 
 #[cfg(test)]
 mod tests {
