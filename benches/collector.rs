@@ -8,6 +8,7 @@
 //!
 //!   cargo bench --bench collector
 //!   INGEST_SECONDS=60 SEARCH_EVENTS=1000000 cargo bench --bench collector
+//!   SKIP_INGEST=1 SEARCH_STORE=/var/tmp/store-10m cargo bench --bench collector   # loads once, then reuses
 //!
 //! Under `cargo test` (no `--bench` argument) it runs each part for a moment, as a smoke test.
 
@@ -161,9 +162,32 @@ async fn ingest(seconds: u64, dir: &Path) {
     }
 }
 
-fn search(events: u64, dir: &Path) {
-    let store = Store::open(&dir.join("search")).unwrap();
-    let topic = store.catalog_file().catalog().route().to_string();
+/// What the search part needs to know of the events it loaded.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Loaded {
+    events: u64,
+    first_time: i64,
+    last_time: i64,
+    users: Vec<String>,
+}
+
+/// Loads `events` generated events into the store at `store_dir`, or, when the store already
+/// holds that many from an earlier run (`SEARCH_STORE`), reuses them: loading 10 million takes
+/// minutes, and trying a change to search should not.
+fn load(store: &Store, topic: &str, events: u64, store_dir: &Path) -> Loaded {
+    let record = store_dir.join("bench-loaded.json");
+    if let Some(loaded) = std::fs::read(&record)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Loaded>(&bytes).ok())
+        .filter(|loaded| loaded.events >= events)
+    {
+        println!(
+            "search: reusing the {} events loaded before in {}",
+            loaded.events,
+            store_dir.display()
+        );
+        return loaded;
+    }
     let mut generator = EventGenerator::new(7);
     let started = Instant::now();
     let mut loaded = 0u64;
@@ -189,7 +213,7 @@ fn search(events: u64, dir: &Path) {
         }
         let slices: Vec<&[u8]> = raw.iter().map(|r| r.as_slice()).collect();
         position += 1;
-        loaded += store.apply(position, &topic, &slices, None).unwrap() as u64;
+        loaded += store.apply(position, topic, &slices, None).unwrap() as u64;
         if position.is_multiple_of(1000) {
             store.commit(position).unwrap();
         }
@@ -199,8 +223,30 @@ fn search(events: u64, dir: &Path) {
     println!(
         "search: loaded {loaded} events in {load_seconds:.0} s ({:.0} events/s indexing in-process); {:.1} bytes per event on disk",
         loaded as f64 / load_seconds,
-        dir_size(&dir.join("search")) as f64 / loaded as f64
+        dir_size(store_dir) as f64 / loaded as f64
     );
+    let loaded = Loaded {
+        events: loaded,
+        first_time,
+        last_time,
+        users: users.into_iter().collect(),
+    };
+    std::fs::write(&record, serde_json::to_vec(&loaded).unwrap()).unwrap();
+    loaded
+}
+
+fn search(events: u64, dir: &Path) {
+    let store_dir = std::env::var_os("SEARCH_STORE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| dir.join("search"));
+    let store = Store::open(&store_dir).unwrap();
+    let topic = store.catalog_file().catalog().route().to_string();
+    let Loaded {
+        events: loaded,
+        first_time,
+        last_time,
+        users,
+    } = load(&store, &topic, events, &store_dir);
 
     if std::env::var_os("BENCH_SPACE").is_some() {
         for (part, bytes) in store.space_usage(&topic).unwrap().into_iter().take(25) {
@@ -210,7 +256,6 @@ fn search(events: u64, dir: &Path) {
             );
         }
     }
-    let users: Vec<String> = users.into_iter().collect();
     let verbs = [
         "get", "list", "watch", "update", "patch", "create", "delete",
     ];

@@ -204,6 +204,20 @@ pub struct Window {
 
 const WRITER_MEMORY: usize = 48 * 1024 * 1024;
 
+/// One pool, shared by every window, that searches the segments of a window side by side: a
+/// search over a day of events reads each segment's columns, and on a quiet collector the other
+/// cores would idle meanwhile. One pool, so that thirty days of windows do not hold thirty pools.
+fn search_executor() -> tantivy::Executor {
+    static EXECUTOR: std::sync::OnceLock<tantivy::Executor> = std::sync::OnceLock::new();
+    EXECUTOR
+        .get_or_init(|| {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+            tantivy::Executor::multi_thread(threads, "search-")
+                .unwrap_or_else(|_| tantivy::Executor::single_thread())
+        })
+        .clone()
+}
+
 impl Window {
     pub fn open(path: &Path, schema: &Schema) -> Result<Window, StoreError> {
         std::fs::create_dir_all(path).map_err(file_error("creating", path))?;
@@ -230,6 +244,8 @@ impl Window {
                 .open_or_create(directory)
                 .map_err(|err| super::index_error(path, err))?
         };
+        let mut index = index;
+        index.set_executor(search_executor());
         let committed = index
             .load_metas()
             .ok()

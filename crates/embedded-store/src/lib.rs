@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod index;
 pub mod query;
+mod stats;
 
 use clusteraudit_io::file_error;
 use std::{
@@ -18,7 +19,7 @@ use std::{
 
 use tantivy::{
     DocAddress, Order, Searcher, TantivyDocument,
-    collector::{Count, TopDocs},
+    collector::TopDocs,
     query::{AllQuery, BooleanQuery, Occur, Query as _, RangeQuery},
     schema::{Schema, Value},
 };
@@ -407,81 +408,55 @@ impl Store {
         } = request;
         let (from, to, by) = (*from, *to, *by);
         let (interval_micros, top) = (request.effective_interval(), request.effective_top());
-        use tantivy::aggregation::{
-            AggregationLimitsGuard, DistributedAggregationCollector, agg_req::Aggregations,
-            intermediate_agg_result::IntermediateAggregationResults,
+        let collector = stats::StatsCollector {
+            by,
+            from,
+            to,
+            interval: interval_micros,
         };
-        let request: Aggregations = serde_json::from_value(serde_json::json!({
-            "over_time": {"histogram": {"field": "time", "interval": interval_micros as f64}},
-            "top": {"terms": {"field": by.field_name(), "size": top, "segment_size": top * 10 + 100}},
-        }))
-        .map_err(|err| StoreError::Invalid(err.to_string()))?;
         let searchers = self.searchers(topic, from, to)?;
         let matchers = self.matchers(&searchers, query)?;
-        let mut merged: Option<IntermediateAggregationResults> = None;
-        let mut total = 0u64;
+        let mut counted = stats::Counted::default();
+        let range = |low, high| {
+            let term = |t: i64| tantivy::Term::from_field_i64(self.fields.time, t);
+            RangeQuery::new(
+                std::ops::Bound::Included(term(low)),
+                std::ops::Bound::Included(term(high)),
+            )
+        };
         for (searcher, matcher) in searchers.iter().zip(matchers) {
-            let combined = self.in_time_range(
-                matcher,
-                std::ops::Bound::Included(from),
-                std::ops::Bound::Included(to),
-            );
-            let (count, partial) = searcher
-                .search(
-                    &combined,
-                    &(
-                        Count,
-                        DistributedAggregationCollector::from_aggs(
-                            request.clone(),
-                            Default::default(),
-                        ),
-                    ),
-                )
-                .map_err(|err| index_error(&self.root, err))?;
-            total += count as u64;
-            match merged.as_mut() {
-                Some(merged) => merged
-                    .merge_fruits(partial)
+            // Everything in a time range is the range alone: over a whole window it is every
+            // document, which tantivy then walks without intersecting anything.
+            let combined: Box<dyn tantivy::query::Query> = if matches!(query, Query::All) {
+                Box::new(range(from, to))
+            } else {
+                Box::new(self.in_time_range(
+                    matcher,
+                    std::ops::Bound::Included(from),
+                    std::ops::Bound::Included(to),
+                ))
+            };
+            counted.merge(
+                searcher
+                    .search(&combined, &collector)
                     .map_err(|err| index_error(&self.root, err))?,
-                None => merged = Some(partial),
-            }
+            );
         }
-        let mut stats = Stats {
-            total,
+        Ok(Stats {
+            total: counted.total,
             interval_micros,
             by: by.field_name().to_string(),
-            over_time: Vec::new(),
-            top: Vec::new(),
-        };
-        let Some(merged) = merged else {
-            return Ok(stats);
-        };
-        let results = merged
-            .into_final_result(request, AggregationLimitsGuard::default())
-            .map_err(|err| index_error(&self.root, err))?;
-        let json =
-            serde_json::to_value(&results).map_err(|err| StoreError::Invalid(err.to_string()))?;
-        for bucket in json["over_time"]["buckets"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            stats.over_time.push(TimeBucket {
-                start: bucket["key"].as_f64().unwrap_or_default() as i64,
-                count: bucket["doc_count"].as_u64().unwrap_or_default(),
-            });
-        }
-        for bucket in json["top"]["buckets"].as_array().into_iter().flatten() {
-            let value = match &bucket["key"] {
-                serde_json::Value::String(text) => text.clone(),
-                other => other.to_string(),
-            };
-            stats.top.push(TopValue {
-                value,
-                count: bucket["doc_count"].as_u64().unwrap_or_default(),
-            });
-        }
-        Ok(stats)
+            over_time: counted
+                .buckets(interval_micros)
+                .into_iter()
+                .map(|(start, count)| TimeBucket { start, count })
+                .collect(),
+            top: counted
+                .top(top)
+                .into_iter()
+                .map(|(value, count)| TopValue { value, count })
+                .collect(),
+        })
     }
 
     /// Size on disk and number of events of a topic.
@@ -803,6 +778,109 @@ mod tests {
             .unwrap();
         assert_eq!(stats.total, 2);
         assert_eq!(stats.top[0].value, "ann");
+    }
+
+    #[test]
+    fn stats_count_every_matching_event_by_bucket_and_value_across_windows_and_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let topic = new_topic(&store);
+        let event = |id: usize, time: &str, user: &str, code: u32| {
+            serde_json::to_vec(&serde_json::json!({
+                "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+                "auditID": format!("e{id}"), "stage": "ResponseComplete",
+                "requestURI": "/api/v1/pods", "verb": if id.is_multiple_of(2) { "get" } else { "list" },
+                "user": {"username": user}, "responseStatus": {"code": code},
+                "stageTimestamp": time,
+            }))
+            .unwrap()
+        };
+        // Two days, each written in two commits (two segments), with an hour without events.
+        let batches = [
+            vec![
+                ("2026-11-29T22:10:00Z", "ann"),
+                ("2026-11-29T22:20:00Z", "bob"),
+            ],
+            vec![("2026-11-29T23:59:59Z", "ann")],
+            vec![
+                ("2026-11-30T01:00:00Z", "cy"),
+                ("2026-11-30T01:30:00Z", "ann"),
+            ],
+            vec![("2026-11-30T01:45:00Z", "bob")],
+        ];
+        let mut id = 0;
+        for (position, batch) in batches.iter().enumerate() {
+            let events: Vec<Vec<u8>> = batch
+                .iter()
+                .map(|(time, user)| {
+                    id += 1;
+                    event(id, time, user, if *user == "bob" { 403 } else { 200 })
+                })
+                .collect();
+            let slices: Vec<&[u8]> = events.iter().map(Vec::as_slice).collect();
+            store
+                .apply(position as u64 + 1, &topic, &slices, None)
+                .unwrap();
+            store.commit(position as u64 + 1).unwrap();
+        }
+        let micros = |t: &str| t.parse::<jiff::Timestamp>().unwrap().as_microsecond();
+        let hour = 3_600_000_000;
+        let stats = |query: &str, by| {
+            store
+                .stats(
+                    &topic,
+                    &StatsRequest {
+                        query: clusteraudit_core::query::parse_matchable(query).unwrap(),
+                        from: micros("2026-11-29T00:00:00Z"),
+                        to: micros("2026-11-30T23:59:59Z"),
+                        by,
+                        interval_micros: hour,
+                        top: 2,
+                    },
+                )
+                .unwrap()
+        };
+        let all = stats("", clusteraudit_store::StatsField::User);
+        assert_eq!(all.total, 6);
+        let buckets: Vec<(String, u64)> = all
+            .over_time
+            .iter()
+            .map(|b| {
+                let start = jiff::Timestamp::from_microsecond(b.start).unwrap();
+                (start.to_string(), b.count)
+            })
+            .collect();
+        assert_eq!(
+            buckets,
+            [
+                ("2026-11-29T22:00:00Z".to_string(), 2),
+                ("2026-11-29T23:00:00Z".to_string(), 1),
+                ("2026-11-30T00:00:00Z".to_string(), 0),
+                ("2026-11-30T01:00:00Z".to_string(), 3),
+            ]
+        );
+        let top: Vec<(&str, u64)> = all
+            .top
+            .iter()
+            .map(|t| (t.value.as_str(), t.count))
+            .collect();
+        // Three users, the top two: ties in value order.
+        assert_eq!(top, [("ann", 3), ("bob", 2)]);
+
+        let codes = stats("verb:get", clusteraudit_store::StatsField::Code);
+        assert_eq!(codes.total, 3);
+        let top: Vec<(&str, u64)> = codes
+            .top
+            .iter()
+            .map(|t| (t.value.as_str(), t.count))
+            .collect();
+        assert_eq!(top, [("403", 2), ("200", 1)]);
+        assert_eq!(
+            stats("user:nobody", clusteraudit_store::StatsField::Verb)
+                .over_time
+                .len(),
+            0
+        );
     }
 
     #[test]
