@@ -223,7 +223,7 @@ impl Window {
         std::fs::create_dir_all(path).map_err(file_error("creating", path))?;
         let directory = tantivy::directory::MmapDirectory::open(path)
             .map_err(|err| super::index_error(path, err))?;
-        let index = if Index::exists(&directory).map_err(|err| super::index_error(path, err))? {
+        let mut index = if Index::exists(&directory).map_err(|err| super::index_error(path, err))? {
             Index::open(directory).map_err(|err| super::index_error(path, err))?
         } else {
             let settings = IndexSettings {
@@ -244,7 +244,6 @@ impl Window {
                 .open_or_create(directory)
                 .map_err(|err| super::index_error(path, err))?
         };
-        let mut index = index;
         index.set_executor(search_executor());
         let committed = index
             .load_metas()

@@ -342,14 +342,16 @@ impl Store {
         low: std::ops::Bound<i64>,
         high: std::ops::Bound<i64>,
     ) -> BooleanQuery {
-        let term = |t: i64| tantivy::Term::from_field_i64(self.fields.time, t);
         BooleanQuery::new(vec![
             (Occur::Must, matcher),
-            (
-                Occur::Must,
-                Box::new(RangeQuery::new(low.map(term), high.map(term))),
-            ),
+            (Occur::Must, Box::new(self.time_range(low, high))),
         ])
+    }
+
+    /// Events stamped within the bounds (micros).
+    fn time_range(&self, low: std::ops::Bound<i64>, high: std::ops::Bound<i64>) -> RangeQuery {
+        let term = |t: i64| tantivy::Term::from_field_i64(self.fields.time, t);
+        RangeQuery::new(low.map(term), high.map(term))
     }
 
     /// Every matching event of one microsecond, in byte order; `queries` are per searcher.
@@ -417,24 +419,17 @@ impl Store {
         let searchers = self.searchers(topic, from, to)?;
         let matchers = self.matchers(&searchers, query)?;
         let mut counted = stats::Counted::default();
-        let range = |low, high| {
-            let term = |t: i64| tantivy::Term::from_field_i64(self.fields.time, t);
-            RangeQuery::new(
-                std::ops::Bound::Included(term(low)),
-                std::ops::Bound::Included(term(high)),
-            )
-        };
         for (searcher, matcher) in searchers.iter().zip(matchers) {
             // Everything in a time range is the range alone: over a whole window it is every
             // document, which tantivy then walks without intersecting anything.
+            let (low, high) = (
+                std::ops::Bound::Included(from),
+                std::ops::Bound::Included(to),
+            );
             let combined: Box<dyn tantivy::query::Query> = if matches!(query, Query::All) {
-                Box::new(range(from, to))
+                Box::new(self.time_range(low, high))
             } else {
-                Box::new(self.in_time_range(
-                    matcher,
-                    std::ops::Bound::Included(from),
-                    std::ops::Bound::Included(to),
-                ))
+                Box::new(self.in_time_range(matcher, low, high))
             };
             counted.merge(
                 searcher
@@ -859,22 +854,22 @@ mod tests {
                 ("2026-11-30T01:00:00Z".to_string(), 3),
             ]
         );
-        let top: Vec<(&str, u64)> = all
-            .top
-            .iter()
-            .map(|t| (t.value.as_str(), t.count))
-            .collect();
+        let top = |stats: &clusteraudit_store::Stats| -> Vec<(String, u64)> {
+            stats
+                .top
+                .iter()
+                .map(|t| (t.value.clone(), t.count))
+                .collect()
+        };
         // Three users, the top two: ties in value order.
-        assert_eq!(top, [("ann", 3), ("bob", 2)]);
+        assert_eq!(top(&all), [("ann".to_string(), 3), ("bob".to_string(), 2)]);
 
         let codes = stats("verb:get", clusteraudit_store::StatsField::Code);
         assert_eq!(codes.total, 3);
-        let top: Vec<(&str, u64)> = codes
-            .top
-            .iter()
-            .map(|t| (t.value.as_str(), t.count))
-            .collect();
-        assert_eq!(top, [("403", 2), ("200", 1)]);
+        assert_eq!(
+            top(&codes),
+            [("403".to_string(), 2), ("200".to_string(), 1)]
+        );
         assert_eq!(
             stats("user:nobody", clusteraudit_store::StatsField::Verb)
                 .over_time
