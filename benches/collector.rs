@@ -297,22 +297,32 @@ fn search(events: u64, dir: &Path) {
     for (shape, query_of) in shapes {
         let mut latencies = Vec::new();
         let mut matched = 0usize;
+        let mut slowest: Vec<(f64, usize, String, usize)> = Vec::new();
         for i in 0..rounds {
             let verb = verbs[i % verbs.len()];
             let resource = resources[(i / 7) % resources.len()];
-            let q = query::parse(&query_of(&users, i, verb, resource)).unwrap();
-            let from = first_time + (span / 3) * (i as i64 % 3);
+            let text = query_of(&users, i, verb, resource);
+            let q = query::parse(&text).unwrap();
+            let third = i % 3;
+            let from = first_time + (span / 3) * third as i64;
             let to = from + span / 3;
             let started = Instant::now();
             let page = store.search(&topic, &q, from, to, 100, None).unwrap();
-            latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+            let took = started.elapsed().as_secs_f64() * 1000.0;
+            latencies.push(took);
             matched += page.events.len();
+            slowest.push((took, third, text, page.events.len()));
+            slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+            slowest.truncate(3);
         }
         let search = Percentiles::from_samples(&mut latencies);
         println!(
             "search ({shape} in a time range, {rounds} queries, {matched} events returned): p50 {:.2} ms, p99 {:.2} ms",
             search.p50, search.p99
         );
+        for (took, third, text, returned) in slowest {
+            println!("  {took:.1} ms, third {third} of the range, {returned} returned: {text}");
+        }
     }
     let mut stats_latencies = Vec::new();
     for _ in 0..5 {

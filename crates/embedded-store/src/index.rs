@@ -204,15 +204,18 @@ pub struct Window {
 
 const WRITER_MEMORY: usize = 48 * 1024 * 1024;
 
+/// The search pool's threads: the cores, up to four.
+pub(crate) static SEARCH_THREADS: std::sync::LazyLock<usize> =
+    std::sync::LazyLock::new(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)));
+
 /// One pool, shared by every window, that searches the segments of a window side by side: a
 /// search over a day of events reads each segment's columns, and on a quiet collector the other
 /// cores would idle meanwhile. One pool, so that thirty days of windows do not hold thirty pools.
-fn search_executor() -> tantivy::Executor {
+pub(crate) fn search_executor() -> tantivy::Executor {
     static EXECUTOR: std::sync::OnceLock<tantivy::Executor> = std::sync::OnceLock::new();
     EXECUTOR
         .get_or_init(|| {
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-            tantivy::Executor::multi_thread(threads, "search-")
+            tantivy::Executor::multi_thread(*SEARCH_THREADS, "search-")
                 .unwrap_or_else(|_| tantivy::Executor::single_thread())
         })
         .clone()

@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod index;
+mod newest;
 pub mod query;
 mod stats;
 
@@ -18,8 +19,7 @@ use std::{
 };
 
 use tantivy::{
-    DocAddress, Order, Searcher, TantivyDocument,
-    collector::TopDocs,
+    DocAddress, Searcher, TantivyDocument,
     query::{AllQuery, BooleanQuery, Occur, Query as _, RangeQuery},
     schema::{Schema, Value},
 };
@@ -59,6 +59,7 @@ pub struct Store {
     fields: Fields,
     catalog: Mutex<CatalogFile>,
     windows: Mutex<HashMap<(String, i64), Window>>,
+    runs: newest::RunIndex,
 }
 
 impl Store {
@@ -72,6 +73,7 @@ impl Store {
             fields,
             catalog: Mutex::new(catalog),
             windows: Mutex::new(HashMap::new()),
+            runs: newest::RunIndex::default(),
         })
     }
 
@@ -244,17 +246,11 @@ impl Store {
         }
         let searchers = self.searchers(topic, from, upper)?;
         let matchers = self.matchers(&searchers, query)?;
-        let within = |low, high| -> Vec<BooleanQuery> {
-            matchers
-                .iter()
-                .map(|matcher| self.in_time_range(matcher.box_clone(), low, high))
-                .collect()
-        };
-        use std::ops::Bound::{Excluded, Included};
+        let windows: Vec<newest::Window> = searchers.into_iter().zip(matchers).collect();
 
         // First what is left of the group stamped `upper`.
         let mut page: Vec<Vec<u8>> = self
-            .group_at(&searchers, &within(Included(upper), Included(upper)))?
+            .group_at(&windows, upper)?
             .into_iter()
             .skip(skip)
             .collect();
@@ -267,25 +263,15 @@ impl Store {
         }
         // Then the newest below it, one more than fits to know whether a page follows.
         let room = limit - page.len();
-        let mut hits: Vec<(i64, usize, DocAddress)> = Vec::new();
-        let below = within(Included(from), Excluded(upper));
-        for (window, searcher) in searchers.iter().enumerate() {
-            let top = searcher
-                .search(
-                    &below[window],
-                    &TopDocs::with_limit(room + 1).order_by_fast_field::<i64>("time", Order::Desc),
-                )
-                .map_err(|err| index_error(&self.root, err))?;
-            hits.extend(top.into_iter().map(|(t, a)| (t.unwrap_or(0), window, a)));
-            // Windows are whole days, newest first: once one fills the page, older days cannot
-            // hold anything newer.
-            if hits.len() > room {
-                break;
+        let hits = match upper.checked_sub(1) {
+            Some(below) if below >= from => {
+                newest::newest(&self.runs, &windows, (from, below), room + 1)
+                    .map_err(|err| index_error(&self.root, err))?
             }
-        }
-        hits.sort_by_key(|hit| std::cmp::Reverse(hit.0));
+            _ => Vec::new(),
+        };
         if hits.len() <= room {
-            page.extend(self.sorted_raw(&searchers, &hits)?);
+            page.extend(self.sorted_raw(&windows, &hits)?);
             return Ok(Page {
                 events: raw_events(page),
                 cursor: None,
@@ -308,8 +294,8 @@ impl Store {
             .copied()
             .collect();
         let taken = room - newer.len();
-        page.extend(self.sorted_raw(&searchers, &newer)?);
-        let group = self.group_at(&searchers, &within(Included(last), Included(last)))?;
+        page.extend(self.sorted_raw(&windows, &newer)?);
+        let group = self.group_at(&windows, last)?;
         page.extend(group.into_iter().take(taken));
         Ok(Page {
             events: raw_events(page),
@@ -354,21 +340,11 @@ impl Store {
         RangeQuery::new(low.map(term), high.map(term))
     }
 
-    /// Every matching event of one microsecond, in byte order; `queries` are per searcher.
-    fn group_at(
-        &self,
-        searchers: &[Searcher],
-        queries: &[BooleanQuery],
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut group = Vec::new();
-        for (searcher, query) in searchers.iter().zip(queries) {
-            let addresses = searcher
-                .search(query, &TopDocs::with_limit(100_000).order_by_score())
-                .map_err(|err| index_error(&self.root, err))?;
-            for (_, address) in addresses {
-                group.push(self.raw_of(searcher, address)?);
-            }
-        }
+    /// Every matching event stamped `time`, in byte order.
+    fn group_at(&self, windows: &[newest::Window], time: i64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let addresses = newest::stamped(&self.runs, windows, time)
+            .map_err(|err| index_error(&self.root, err))?;
+        let mut group = self.raw_events_at(windows, &addresses)?;
         group.sort();
         Ok(group)
     }
@@ -376,26 +352,50 @@ impl Store {
     /// The raw events of hits, newest first, ties in byte order.
     fn sorted_raw(
         &self,
-        searchers: &[Searcher],
-        hits: &[(i64, usize, DocAddress)],
+        windows: &[newest::Window],
+        hits: &[newest::Hit],
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let mut events = Vec::with_capacity(hits.len());
-        for (time, window, address) in hits {
-            events.push((*time, self.raw_of(&searchers[*window], *address)?));
-        }
+        let addresses: Vec<_> = hits.iter().map(|(_, w, a)| (*w, *a)).collect();
+        let raws = self.raw_events_at(windows, &addresses)?;
+        let mut events: Vec<_> = hits.iter().map(|hit| hit.0).zip(raws).collect();
         events.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         Ok(events.into_iter().map(|(_, raw)| raw).collect())
     }
 
-    fn raw_of(&self, searcher: &Searcher, address: DocAddress) -> Result<Vec<u8>, StoreError> {
-        let doc: TantivyDocument = searcher
-            .doc(address)
+    /// The raw events at `addresses` (window, address), in their order.
+    ///
+    /// The document store decompresses a whole block (a thousand events) to hand over one, and
+    /// the events of a selective page lie in as many blocks as it has events; so the search pool
+    /// reads them side by side, each thread a stretch of neighbouring addresses, so that no two
+    /// threads decompress the same block.
+    fn raw_events_at(
+        &self,
+        windows: &[newest::Window],
+        addresses: &[(usize, DocAddress)],
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut order: Vec<usize> = (0..addresses.len()).collect();
+        order.sort_unstable_by_key(|&i| addresses[i]);
+        let stretch = order.len().div_ceil(*index::SEARCH_THREADS).max(16);
+        let raw = self.fields.raw;
+        let read = |stretch: &[usize]| -> tantivy::Result<Vec<(usize, Vec<u8>)>> {
+            stretch
+                .iter()
+                .map(|&i| {
+                    let (window, address) = addresses[i];
+                    let doc: TantivyDocument = windows[window].0.doc(address)?;
+                    let bytes = doc.get_first(raw).and_then(|v| v.as_bytes());
+                    Ok((i, bytes.map(<[u8]>::to_vec).unwrap_or_default()))
+                })
+                .collect()
+        };
+        let stretches = index::search_executor()
+            .map(read, order.chunks(stretch))
             .map_err(|err| index_error(&self.root, err))?;
-        Ok(doc
-            .get_first(self.fields.raw)
-            .and_then(|v| v.as_bytes())
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default())
+        let mut events = vec![Vec::new(); addresses.len()];
+        for (i, bytes) in stretches.into_iter().flatten() {
+            events[i] = bytes;
+        }
+        Ok(events)
     }
 
     /// Counts over time and the most frequent values of one field, for the events of `topic`

@@ -3,9 +3,11 @@
 use std::ops::Bound;
 
 use tantivy::{
-    Term,
+    DocId, Score, SegmentReader, Term,
     query::{
-        AllQuery, BooleanQuery, EmptyQuery, Occur, Query as TantivyQuery, RangeQuery, TermQuery,
+        AllQuery, BooleanQuery, BoundsRange, EmptyQuery, EnableScoring, Explanation,
+        FastFieldRangeWeight, InvertedIndexRangeWeight, Occur, Query as TantivyQuery, RangeQuery,
+        Scorer, TermQuery, Weight,
     },
     schema::{Field as SchemaField, IndexRecordOption, Schema},
     tokenizer::TokenStream,
@@ -110,14 +112,20 @@ pub fn translate(
                     IndexRecordOption::Basic,
                 )),
                 Value::Prefix(prefix) => {
-                    let upper = prefix_upper_bound(prefix);
-                    range(
-                        Bound::Included(Term::from_field_text(target, prefix)),
-                        match upper {
-                            Some(upper) => Bound::Excluded(Term::from_field_text(target, &upper)),
-                            None => Bound::Unbounded,
-                        },
-                    )
+                    let lower = Bound::Included(Term::from_field_text(target, prefix));
+                    let upper = match prefix_upper_bound(prefix) {
+                        Some(upper) => Bound::Excluded(Term::from_field_text(target, &upper)),
+                        None => Bound::Unbounded,
+                    };
+                    if schema.get_field_entry(target).is_fast() {
+                        Box::new(KeywordRange {
+                            field: target,
+                            lower,
+                            upper,
+                        })
+                    } else {
+                        range(lower, upper)
+                    }
                 }
                 Value::Number(number) => Box::new(TermQuery::new(
                     Term::from_field_text(target, &number.to_string()),
@@ -130,6 +138,83 @@ pub fn translate(
 
 fn range(lower: Bound<Term>, upper: Bound<Term>) -> Box<dyn TantivyQuery> {
     Box::new(RangeQuery::new(lower, upper))
+}
+
+/// A range of a keyword field that is also a column, answered in each segment from whichever is
+/// cheaper there. A prefix of few events (one namespace's service accounts) reads the postings of
+/// its terms, so that a conjunction walks the few events it has; a prefix of many (`system:*`)
+/// reads the column, which answers one document at a time without reading every posting first.
+#[derive(Clone, Debug)]
+struct KeywordRange {
+    field: SchemaField,
+    lower: Bound<Term>,
+    upper: Bound<Term>,
+}
+
+impl TantivyQuery for KeywordRange {
+    fn weight(&self, _: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
+        let bytes =
+            |bound: &Bound<Term>| bound.as_ref().map(|t| t.serialized_value_bytes().to_vec());
+        Ok(Box::new(KeywordRangeWeight {
+            field: self.field,
+            lower: bytes(&self.lower),
+            upper: bytes(&self.upper),
+            postings: InvertedIndexRangeWeight::new(self.field, &self.lower, &self.upper, None),
+            column: FastFieldRangeWeight::new(BoundsRange::new(
+                self.lower.clone(),
+                self.upper.clone(),
+            )),
+        }))
+    }
+}
+
+struct KeywordRangeWeight {
+    field: SchemaField,
+    lower: Bound<Vec<u8>>,
+    upper: Bound<Vec<u8>>,
+    postings: InvertedIndexRangeWeight,
+    column: FastFieldRangeWeight,
+}
+
+/// Above this share of a segment's documents, the postings of a range cost more to read than
+/// the column costs to consult.
+const POSTINGS_SHARE: u64 = 8;
+
+impl KeywordRangeWeight {
+    fn weight_for(&self, segment: &SegmentReader) -> tantivy::Result<&dyn Weight> {
+        let inverted = segment.inverted_index(self.field)?;
+        let mut terms = inverted.terms().range();
+        terms = match &self.lower {
+            Bound::Included(bytes) => terms.ge(bytes),
+            Bound::Excluded(bytes) => terms.gt(bytes),
+            Bound::Unbounded => terms,
+        };
+        terms = match &self.upper {
+            Bound::Included(bytes) => terms.le(bytes),
+            Bound::Excluded(bytes) => terms.lt(bytes),
+            Bound::Unbounded => terms,
+        };
+        let mut terms = terms.into_stream()?;
+        let budget = u64::from(segment.max_doc()) / POSTINGS_SHARE;
+        let mut postings = 0u64;
+        while terms.advance() {
+            postings += u64::from(terms.value().doc_freq);
+            if postings > budget {
+                return Ok(&self.column);
+            }
+        }
+        Ok(&self.postings)
+    }
+}
+
+impl Weight for KeywordRangeWeight {
+    fn scorer(&self, segment: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
+        self.weight_for(segment)?.scorer(segment, boost)
+    }
+
+    fn explain(&self, segment: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
+        self.weight_for(segment)?.explain(segment, doc)
+    }
 }
 
 /// The smallest string above every string starting with `prefix`, if there is one.
