@@ -356,14 +356,12 @@ mod tests {
         schema::{FAST, IndexRecordOption, STRING, Schema},
     };
 
+    /// An event written: its time, its window and its kind.
+    type Written = (i64, usize, String);
+
     /// Two days of three segments each, of events stamped roughly in order, some late, many at
     /// the same microsecond, of a common, a rare and an other kind.
-    fn windows(
-        seed: u64,
-    ) -> (
-        Vec<(Searcher, tantivy::schema::Field)>,
-        Vec<(i64, usize, String)>,
-    ) {
+    fn windows(seed: u64) -> (Vec<(Searcher, tantivy::schema::Field)>, Vec<Written>) {
         let mut rng = SmallRng::seed_from_u64(seed);
         let mut schema = Schema::builder();
         let time = schema.add_i64_field("time", FAST);
