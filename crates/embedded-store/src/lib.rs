@@ -938,4 +938,43 @@ mod tests {
         assert!(!store.has_pending());
         assert!(!dir.path().join("topics").join(&topic).exists());
     }
+
+    #[test]
+    fn a_prefix_finds_values_too_long_for_the_postings_beside_short_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let topic = new_topic(&store);
+        let named = |id: &str, user: &str| {
+            let mut event: serde_json::Value = serde_json::from_slice(&event(id)).unwrap();
+            event["user"]["username"] = user.into();
+            serde_json::to_vec(&event).unwrap()
+        };
+        // The inverted index leaves out a term this long; the column keeps it.
+        let (long, short, other) = (
+            named("long", &"y".repeat(100_000)),
+            named("short", "yz"),
+            named("other", "ann"),
+        );
+        store
+            .apply(1, &topic, &[&long, &short, &other], None)
+            .unwrap();
+        store.commit(1).unwrap();
+        let found = |query: &str| {
+            let query = clusteraudit_core::query::parse(query).unwrap();
+            let page = store.search(&topic, &query, 0, i64::MAX, 10, None).unwrap();
+            let mut ids: Vec<String> = page
+                .events
+                .iter()
+                .map(|e| {
+                    let event: serde_json::Value = serde_json::from_str(e.get()).unwrap();
+                    event["auditID"].as_str().unwrap().to_string()
+                })
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(found("user:yyyy*"), ["long"]);
+        assert_eq!(found("user:y*"), ["long", "short"]);
+        assert_eq!(found("user:a*"), ["other"]);
+    }
 }

@@ -268,29 +268,28 @@ fn visit_runs(
 /// A matching event: its time, the window (index into the windows) and its address there.
 pub(crate) type Hit = (i64, usize, DocAddress);
 
-/// A window searched: its searcher and the query's weight for its schema.
+/// A window searched: its searcher and the query translated for its schema.
 pub(crate) type Window = (Searcher, Box<dyn Query>);
 
 /// The `keep` newest matches stamped within `low..=high`, newest first; of events stamped the same
-/// microsecond, any may be kept. `searchers` are the windows newest first, whole days, with the
-/// query's weight for each.
+/// microsecond, any may be kept. `windows` are whole days, newest first.
 pub(crate) fn newest(
     index: &RunIndex,
     windows: &[Window],
     (low, high): (i64, i64),
     keep: usize,
 ) -> tantivy::Result<Vec<Hit>> {
-    let mut kept: BinaryHeap<Reverse<(i64, usize, DocAddress)>> = BinaryHeap::new();
+    let mut kept: BinaryHeap<Reverse<Hit>> = BinaryHeap::new();
     let oldest_kept = |kept: &BinaryHeap<Reverse<Hit>>| kept.peek().map(|Reverse(hit)| hit.0);
     'windows: for (window, (searcher, matcher)) in windows.iter().enumerate() {
         let mut runs = index.overlapping(searcher, low, high)?;
         runs.sort_unstable_by_key(|(_, run)| Reverse(run.latest));
-        let mut rest = runs.as_mut_slice();
+        let mut rest = runs.as_slice();
         for round in ROUNDS.iter().copied().chain(std::iter::once(usize::MAX)) {
             if rest.is_empty() {
                 break;
             }
-            let (this, next) = rest.split_at_mut(round.min(rest.len()));
+            let (this, next) = rest.split_at(round.min(rest.len()));
             visit_runs(
                 searcher,
                 matcher.as_ref(),

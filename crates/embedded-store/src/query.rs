@@ -196,14 +196,45 @@ impl KeywordRangeWeight {
         };
         let mut terms = terms.into_stream()?;
         let budget = u64::from(segment.max_doc()) / POSTINGS_SHARE;
-        let mut postings = 0u64;
+        let (mut postings, mut indexed_terms) = (0u64, 0u64);
         while terms.advance() {
             postings += u64::from(terms.value().doc_freq);
+            indexed_terms += 1;
             if postings > budget {
                 return Ok(&self.column);
             }
         }
-        Ok(&self.postings)
+        // The inverted index leaves out values too long to be a term; the column keeps every
+        // value, so the postings answer only where they hold all the column's values in range.
+        if indexed_terms == self.column_terms(segment)? {
+            Ok(&self.postings)
+        } else {
+            Ok(&self.column)
+        }
+    }
+
+    /// How many distinct values in range the segment's column holds.
+    fn column_terms(&self, segment: &SegmentReader) -> tantivy::Result<u64> {
+        let name = segment.schema().get_field_name(self.field);
+        let Some(column) = segment.fast_fields().str(name)? else {
+            return Ok(0);
+        };
+        let dictionary = column.dictionary();
+        let (lower, upper) = dictionary.term_bounds_to_ord(
+            self.lower.as_ref().map(Vec::as_slice),
+            self.upper.as_ref().map(Vec::as_slice),
+        )?;
+        let start = match lower {
+            Bound::Included(ord) => ord,
+            Bound::Excluded(ord) => ord + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match upper {
+            Bound::Included(ord) => ord + 1,
+            Bound::Excluded(ord) => ord,
+            Bound::Unbounded => dictionary.num_terms() as u64,
+        };
+        Ok(end.saturating_sub(start))
     }
 }
 
