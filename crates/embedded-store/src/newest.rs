@@ -325,7 +325,11 @@ pub(crate) fn newest(
     Ok(hits)
 }
 
-/// Every match stamped exactly `time`, as (window, address).
+/// The most events of one microsecond a search reads: each is held whole while a page is cut
+/// from the group, and a client stamping a flood of events alike must not exhaust memory.
+const MAX_GROUP: usize = 100_000;
+
+/// Every match stamped exactly `time`, as (window, address), up to [`MAX_GROUP`].
 pub(crate) fn stamped(
     index: &RunIndex,
     windows: &[Window],
@@ -339,7 +343,11 @@ pub(crate) fn stamped(
             matcher.as_ref(),
             &runs,
             (time, time),
-            |_, address| found.push((window, address)),
+            |_, address| {
+                if found.len() < MAX_GROUP {
+                    found.push((window, address))
+                }
+            },
         )?;
     }
     Ok(found)
