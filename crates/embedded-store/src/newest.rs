@@ -305,7 +305,9 @@ pub(crate) fn newest(
                 },
             )?;
             rest = next;
-            // Nothing left can be newer than the oldest kept: a page is full.
+            // Nothing left can be newer than the oldest kept: a page is full. Windows are whole
+            // days, newest first, so once one fills the page, older days cannot hold anything
+            // newer either.
             if kept.len() >= keep
                 && rest
                     .first()
@@ -313,11 +315,6 @@ pub(crate) fn newest(
             {
                 break 'windows;
             }
-        }
-        // Windows are whole days, newest first: once one fills the page, older days cannot
-        // hold anything newer.
-        if kept.len() >= keep {
-            break;
         }
     }
     let mut hits: Vec<Hit> = kept.into_iter().map(|Reverse(hit)| hit).collect();
@@ -381,7 +378,7 @@ mod tests {
             let index = Index::create_in_ram(schema.clone());
             let mut writer = index.writer_with_num_threads(1, 15_000_000).unwrap();
             let mut now = day * 1_000_000;
-            for segment in 0..3 {
+            for _segment in 0..3 {
                 for _ in 0..rng.random_range(1..4000) {
                     now += rng.random_range(0..3);
                     let late = if rng.random_ratio(1, 20) {
@@ -401,7 +398,6 @@ mod tests {
                     writer.add_document(doc).unwrap();
                     all.push((t, window, k.to_string()));
                 }
-                let _ = segment;
                 writer.commit().unwrap();
             }
             windows.push((index.reader().unwrap().searcher(), kind));
@@ -460,7 +456,7 @@ mod tests {
                     let times: Vec<i64> = found.iter().map(|hit| hit.0).collect();
                     assert_eq!(
                         times, expected,
-                        "seed {seed}, {kind}, {low}..={high}, {keep}"
+                        "seed {seed}, {kind} as shape {shape}, {low}..={high}, {keep}"
                     );
                     for (t, window, address) in found {
                         let segment = weights[window].0.segment_reader(address.segment_ord);
