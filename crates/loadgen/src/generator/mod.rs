@@ -94,9 +94,12 @@ struct Pod {
 /// Deterministic realistic event generator, usable from tests and benchmarks too.
 ///
 /// Everything but the timestamps follows from the seed (auditIDs included, so two runs of one build
-/// with the same seed post the same auditIDs); timestamps follow the wall clock.
+/// with the same seed post the same auditIDs); timestamps follow the clock each event is drawn at.
 pub struct EventGenerator {
     rng: SmallRng,
+    /// When the event being drawn is answered: the draws that carry a time of their own (a
+    /// rollout-restart annotation) read it here, so that a seed and a clock fix every byte.
+    now: jiff::Timestamp,
     seed: u64,
     nodes: Vec<Node>,
     workloads: Vec<Workload>,
@@ -202,6 +205,7 @@ impl EventGenerator {
             .collect();
         EventGenerator {
             rng,
+            now: jiff::Timestamp::UNIX_EPOCH,
             seed,
             nodes,
             workloads,
@@ -216,8 +220,14 @@ impl EventGenerator {
 
     /// The next event, stamped with the current time.
     pub fn next_event(&mut self) -> Event {
+        self.next_event_at(jiff::Timestamp::now())
+    }
+
+    /// The next event, answered at `now`.
+    pub fn next_event_at(&mut self, now: jiff::Timestamp) -> Event {
+        self.now = now;
         let req = self.draft();
-        self.finish(req, jiff::Timestamp::now())
+        self.finish(req, now)
     }
 
     /// `size` events as an `audit.k8s.io/v1` EventList.
@@ -352,34 +362,31 @@ mod tests {
     use super::*;
     use crate::event_list_json;
 
-    fn without_times(mut event: Event) -> Event {
-        event.request_received_timestamp = None;
-        event.stage_timestamp = None;
-        // The kubectl rollout-restart patch carries a timestamp of its own.
-        if event.verb == "patch"
-            && event
-                .user_agent
-                .as_deref()
-                .is_some_and(|ua| ua.starts_with("kubectl"))
-        {
-            event.request_object = None;
-        }
-        event
-    }
-
+    /// `n` events of a seed, answered a millisecond apart from a fixed instant, so that two
+    /// samples compare byte for byte whenever they run.
     fn sample(seed: u64, n: usize) -> Vec<Event> {
+        let start: Timestamp = "2026-03-01T12:00:00Z".parse().unwrap();
         let mut generator = EventGenerator::new(seed);
-        (0..n).map(|_| generator.next_event()).collect()
+        (0..n)
+            .map(|i| generator.next_event_at(start + SignedDuration::from_millis(i as i64)))
+            .collect()
     }
 
     #[test]
     fn generator_is_deterministic_for_a_seed() {
-        let a: Vec<Event> = sample(7, 2_000).into_iter().map(without_times).collect();
-        let b: Vec<Event> = sample(7, 2_000).into_iter().map(without_times).collect();
+        let a = sample(7, 2_000);
+        let b = sample(7, 2_000);
         assert_eq!(a, b);
-        let c: Vec<Event> = sample(8, 2_000).into_iter().map(without_times).collect();
+        let c = sample(8, 2_000);
         assert_ne!(a, c);
         assert_ne!(a[0].audit_id, c[0].audit_id);
+        assert!(
+            a.iter().any(|event| event
+                .request_object
+                .as_ref()
+                .is_some_and(|body| body.get().contains("restartedAt"))),
+            "the sample holds a rollout restart, whose annotation carries a time of its own"
+        );
     }
 
     #[test]
@@ -616,7 +623,8 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_micros_at_the_wall_clock() {
         let before = Timestamp::now();
-        let events = sample(17, 2_000);
+        let mut generator = EventGenerator::new(17);
+        let events: Vec<Event> = (0..2_000).map(|_| generator.next_event()).collect();
         let after = Timestamp::now();
         for e in &events {
             let stage = e.stage_timestamp.as_deref().unwrap();

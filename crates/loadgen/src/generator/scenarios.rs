@@ -598,7 +598,7 @@ impl EventGenerator {
                     let mut req = Req::new(actor, "patch", &DEPLOYMENTS, ns, deploy)
                         .query("fieldManager=kubectl-rollout");
                     req.level = Level::Request;
-                    let at = format!("{:.0}", jiff::Timestamp::now());
+                    let at = format!("{:.0}", self.now);
                     req.request_object = Some(json!({"spec":{"template":{"metadata":{
                         "annotations":{"kubectl.kubernetes.io/restartedAt": at}}}}}));
                     req
