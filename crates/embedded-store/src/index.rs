@@ -10,7 +10,11 @@ use tantivy::{
     store::{Compressor, ZstdCompressor},
 };
 
-use super::StoreError;
+use std::collections::{HashMap, hash_map::Entry};
+
+use tantivy::{DocAddress, Searcher, columnar::Column, schema::document::Value as _};
+
+use super::{StoreError, lifted};
 use clusteraudit_core::audit::Event;
 
 /// The fields of the schema, by name.
@@ -33,16 +37,34 @@ pub struct Fields {
     pub decision: Field,
     /// The request path, without its query.
     pub uri: Field,
-    /// A hash of the auditID: unique IDs would otherwise be the largest part of the index.
+    /// A hash of the auditID, in windows written before [`Fields::lifted`]: unique IDs would
+    /// otherwise be the largest part of the index.
     pub audit_id: Field,
     /// URI and object name, tokenized, for free text.
     pub text: Field,
+    /// The event as received, in windows written before [`Fields::lifted`].
     pub raw: Field,
     /// Added after the first release, so windows written before lack them (`None`): a window
     /// keeps the schema it was created with.
     pub impersonated_user: Option<Field>,
     pub role_ref: Option<Field>,
+    pub lifted: Option<LiftedId>,
 }
+
+/// Where a window keeps the auditID once it is lifted out of the raw event (see [`lifted`]):
+/// such a window leaves `auditIDHash` and `raw` empty.
+#[derive(Clone, Copy, Debug)]
+pub struct LiftedId {
+    /// The auditID's 128 bits, high and low half.
+    pub high: Field,
+    pub low: Field,
+    /// The event in its stored form ([`lifted::lift`]).
+    pub raw: Field,
+}
+
+const AUDIT_ID_HIGH: &str = "auditIDHigh";
+const AUDIT_ID_LOW: &str = "auditIDLow";
+const RAW_LIFTED: &str = "rawLifted";
 
 impl Fields {
     /// The fields of a window's own schema, which may be older than [`schema`]'s: fields are
@@ -75,6 +97,11 @@ impl Fields {
             raw: field("raw"),
             impersonated_user: schema.get_field(IMPERSONATED_USER).ok(),
             role_ref: schema.get_field(ROLE_REF).ok(),
+            lifted: schema.get_field(RAW_LIFTED).ok().map(|raw| LiftedId {
+                high: field(AUDIT_ID_HIGH),
+                low: field(AUDIT_ID_LOW),
+                raw,
+            }),
         }
     }
 }
@@ -123,6 +150,11 @@ pub fn schema() -> (Schema, Fields) {
         // written before have.
         impersonated_user: Some(builder.add_text_field(IMPERSONATED_USER, keyword.clone())),
         role_ref: Some(builder.add_text_field(ROLE_REF, keyword)),
+        lifted: Some(LiftedId {
+            high: builder.add_u64_field(AUDIT_ID_HIGH, FAST),
+            low: builder.add_u64_field(AUDIT_ID_LOW, FAST),
+            raw: builder.add_bytes_field(RAW_LIFTED, STORED),
+        }),
     };
     (builder.build(), fields)
 }
@@ -144,7 +176,6 @@ pub fn document(fields: &Fields, event: &Event, time: i64, raw: &[u8]) -> Tantiv
     doc.add_text(fields.stage, event.stage.as_str());
     doc.add_text(fields.level, event.level.as_str());
     doc.add_text(fields.uri, event.request_path());
-    doc.add_u64(fields.audit_id, audit_id_hash(&event.audit_id));
     let mut text = event.request_path().to_string();
     if let Some(object) = &event.object_ref {
         doc.add_text(fields.resource, &object.resource);
@@ -183,8 +214,66 @@ pub fn document(fields: &Fields, event: &Event, time: i64, raw: &[u8]) -> Tantiv
     {
         doc.add_text(field, role);
     }
-    doc.add_bytes(fields.raw, raw);
+    match fields.lifted {
+        Some(lifted) => {
+            let (bits, liftable) = lifted::audit_id_bits(&event.audit_id);
+            doc.add_u64(lifted.high, (bits >> 64) as u64);
+            doc.add_u64(lifted.low, bits as u64);
+            doc.add_bytes(lifted.raw, &lifted::lift(raw, &event.audit_id, liftable));
+        }
+        None => {
+            doc.add_u64(fields.audit_id, audit_id_hash(&event.audit_id));
+            doc.add_bytes(fields.raw, raw);
+        }
+    }
     doc
+}
+
+/// Reads raw events back from one window.
+pub struct RawReader<'a> {
+    searcher: &'a Searcher,
+    fields: Fields,
+    /// The auditID columns of the segments read so far, by segment ordinal.
+    columns: HashMap<u32, (Column<u64>, Column<u64>)>,
+}
+
+impl<'a> RawReader<'a> {
+    pub fn new(searcher: &'a Searcher) -> RawReader<'a> {
+        RawReader {
+            searcher,
+            fields: Fields::of(searcher.schema()),
+            columns: HashMap::new(),
+        }
+    }
+
+    /// The event at `address`, byte for byte as received.
+    pub fn read(&mut self, address: DocAddress) -> tantivy::Result<Vec<u8>> {
+        let doc: TantivyDocument = self.searcher.doc(address)?;
+        let bytes = |field| doc.get_first(field).and_then(|v| v.as_bytes());
+        let Some(lifted) = self.fields.lifted else {
+            return Ok(bytes(self.fields.raw).unwrap_or_default().to_vec());
+        };
+        let stored = bytes(lifted.raw).unwrap_or_default();
+        let (high, low) = match self.columns.entry(address.segment_ord) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let columns = self
+                    .searcher
+                    .segment_reader(address.segment_ord)
+                    .fast_fields();
+                entry.insert((columns.u64(AUDIT_ID_HIGH)?, columns.u64(AUDIT_ID_LOW)?))
+            }
+        };
+        let bits = match (high.first(address.doc_id), low.first(address.doc_id)) {
+            (Some(high), Some(low)) => u128::from(high) << 64 | u128::from(low),
+            _ => 0,
+        };
+        lifted::restore(stored, bits).ok_or_else(|| {
+            tantivy::TantivyError::DataCorruption(tantivy::error::DataCorruption::comment_only(
+                format!("the stored event at {address:?} is damaged"),
+            ))
+        })
+    }
 }
 
 /// One open window.

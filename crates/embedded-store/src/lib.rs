@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod index;
+mod lifted;
 mod newest;
 pub mod query;
 mod stats;
@@ -19,9 +20,9 @@ use std::{
 };
 
 use tantivy::{
-    DocAddress, Searcher, TantivyDocument,
+    DocAddress, Searcher,
     query::{AllQuery, BooleanQuery, Occur, Query as _, RangeQuery},
-    schema::{Schema, Value},
+    schema::Schema,
 };
 
 use catalog::CatalogFile;
@@ -376,15 +377,16 @@ impl Store {
         let mut order: Vec<usize> = (0..addresses.len()).collect();
         order.sort_unstable_by_key(|&i| addresses[i]);
         let stretch = order.len().div_ceil(*index::SEARCH_THREADS).max(16);
-        let raw = self.fields.raw;
         let read = |stretch: &[usize]| -> tantivy::Result<Vec<(usize, Vec<u8>)>> {
+            let mut readers: HashMap<usize, index::RawReader> = HashMap::new();
             stretch
                 .iter()
                 .map(|&i| {
                     let (window, address) = addresses[i];
-                    let doc: TantivyDocument = windows[window].0.doc(address)?;
-                    let bytes = doc.get_first(raw).and_then(|v| v.as_bytes());
-                    Ok((i, bytes.map(<[u8]>::to_vec).unwrap_or_default()))
+                    let reader = readers
+                        .entry(window)
+                        .or_insert_with(|| index::RawReader::new(&windows[window].0));
+                    Ok((i, reader.read(address)?))
                 })
                 .collect()
         };
@@ -680,6 +682,92 @@ mod tests {
         topic.id
     }
 
+    /// Today's schema less the fields named.
+    fn schema_without(names: &[&str]) -> Schema {
+        let (current, _) = index::schema();
+        let mut builder = Schema::builder();
+        for (_, entry) in current.fields() {
+            if !names.contains(&entry.name()) {
+                builder.add_field(entry.clone());
+            }
+        }
+        builder.build()
+    }
+
+    #[test]
+    fn every_window_finds_an_event_by_auditid_and_gives_it_back_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let topic = new_topic(&store);
+        let micros = |t: &str| t.parse::<jiff::Timestamp>().unwrap().as_microsecond();
+        // A day each for the first release, the one before the auditID was lifted, and today.
+        let days = [
+            "2026-11-28T10:00:00Z",
+            "2026-11-29T10:00:00Z",
+            "2026-11-30T10:00:00Z",
+        ];
+        let lifted = ["auditIDHigh", "auditIDLow", "rawLifted"];
+        let first = [&["impersonatedUser", "roleRef"][..], &lifted].concat();
+        for (day, without) in days.iter().zip([&first[..], &lifted]) {
+            let path = store
+                .topic_dir(&topic)
+                .join(day_dir_name(day_of(micros(day))));
+            drop(Window::open(&path, &schema_without(without)).unwrap());
+        }
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        // The kube-apiserver's form, and others a client may send as Audit-ID, each written with
+        // the unusual spacing and key order a raw event keeps.
+        let ids = [
+            "9dfef109-983c-4c30-a1b7-8e37be329aa9",
+            "9DFEF109-983C-4C30-A1B7-8E37BE329AA9",
+            "9dfef109-983c-4c30-01b7-8e37be329aa9",
+            "request-7",
+        ];
+        let mut events = Vec::new();
+        for (d, day) in days.iter().enumerate() {
+            for (i, id) in ids.iter().enumerate() {
+                // The same UUID in every window, so that each must tell its events apart itself.
+                let name = format!("n{d}{i}");
+                events.push(match i % 2 {
+                    0 => format!(
+                        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"{id}","stage":"ResponseComplete","requestURI":"/api/v1/pods/{name}","verb":"get","user":{{"username":"ann"}},"objectRef":{{"resource":"pods","name":"{name}"}},"stageTimestamp":"{day}"}}"#
+                    ),
+                    _ => format!(
+                        "{{ \"stageTimestamp\" : \"{day}\", \"auditID\": \"{id}\",\n  \"verb\":\"get\", \"requestURI\":\"/x/{name}\", \"objectRef\":{{\"resource\":\"pods\",\"name\":\"{name}\"}},\"stage\":\"ResponseComplete\",\"level\":\"None\",\"user\":{{\"username\":\"ann\"}} }}"
+                    ),
+                });
+            }
+        }
+        let slices: Vec<&[u8]> = events.iter().map(|e| e.as_bytes()).collect();
+        assert_eq!(store.apply(1, &topic, &slices, None).unwrap(), events.len());
+        store.commit(1).unwrap();
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        let search = |q: &str| -> Vec<String> {
+            let query = clusteraudit_core::query::parse_matchable(q).unwrap();
+            let page = store
+                .search(&topic, &query, i64::MIN / 2, i64::MAX / 2, 100, None)
+                .unwrap();
+            let mut raws: Vec<String> = page.events.iter().map(|raw| raw.get().into()).collect();
+            raws.sort();
+            raws
+        };
+        let mut expected = events.clone();
+        expected.sort();
+        assert_eq!(search(""), expected, "every event comes back as received");
+        for (i, id) in ids.iter().enumerate() {
+            let mut expected: Vec<String> = (0..days.len())
+                .map(|d| events[d * ids.len() + i].clone())
+                .collect();
+            expected.sort();
+            assert_eq!(search(&format!("auditID:\"{id}\"")), expected, "{id}");
+        }
+        assert!(search("auditID:\"9dfef109-983c-4c30-a1b7-8e37be329aa8\"").is_empty());
+    }
+
     /// An impersonated request creating a binding to `role`, at `time`.
     fn impersonated_binding(id: &str, time: &str, role: &str) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({
@@ -705,13 +793,13 @@ mod tests {
         let topic = new_topic(&store);
         // The schema of the first release: today's, less the fields added since.
         let (current, _) = index::schema();
-        let mut builder = Schema::builder();
-        for (_, entry) in current.fields() {
-            if !["impersonatedUser", "roleRef"].contains(&entry.name()) {
-                builder.add_field(entry.clone());
-            }
-        }
-        let old_schema = builder.build();
+        let old_schema = schema_without(&[
+            "impersonatedUser",
+            "roleRef",
+            "auditIDHigh",
+            "auditIDLow",
+            "rawLifted",
+        ]);
         let old_day = "2026-11-29T10:00:00Z";
         let new_day = "2026-11-30T10:00:00Z";
         let micros = |t: &str| t.parse::<jiff::Timestamp>().unwrap().as_microsecond();

@@ -71,8 +71,20 @@ pub fn translate(
             ..
         } => match value {
             Value::Exact(id) => {
-                let hash = Term::from_field_u64(fields.audit_id, super::index::audit_id_hash(id));
-                range(Bound::Included(hash.clone()), Bound::Included(hash))
+                let equal = |field, value| {
+                    let term = Term::from_field_u64(field, value);
+                    range(Bound::Included(term.clone()), Bound::Included(term))
+                };
+                match fields.lifted {
+                    Some(lifted) => {
+                        let (bits, _) = super::lifted::audit_id_bits(id);
+                        Box::new(BooleanQuery::new(vec![
+                            (Occur::Must, equal(lifted.high, (bits >> 64) as u64)),
+                            (Occur::Must, equal(lifted.low, bits as u64)),
+                        ]))
+                    }
+                    None => equal(fields.audit_id, super::index::audit_id_hash(id)),
+                }
             }
             Value::Prefix(prefix) if prefix.is_empty() => Box::new(AllQuery),
             _ => {
