@@ -264,11 +264,13 @@ impl<'a> RawReader<'a> {
                 entry.insert((columns.u64(AUDIT_ID_HIGH)?, columns.u64(AUDIT_ID_LOW)?))
             }
         };
-        let bits = match (high.first(address.doc_id), low.first(address.doc_id)) {
-            (Some(high), Some(low)) => u128::from(high) << 64 | u128::from(low),
-            _ => 0,
-        };
-        lifted::restore(stored, bits).ok_or_else(|| {
+        // Every event of such a window has both halves: one missing is damage, like a stored
+        // form that does not parse, and reading on with a made-up ID would hand out a wrong event.
+        let bits = high.first(address.doc_id).zip(low.first(address.doc_id));
+        bits.and_then(|(high, low)| {
+            lifted::restore(stored, u128::from(high) << 64 | u128::from(low))
+        })
+        .ok_or_else(|| {
             tantivy::TantivyError::DataCorruption(tantivy::error::DataCorruption::comment_only(
                 format!("the stored event at {address:?} is damaged"),
             ))

@@ -717,8 +717,8 @@ mod tests {
         drop(store);
 
         let store = Store::open(dir.path()).unwrap();
-        // The kube-apiserver's form, and others a client may send as Audit-ID, each written with
-        // the unusual spacing and key order a raw event keeps.
+        // The kube-apiserver's form, and others a client may send as Audit-ID; every other event
+        // is written with spacing and a key order of its own, which the raw event keeps.
         let ids = [
             "9dfef109-983c-4c30-a1b7-8e37be329aa9",
             "9DFEF109-983C-4C30-A1B7-8E37BE329AA9",
